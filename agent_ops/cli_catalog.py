@@ -1,0 +1,178 @@
+"""CLI for the known-issue catalog: `known-issues list|show` and `diagnose LOGFILE`, mounted on the main app.
+
+Mount with `app.add_typer(known_issues_app, name="known-issues")` and
+`app.command("diagnose")(diagnose_command)`. With `--json`, stdout carries JSON only;
+errors go to stderr. Exit codes: `diagnose` 0 = a known issue matched, 1 = none did,
+2 = bad input (unreadable log, invalid catalog); `show` 2 = unknown id.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from pydantic import BaseModel, Field, TypeAdapter
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from agent_ops.catalog import (
+    Catalog,
+    CatalogError,
+    KnownIssue,
+    default_catalog,
+    load_catalog,
+)
+from agent_ops.diagnose import DEFAULT_TAIL, Diagnosis, diagnose
+
+known_issues_app = typer.Typer(help="The known-issue catalog: failures agentops recognises and fixes.", no_args_is_help=True)
+
+JSON_OPTION = typer.Option(False, "--json", help="Print JSON (the pydantic model) and nothing else on stdout.")
+CATALOG_OPTION = typer.Option(None, "--catalog", help="Catalog directory or file (default: the shipped catalog).")
+
+
+class IssueSummary(BaseModel):
+    """One catalog entry as `known-issues list` shows it."""
+
+    id: str
+    title: str
+    applies_to: list[str] = Field(description="Step tags; empty = every step.")
+    fix: list[str] = Field(description="One line per fix action.")
+    escalates: bool = Field(description="Whether the entry has text for a person.")
+    seeds: list[str]
+
+
+def _out() -> Console:
+    return Console(highlight=False, soft_wrap=False)
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    # Plain text, never re-wrapped: `FILE:LINE: field: message` lines must stay greppable.
+    typer.echo(message, err=True)
+    return typer.Exit(code)
+
+
+def _catalog(path: Optional[Path]) -> Catalog:
+    try:
+        return load_catalog([path]) if path is not None else default_catalog()
+    except CatalogError as exc:
+        raise _fail(str(exc)) from None
+
+
+@known_issues_app.command("list")
+def list_issues(
+    tag: Optional[str] = typer.Option(None, "--tag", help="Only entries that apply to a step with this tag."),
+    as_json: bool = JSON_OPTION,
+    catalog: Optional[Path] = CATALOG_OPTION,
+) -> None:
+    """List the known issues."""
+    issues = _catalog(catalog).applicable([tag] if tag else None)
+    summaries = [_summary(issue) for issue in issues]
+    if as_json:
+        typer.echo(TypeAdapter(list[IssueSummary]).dump_json(summaries, indent=2).decode())
+        return
+    table = Table(title=f"{len(summaries)} known issues")
+    table.add_column("id", no_wrap=True)
+    for name in ("title", "applies to", "fix"):
+        table.add_column(name, overflow="fold")
+    for s in summaries:
+        fix = "\n".join(s.fix) or ("escalate" if s.escalates else "")
+        table.add_row(Text(s.id), Text(s.title), Text(", ".join(s.applies_to) or "all"), Text(fix))
+    _out().print(table)
+
+
+@known_issues_app.command("show")
+def show_issue(
+    issue_id: str = typer.Argument(..., help="Entry id, e.g. vlm-cuda-oom-batch16."),
+    as_json: bool = JSON_OPTION,
+    catalog: Optional[Path] = CATALOG_OPTION,
+) -> None:
+    """Show one known issue: signatures, cause, fix, retry, samples."""
+    try:
+        issue = _catalog(catalog).get(issue_id)
+    except KeyError as exc:
+        raise _fail(str(exc.args[0])) from None
+    if as_json:
+        typer.echo(issue.model_dump_json(indent=2))
+        return
+    _print_issue(issue)
+
+
+def diagnose_command(
+    logfile: str = typer.Argument(..., help="Log file to diagnose; `-` reads stdin."),
+    tags: Optional[str] = typer.Option(None, "--tags", help="Comma-separated step tags (e.g. train,install); default: every entry."),
+    tail: int = typer.Option(DEFAULT_TAIL, "--tail", min=0, help="Lines from the end to examine; 0 = the whole log."),
+    as_json: bool = JSON_OPTION,
+    catalog: Optional[Path] = CATALOG_OPTION,
+) -> None:
+    """Match a log against the known-issue catalog (exit 0: known issue, 1: none, 2: bad input)."""
+    text = _read_log(logfile)
+    tag_list = [t.strip() for t in tags.split(",") if t.strip()] if tags else None
+    result = diagnose(text, tags=tag_list, catalog=_catalog(catalog), tail=tail or None)
+    if as_json:
+        typer.echo(result.model_dump_json(indent=2))
+    else:
+        _print_diagnosis(result, logfile)
+    raise typer.Exit(0 if result.matches else 1)
+
+
+def _read_log(logfile: str) -> str:
+    try:
+        if logfile == "-":
+            return sys.stdin.read()
+        return Path(logfile).read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise _fail(f"{logfile}: cannot read: {exc.strerror or exc}") from None
+
+
+def _summary(issue: KnownIssue) -> IssueSummary:
+    return IssueSummary(
+        id=issue.id,
+        title=issue.title,
+        applies_to=list(issue.applies_to),
+        fix=issue.fix_summary(),
+        escalates=issue.escalate is not None,
+        seeds=issue.seeds,
+    )
+
+
+def _print_issue(issue: KnownIssue) -> None:
+    out = _out()
+    out.print(Text(f"{issue.id}: {issue.title}", style="bold"))
+    table = Table("weight", "signature", "window", show_header=True)
+    for sig in issue.signatures:
+        table.add_row(f"{sig.weight:g}", Text("\n  then ".join(sig.patterns)), str(sig.window) if len(sig.patterns) > 1 else "")
+    out.print(table)
+    out.print(Text(f"applies to: {', '.join(issue.applies_to) or 'every step'}"))
+    out.print(Text(f"cause: {issue.cause.strip()}"))
+    for line in issue.fix_summary():
+        out.print(Text(f"fix: {line}"))
+    out.print(Text(f"retry: {issue.retry.max_attempts} attempt(s), backoff {issue.retry.backoff_s:g}s"))
+    if issue.escalate:
+        out.print(Text(f"escalate: {issue.escalate.strip()}"))
+    out.print(Text(f"samples: {len(issue.samples.positive)} positive, {len(issue.samples.negative)} negative; seeds: {', '.join(issue.seeds) or '-'}"))
+
+
+def _print_diagnosis(result: Diagnosis, logfile: str) -> None:
+    out = _out()
+    span = f"lines {result.first_line}-{result.first_line + result.lines_considered - 1}"
+    if not result.matches:
+        out.print(Text(f"{logfile}: no known issue matched ({span})", style="yellow"))
+        if result.nearest:
+            table = Table("nearest", "partial score", "closest lines", title="nearest candidates")
+            for c in result.nearest:
+                table.add_row(Text(f"{c.issue_id}\n{c.title}"), f"{c.score:.2f}", Text("\n".join(c.matched_lines)))
+            out.print(table)
+        return
+    table = Table(title=f"{logfile}: {len(result.matches)} known issue(s) ({span})")
+    table.add_column("issue", no_wrap=True)
+    for name in ("score", "title", "matched lines", "fix"):
+        table.add_column(name, overflow="fold")
+    for m in result.matches:
+        table.add_row(Text(m.issue_id), f"{m.score:g}", Text(m.title), Text("\n".join(m.matched_lines)), Text("\n".join(m.fix) or "escalate"))
+    out.print(table)
+    best = result.matches[0]
+    out.print(Text(f"cause: {best.cause}"))
+    if best.escalate:
+        out.print(Text(f"if the fix is not enough: {best.escalate}"))

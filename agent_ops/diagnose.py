@@ -1,0 +1,319 @@
+"""The offline matcher: a log's tail against the known-issue catalog, best match first.
+
+Logs are normalised the way a person reads them before any regex runs: ANSI colours
+and cursor codes go, a tqdm line keeps only its last rewrite, and torchrun/DDP rank
+prefixes (`[rank4]:`, `[default0]:`, `rank0: `) are dropped. Wrapped lines (a tmux
+capture, a copied terminal, a logger that breaks long messages) are joined where a
+signature needs it: a regex is also tried across two or three neighbouring lines, with
+and without a space, and counts there only when its match crosses a line break. Joining
+them up front would need a guess at the terminal width, and a wrong guess glues healthy
+lines of equal length together.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import cached_property
+
+from pydantic import BaseModel, Field
+
+from agent_ops.catalog import Catalog, KnownIssue, Signature, default_catalog
+
+DEFAULT_TAIL = 400
+MAX_SHOWN_LINES = 8  # matched lines reported per entry
+MAX_LINE_CHARS = 300  # a matched line is cut to this for reports
+NEAREST_MIN = 0.5  # partial score below which a candidate is noise
+NEAREST_MAX = 5
+
+ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
+# torchrun --tee / DDP prefixes, and `srun -l` style labels; nested ones (`[default0]:[rank0]:`) too.
+RANK_PREFIX = re.compile(r"^(?:\[(?:rank|default)\s?\d+\]:\s?|(?:rank|worker-?)\s?\d+:\s|\d{1,4}:\s)+", re.IGNORECASE)
+WRAP_CANDIDATE = 50  # a line shorter than this was not wrapped by anyone
+MAX_WRAP_SEGMENTS = 3  # a signature's match spans at most this many wrapped lines
+# Hard wraps split mid-word (join with nothing); soft wraps drop a space (join with one).
+WRAP_SEPARATORS = ("", " ")
+WORD = re.compile(r"[a-z][a-z_]{3,}")
+
+
+class Match(BaseModel):
+    """A catalog entry whose signatures hold in the log."""
+
+    issue_id: str = Field(description="Catalog entry id.")
+    title: str = Field(description="Entry title.")
+    score: float = Field(description="Summed weight of the signatures that hold; higher is a better match.")
+    matched_lines: list[str] = Field(description="`LINE: text` of the lines that matched (line numbers of the original log).")
+    cause: str = Field(description="Why it happens.")
+    fix: list[str] = Field(description="One line per fix action the entry applies.")
+    escalate: str | None = Field(None, description="What a person should do if the fix is not enough.")
+
+
+class Candidate(BaseModel):
+    """An entry that almost matched: some of its evidence is present."""
+
+    issue_id: str = Field(description="Catalog entry id.")
+    title: str = Field(description="Entry title.")
+    score: float = Field(description="Partial score in [0, 1): share of the best signature's evidence found.")
+    matched_lines: list[str] = Field(description="`LINE: text` of the lines closest to its signature.")
+
+
+class Diagnosis(BaseModel):
+    """The matcher's verdict on one log."""
+
+    matches: list[Match] = Field(default_factory=list, description="Entries that matched, best first.")
+    nearest: list[Candidate] = Field(default_factory=list, description="When nothing matched: the closest entries, best first.")
+    lines_considered: int = Field(0, description="Log lines examined (the tail).")
+    first_line: int = Field(1, description="Line number of the first examined line in the original log.")
+
+    @property
+    def best(self) -> Match | None:
+        """The best match, if any."""
+        return self.matches[0] if self.matches else None
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A regex match on line `first`, or across wrapped lines `first`..`last`."""
+
+    first: int
+    last: int
+    match: re.Match[str]
+
+
+def normalise_line(raw: str) -> str:
+    """One physical line as displayed: the last carriage-return rewrite, without ANSI codes."""
+    segments = [ANSI.sub("", s) for s in raw.split("\r")]
+    shown = [s for s in segments if s.strip()]
+    return (shown[-1] if shown else "").rstrip()
+
+
+def strip_rank_prefix(line: str) -> str:
+    """The line without torchrun/DDP rank labels."""
+    return RANK_PREFIX.sub("", line, count=1)
+
+
+class LogView:
+    """A log tail as normalised lines with their original line numbers, searchable by regex."""
+
+    def __init__(self, text: str, tail: int | None = DEFAULT_TAIL):
+        physical = text.split("\n")
+        if physical and physical[-1] == "":
+            physical.pop()
+        start = max(0, len(physical) - tail) if tail else 0
+        self.lines = [strip_rank_prefix(normalise_line(raw)) for raw in physical[start:]]
+        self.numbers = list(range(start + 1, len(physical) + 1))
+        self.first_line = start + 1
+        self._found: dict[re.Pattern[str], list[Hit]] = {}
+
+    @cached_property
+    def _text(self) -> str:
+        return "\n".join(self.lines)
+
+    @cached_property
+    def _groups(self) -> dict[int, list[int]]:
+        """Start indices of runs of `n` lines that may be one wrapped line (all but the last are long)."""
+        long = [len(line) >= WRAP_CANDIDATE for line in self.lines]
+        return {
+            n: [i for i in range(len(self.lines) - n + 1) if all(long[i : i + n - 1])]
+            for n in range(2, MAX_WRAP_SEGMENTS + 1)
+        }
+
+    @cached_property
+    def _joined(self) -> dict[str, str]:
+        # Every run of lines is a substring of these: a pattern that misses them misses every run.
+        return {sep: sep.join(self.lines) for sep in WRAP_SEPARATORS}
+
+    @cached_property
+    def _group_texts(self) -> dict[tuple[int, str], str]:
+        return {
+            (n, sep): "\n".join(sep.join(self.lines[i : i + n]) for i in starts)
+            for n, starts in self._groups.items()
+            for sep in WRAP_SEPARATORS
+        }
+
+    @cached_property
+    def words(self) -> list[set[str]]:
+        """Lower-case words of each line, for partial (nearest) scoring."""
+        return [set(WORD.findall(line.lower())) for line in self.lines]
+
+    def find(self, pattern: re.Pattern[str]) -> list[Hit]:
+        """Every line the pattern matches, plus runs of wrapped lines it matches only when joined; in order."""
+        if pattern not in self._found:  # entries share patterns, and nearest scoring asks again
+            self._found[pattern] = self._search(pattern)
+        return self._found[pattern]
+
+    def _search(self, pattern: re.Pattern[str]) -> list[Hit]:
+        hits: dict[int, Hit] = {}
+        if pattern.search(self._text):  # cheap filter: most patterns miss most logs
+            for i, line in enumerate(self.lines):
+                if m := pattern.search(line):
+                    hits[i] = Hit(i, i, m)
+        anchored = "^" in pattern.pattern  # `^` matches at a run's start, never inside the full join
+        for (n, sep), joined in self._group_texts.items():
+            if not (anchored or pattern.search(self._joined[sep])) or not pattern.search(joined):
+                continue
+            for i in self._groups[n]:
+                # A run that overlaps a hit already found is not a second occurrence.
+                covered = any(h.first <= i + n - 1 and h.last >= i for h in hits.values())
+                if not covered and (m := _spanning(pattern, self.lines[i : i + n], sep)):
+                    hits[i] = Hit(i, i + n - 1, m)
+        return [hits[i] for i in sorted(hits)]
+
+    def shown(self, index: int) -> str:
+        """`LINE: text` for reports, cut to a readable length."""
+        text = self.lines[index]
+        cut = text if len(text) <= MAX_LINE_CHARS else text[: MAX_LINE_CHARS - 3] + "..."
+        return f"{self.numbers[index]}: {cut}"
+
+
+def _spanning(pattern: re.Pattern[str], segments: list[str], sep: str) -> re.Match[str] | None:
+    """A match of the joined segments that starts in the first and ends in the last (needs all of them)."""
+    joined = sep.join(segments)
+    last_start = len(joined) - len(segments[-1])
+    for m in pattern.finditer(joined):
+        if m.start() < len(segments[0]) and m.end() > last_start:
+            return m
+    return None
+
+
+def diagnose(
+    log_text: str,
+    *,
+    tags: Iterable[str] | None = None,
+    catalog: Catalog | None = None,
+    tail: int | None = DEFAULT_TAIL,
+) -> Diagnosis:
+    """Match a log against the entries that apply to these step tags; `tail=None` reads the whole log."""
+    view = LogView(log_text, tail)
+    issues = (catalog if catalog is not None else default_catalog()).applicable(tags)
+    scored = [(issue, *_evaluate(issue, view)) for issue in issues]
+    found = [(issue, score, hits) for issue, score, hits in scored if score > 0]
+    # Best first; on a tie the earlier evidence wins: a cascade's first error is its cause.
+    found.sort(key=lambda t: (-t[1], min(h.first for h in t[2])))
+    matches = [_as_match(issue, score, hits, view) for issue, score, hits in found]
+    nearest = [] if matches else _nearest(issues, view)
+    return Diagnosis(matches=matches, nearest=nearest, lines_considered=len(view.numbers), first_line=view.first_line)
+
+
+def _evaluate(issue: KnownIssue, view: LogView) -> tuple[float, list[Hit]]:
+    score, hits = 0.0, []
+    for signature in issue.signatures:
+        found = signature_hits(signature, view)
+        if found:
+            score += signature.weight
+            hits += found
+    return score, hits
+
+
+def signature_hits(signature: Signature, view: LogView) -> list[Hit]:
+    """The lines that make the signature hold, or [] when it does not."""
+    if len(signature.compiled) == 1:
+        found = _single(signature, view)
+    else:
+        found = _sequence(signature, view)
+    if found and signature.after is not None:
+        last = max(h.last for h in found)
+        if any(signature.after.search(line) for line in view.lines[last + 1 :]):
+            return []
+    return found
+
+
+def _single(signature: Signature, view: LogView) -> list[Hit]:
+    hits = view.find(signature.compiled[0])
+    recent = hits[-signature.count :]
+    if len(hits) < signature.count or not all(_passes(signature, h) for h in recent):
+        return []
+    return recent[-3:]
+
+
+def _passes(signature: Signature, hit: Hit) -> bool:
+    if signature.ratio_above is None:
+        return True
+    try:
+        return float(hit.match.group("value")) > signature.ratio_above * float(hit.match.group("limit"))
+    except (TypeError, ValueError):
+        return False
+
+
+def _sequence(signature: Signature, view: LogView) -> list[Hit]:
+    per_part = [view.find(p) for p in signature.compiled]
+    if not all(per_part):
+        return []
+    # Latest start first: the most recent occurrence is the one that ended the step.
+    for start in reversed(per_part[0]):
+        chain = [start]
+        for hits in per_part[1:]:
+            nxt = next((h for h in hits if h.first >= chain[-1].first), None)
+            if nxt is None or nxt.last - start.first > signature.window:
+                break
+            chain.append(nxt)
+        else:
+            return chain
+    return []
+
+
+def _as_match(issue: KnownIssue, score: float, hits: list[Hit], view: LogView) -> Match:
+    return Match(
+        issue_id=issue.id,
+        title=issue.title,
+        score=round(score, 3),
+        matched_lines=_shown(hits, view),
+        cause=issue.cause.strip(),
+        fix=issue.fix_summary(),
+        escalate=issue.escalate.strip() if issue.escalate else None,
+    )
+
+
+def _shown(hits: list[Hit], view: LogView) -> list[str]:
+    indices = sorted({i for h in hits for i in range(h.first, h.last + 1)})
+    return [view.shown(i) for i in indices[-MAX_SHOWN_LINES:]]
+
+
+def _nearest(issues: list[KnownIssue], view: LogView) -> list[Candidate]:
+    candidates = []
+    for issue in issues:
+        score, lines = max((_partial(sig, view) for sig in issue.signatures), key=lambda t: t[0])
+        if score >= NEAREST_MIN:
+            candidates.append(Candidate(issue_id=issue.id, title=issue.title, score=round(score, 3), matched_lines=[view.shown(i) for i in lines]))
+    candidates.sort(key=lambda c: -c.score)
+    return candidates[:NEAREST_MAX]
+
+
+def _partial(signature: Signature, view: LogView) -> tuple[float, list[int]]:
+    """How close a signature came: its weakest part decides (found = 1, else the words it shares with a line)."""
+    scores, lines = [], []
+    for pattern in signature.compiled:
+        hits = view.find(pattern)
+        if hits:
+            scores.append(1.0)
+            lines.append(hits[-1].first)
+            continue
+        share, line = _word_share(pattern, view)
+        scores.append(0.8 * share)  # words alone never make a part as good as its regex
+        if line is not None and share > 0:
+            lines.append(line)
+    score = min(scores)
+    if score == 1.0:
+        # Every part is there, yet the signature does not hold: order or window failed (close), or a
+        # condition (count, ratio, not_followed_by) said explicitly that this is not the issue (far).
+        conditional = signature.count > 1 or signature.ratio_above is not None or signature.after is not None
+        score = 0.4 if conditional else 0.9
+    return score, sorted(set(lines))
+
+
+def _word_share(pattern: re.Pattern[str], view: LogView) -> tuple[float, int | None]:
+    words = _pattern_words(pattern.pattern)
+    if len(words) < 3:  # two shared words are a coincidence, not a near miss
+        return 0.0, None
+    best, where = 0, None
+    for i, line_words in enumerate(view.words):
+        n = len(words & line_words)
+        if n > best:
+            best, where = n, i
+    return best / len(words), where
+
+
+def _pattern_words(source: str) -> set[str]:
+    # Drop group names and escapes (\d, \s, \b) so only the literal words of the pattern remain.
+    text = re.sub(r"\(\?P<\w+>|\\[A-Za-z]", " ", source)
+    return set(WORD.findall(text.lower()))

@@ -1,0 +1,226 @@
+"""Judging a log as it grows: ordered patterns with deadlines, failure patterns, metrics, stalls.
+
+Pure logic, no I/O: the step drivers feed it the bytes they read by offset, so it
+only ever sees what was written after its step started (never a stale line).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent_ops.runbook import GatePattern, MetricSpec
+
+MAX_LINE = 400  # a matched line is stored for status output; keep it short
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """How a watch ended: passed, or failed with a reason (and the line that decided, if any)."""
+
+    passed: bool
+    reason: str
+    line: str | None = None
+    kind: str = "gate"  # gate | fail_on | deadline | stall | metric | eof
+
+
+class LineSplitter:
+    """Turns byte chunks into complete text lines; a trailing partial line waits for its end."""
+
+    def __init__(self) -> None:
+        self._tail = b""
+
+    def feed(self, data: bytes) -> list[str]:
+        buf = self._tail + data
+        # tqdm-style progress rewrites a line with \r: treat each rewrite as a line of its own.
+        parts = re.split(rb"\r\n|\n|\r", buf)
+        self._tail = parts.pop()
+        return [p.decode("utf-8", "replace") for p in parts]
+
+    def flush(self) -> list[str]:
+        tail, self._tail = self._tail, b""
+        return [tail.decode("utf-8", "replace")] if tail else []
+
+
+@dataclass
+class PatternState:
+    """Progress of one ordered pattern."""
+
+    spec: GatePattern
+    matched_line: str | None = None
+    matched_at: float | None = None  # seconds after the watch started
+
+
+@dataclass
+class MetricState:
+    """Values collected for one metric, with the time each arrived."""
+
+    spec: MetricSpec
+    values: list[float] = field(default_factory=list)
+    steps: list[int | None] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)
+    verdict: Verdict | None = None
+
+    def judge(self) -> Verdict:
+        spec, vals = self.spec, self.values[: self.spec.count]
+        if spec.first and not spec.first.contains(vals[0]):
+            return Verdict(False, f"{spec.name}: first value {vals[0]:g} not in {_range(spec.first)}", kind="metric")
+        if spec.last and not spec.last.contains(vals[-1]):
+            return Verdict(False, f"{spec.name}: last value {vals[-1]:g} not in {_range(spec.last)}", kind="metric")
+        if spec.falling:
+            third = max(1, len(vals) // 3)
+            head, tail = sum(vals[:third]) / third, sum(vals[-third:]) / third
+            if not tail < head:
+                return Verdict(False, f"{spec.name}: not falling (first-third mean {head:.4g}, last-third mean {tail:.4g})", kind="metric")
+        rate = self.seconds_per_step()
+        if spec.rate_max_s is not None and rate is not None and rate > spec.rate_max_s:
+            return Verdict(False, f"{spec.name}: {rate:.3g} s/step exceeds {spec.rate_max_s:g}", kind="metric")
+        return Verdict(True, f"{spec.name}: {len(vals)} values, first {vals[0]:g}, last {vals[-1]:g}", kind="metric")
+
+    def seconds_per_step(self) -> float | None:
+        """Seconds per logged step from arrival times (by step numbers when the regex captures them)."""
+        n = min(len(self.values), self.spec.count)
+        if n < 2:
+            return None
+        span = self.times[n - 1] - self.times[0]
+        first, last = self.steps[0], self.steps[n - 1]
+        steps = (last - first) if first is not None and last is not None and last > first else n - 1
+        return span / steps
+
+
+class LogWatch:
+    """Watches one log: ordered patterns, metrics, failure patterns and stalls, against deadlines."""
+
+    def __init__(
+        self,
+        *,
+        patterns: list[GatePattern] = (),
+        metrics: list[MetricSpec] = (),
+        fail_on: list[str] = (),
+        stall_after: float | None = None,
+    ) -> None:
+        self.patterns = [PatternState(p) for p in patterns]
+        self.metrics = [MetricState(m) for m in metrics]
+        self._metric_res = [re.compile(m.regex) for m in metrics]
+        self._pattern_res = [re.compile(p.regex) for p in patterns]
+        self._fail_res = [re.compile(p) for p in fail_on]
+        self.stall_after = stall_after
+        self._lines = LineSplitter()
+        self._last_growth = 0.0
+        self.failed: Verdict | None = None
+        self.lines_seen = 0
+        self.last_line: str | None = None
+
+    @property
+    def judges_success(self) -> bool:
+        """Whether this watch decides success (a gate) or only detects failure (a run step)."""
+        return bool(self.patterns or self.metrics)
+
+    def feed(self, data: bytes, now: float) -> None:
+        """Take new log bytes that arrived `now` seconds after the watch started."""
+        if data:
+            self._last_growth = now
+        for line in self._lines.feed(data):
+            self._line(line, now)
+
+    def end_of_log(self, now: float) -> None:
+        """The writer is gone: the partial last line counts as a line."""
+        for line in self._lines.flush():
+            self._line(line, now)
+
+    def _line(self, line: str, now: float) -> None:
+        self.lines_seen += 1
+        if line.strip():
+            self.last_line = line[:MAX_LINE]
+        if self.failed:
+            return
+        for rx in self._fail_res:
+            if rx.search(line):
+                self.failed = Verdict(False, f"failure pattern {rx.pattern!r} matched", line[:MAX_LINE], kind="fail_on")
+                return
+        pending = self._next_pattern()
+        if pending is not None and self._pattern_res[pending].search(line):
+            state = self.patterns[pending]
+            state.matched_line, state.matched_at = line[:MAX_LINE], now
+        for rx, metric in zip(self._metric_res, self.metrics):
+            self._metric_line(rx, metric, line, now)
+
+    def _metric_line(self, rx: re.Pattern[str], metric: MetricState, line: str, now: float) -> None:
+        if metric.verdict is not None:
+            return
+        match = rx.search(line)
+        if not match:
+            return
+        try:
+            value = float(match.group("value"))
+        except ValueError:
+            return
+        step = match.groupdict().get("step")
+        metric.values.append(value)
+        metric.steps.append(int(step) if step is not None and step.isdigit() else None)
+        metric.times.append(now)
+        if len(metric.values) >= metric.spec.count:
+            metric.verdict = metric.judge()
+            if not metric.verdict.passed:
+                self.failed = Verdict(False, metric.verdict.reason, line[:MAX_LINE], kind="metric")
+
+    def _next_pattern(self) -> int | None:
+        for i, state in enumerate(self.patterns):
+            if state.matched_line is None:
+                return i
+        return None
+
+    def verdict(self, now: float, *, ended: bool = False) -> Verdict | None:
+        """Passed, failed, or None while still undecided; `ended` means the log will not grow."""
+        if self.failed:
+            return self.failed
+        pending = self._next_pattern()
+        waiting_metrics = [m for m in self.metrics if m.verdict is None]
+        if pending is None and not waiting_metrics:
+            return Verdict(True, self._summary()) if self.judges_success else None
+        if pending is not None and now > self.patterns[pending].spec.within:
+            spec = self.patterns[pending].spec
+            return Verdict(False, f"pattern {pending + 1}/{len(self.patterns)} {spec.name or spec.regex!r} not seen within {spec.within:g}s", kind="deadline")
+        for m in waiting_metrics:
+            if now > m.spec.within:
+                return Verdict(False, f"metric {m.spec.name}: {len(m.values)}/{m.spec.count} values within {m.spec.within:g}s", kind="deadline")
+        if ended and self.judges_success:
+            what = f"pattern {self.patterns[pending].spec.name or self.patterns[pending].spec.regex!r}" if pending is not None else f"metric {waiting_metrics[0].spec.name}"
+            return Verdict(False, f"the log ended before {what} was satisfied", kind="eof")
+        if self.stall_after is not None and not ended and now - self._last_growth > self.stall_after:
+            return Verdict(False, f"log stalled: no output for {now - self._last_growth:.0f}s (limit {self.stall_after:g}s)", kind="stall")
+        return None
+
+    def _summary(self) -> str:
+        parts = [f"{len(self.patterns)} patterns matched"] if self.patterns else []
+        parts += [m.verdict.reason for m in self.metrics if m.verdict]
+        return "; ".join(parts)
+
+    def progress(self, now: float) -> dict[str, Any]:
+        """A JSON-able snapshot for the journal and status: each pattern and metric with deadline left."""
+        return {
+            "patterns": [
+                {
+                    "name": s.spec.name or s.spec.regex,
+                    "matched": s.matched_line is not None,
+                    "line": s.matched_line,
+                    "at_s": None if s.matched_at is None else round(s.matched_at, 3),
+                    "deadline_left_s": None if s.matched_line is not None else round(max(0.0, s.spec.within - now), 1),
+                }
+                for s in self.patterns
+            ],
+            "metrics": [
+                {
+                    "name": m.spec.name,
+                    "values": m.values[-20:],
+                    "count": len(m.values),
+                    "needed": m.spec.count,
+                    "verdict": None if m.verdict is None else m.verdict.reason,
+                }
+                for m in self.metrics
+            ],
+        }
+
+
+def _range(r: Any) -> str:
+    return f"[{'-inf' if r.min is None else f'{r.min:g}'}, {'inf' if r.max is None else f'{r.max:g}'}]"

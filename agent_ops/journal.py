@@ -1,0 +1,259 @@
+"""The journal: SQLite (WAL) shared by the executor and every reader (CLI, MCP, another process).
+
+It is the only state the controller keeps: `status`, `resume` and `cancel` read it, and it
+survives the controller's death. Every text written passes through the run's Masker, so
+secrets never land here.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from agent_ops.secrets import Masker
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    runbook_name TEXT NOT NULL,
+    runbook_path TEXT NOT NULL,
+    runbook_sha TEXT NOT NULL,
+    target TEXT NOT NULL,          -- TargetSpec as JSON
+    vars TEXT NOT NULL,            -- resolved variables as JSON (no secrets: they are never vars)
+    secret_names TEXT NOT NULL,    -- JSON list of names only
+    state TEXT NOT NULL,           -- pending | running | succeeded | failed | cancelling | cancelled | interrupted
+    message TEXT,
+    tmux_session TEXT,
+    run_dir TEXT,                  -- the run's directory on the target
+    artifacts_dir TEXT,            -- the run's directory on the controller
+    controller_pid INTEGER,
+    controller_host TEXT,
+    created REAL NOT NULL,
+    started REAL,
+    ended REAL,
+    heartbeat REAL
+);
+CREATE TABLE IF NOT EXISTS steps (
+    run_id TEXT NOT NULL,
+    step_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    state TEXT NOT NULL,           -- pending | running | succeeded | failed | skipped | cancelled
+    attempt INTEGER NOT NULL DEFAULT 0,
+    started REAL,
+    ended REAL,
+    message TEXT,
+    last_line TEXT,
+    progress TEXT,                 -- gate/metric progress as JSON
+    PRIMARY KEY (run_id, step_id)
+);
+CREATE TABLE IF NOT EXISTS attempts (
+    run_id TEXT NOT NULL,
+    step_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    job_dir TEXT,
+    window TEXT,
+    started REAL NOT NULL,
+    ended REAL,
+    rc INTEGER,
+    verdict TEXT,
+    message TEXT,
+    log_size INTEGER,
+    overrides TEXT,                -- vars/env changed by remedies for this attempt, JSON
+    PRIMARY KEY (run_id, step_id, attempt)
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL,
+    step_id TEXT,
+    ts REAL NOT NULL,
+    kind TEXT NOT NULL,
+    message TEXT NOT NULL,
+    data TEXT
+);
+CREATE TABLE IF NOT EXISTS remedies (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL,
+    step_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    ts REAL NOT NULL,
+    issue_id TEXT NOT NULL,
+    matched_lines TEXT NOT NULL,   -- JSON list
+    fix TEXT NOT NULL,             -- JSON description of the actions applied
+    result TEXT NOT NULL           -- applied | escalated | exhausted | succeeded | failed
+);
+CREATE INDEX IF NOT EXISTS events_run ON events (run_id, id);
+"""
+
+TERMINAL_RUN_STATES = ("succeeded", "failed", "cancelled")
+TERMINAL_STEP_STATES = ("succeeded", "failed", "skipped", "cancelled")
+
+
+def journal_home() -> Path:
+    """`$AGENTOPS_HOME`, else `.agentops/` of the working directory."""
+    env = os.environ.get("AGENTOPS_HOME")
+    return Path(env) if env else Path.cwd() / ".agentops"
+
+
+class Journal:
+    """One SQLite file; safe to use from the executor's threads and from other processes."""
+
+    def __init__(self, path: Path | None = None, masker: Masker | None = None) -> None:
+        self.path = Path(path) if path else journal_home() / "journal.db"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.masker = masker or Masker()
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL is durable across a controller crash (not a power cut) and keeps a commit well under 1 ms.
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=30000")
+        with self._tx() as db:
+            db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _m(self, text: str | None) -> str | None:
+        return None if text is None else self.masker.mask(text)
+
+    def _j(self, data: Any) -> str | None:
+        return None if data is None else self.masker.mask(json.dumps(data, default=str))
+
+    # --- writes ---------------------------------------------------------------------------
+
+    def create_run(self, run: dict[str, Any], steps: list[tuple[str, str]]) -> None:
+        """Insert a run and its steps (id, kind) in order, all pending."""
+        now = time.time()
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO runs (id, runbook_name, runbook_path, runbook_sha, target, vars, secret_names, state,"
+                " tmux_session, run_dir, artifacts_dir, created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    run["id"], run["runbook_name"], run["runbook_path"], run["runbook_sha"],
+                    self._j(run["target"]), self._j(run["vars"]), json.dumps(run["secret_names"]),
+                    "pending", run["tmux_session"], run["run_dir"], run["artifacts_dir"], now,
+                ),
+            )
+            db.executemany(
+                "INSERT INTO steps (run_id, step_id, kind, position, state) VALUES (?,?,?,?, 'pending')",
+                [(run["id"], sid, kind, i) for i, (sid, kind) in enumerate(steps)],
+            )
+        self.event(run["id"], None, "run_created", f"run {run['id']} of {run['runbook_name']} created")
+
+    def set_run(self, run_id: str, **fields: Any) -> None:
+        """Update run columns (state, message, started, ended, controller_pid, heartbeat...)."""
+        if "message" in fields:
+            fields["message"] = self._m(fields["message"])
+        cols = ", ".join(f"{k} = ?" for k in fields)
+        with self._tx() as db:
+            db.execute(f"UPDATE runs SET {cols} WHERE id = ?", (*fields.values(), run_id))
+
+    def set_step(self, run_id: str, step_id: str, **fields: Any) -> None:
+        """Update step columns (state, attempt, started, ended, message, last_line, progress)."""
+        for key in ("message", "last_line"):
+            if key in fields:
+                fields[key] = self._m(fields[key])
+        if "progress" in fields:
+            fields["progress"] = self._j(fields["progress"])
+        cols = ", ".join(f"{k} = ?" for k in fields)
+        with self._tx() as db:
+            db.execute(f"UPDATE steps SET {cols} WHERE run_id = ? AND step_id = ?", (*fields.values(), run_id, step_id))
+
+    def start_attempt(self, run_id: str, step_id: str, attempt: int, *, job_dir: str | None, window: str | None,
+                      overrides: dict[str, Any] | None = None) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO attempts (run_id, step_id, attempt, job_dir, window, started, overrides)"
+                " VALUES (?,?,?,?,?,?,?)",
+                (run_id, step_id, attempt, job_dir, window, time.time(), self._j(overrides or {})),
+            )
+
+    def end_attempt(self, run_id: str, step_id: str, attempt: int, *, rc: int | None, verdict: str,
+                    message: str, log_size: int | None = None) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE attempts SET ended = ?, rc = ?, verdict = ?, message = ?, log_size = ?"
+                " WHERE run_id = ? AND step_id = ? AND attempt = ?",
+                (time.time(), rc, verdict, self._m(message), log_size, run_id, step_id, attempt),
+            )
+
+    def event(self, run_id: str, step_id: str | None, kind: str, message: str, data: Any = None) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO events (run_id, step_id, ts, kind, message, data) VALUES (?,?,?,?,?,?)",
+                (run_id, step_id, time.time(), kind, self._m(message), self._j(data)),
+            )
+
+    def remedy(self, run_id: str, step_id: str, attempt: int, *, issue_id: str, matched_lines: list[str],
+               fix: Any, result: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO remedies (run_id, step_id, attempt, ts, issue_id, matched_lines, fix, result)"
+                " VALUES (?,?,?,?,?,?,?,?)",
+                (run_id, step_id, attempt, time.time(), issue_id, self._j(matched_lines), self._j(fix), result),
+            )
+
+    # --- reads ----------------------------------------------------------------------------
+
+    def run(self, run_id: str) -> dict[str, Any] | None:
+        row = self._db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        return _decode(row) if row else None
+
+    def latest_run_id(self) -> str | None:
+        row = self._db.execute("SELECT id FROM runs ORDER BY created DESC, rowid DESC LIMIT 1").fetchone()
+        return row["id"] if row else None
+
+    def runs(self, limit: int = 50) -> list[dict[str, Any]]:
+        rows = self._db.execute("SELECT * FROM runs ORDER BY created DESC, rowid DESC LIMIT ?", (limit,)).fetchall()
+        return [_decode(r) for r in rows]
+
+    def steps(self, run_id: str) -> list[dict[str, Any]]:
+        rows = self._db.execute("SELECT * FROM steps WHERE run_id = ? ORDER BY position", (run_id,)).fetchall()
+        return [_decode(r) for r in rows]
+
+    def attempts(self, run_id: str, step_id: str | None = None) -> list[dict[str, Any]]:
+        sql, args = "SELECT * FROM attempts WHERE run_id = ?", [run_id]
+        if step_id is not None:
+            sql, args = sql + " AND step_id = ?", args + [step_id]
+        return [_decode(r) for r in self._db.execute(sql + " ORDER BY started, attempt", args).fetchall()]
+
+    def events(self, run_id: str, after_id: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT * FROM events WHERE run_id = ? AND id > ? ORDER BY id LIMIT ?", (run_id, after_id, limit)
+        ).fetchall()
+        return [_decode(r) for r in rows]
+
+    def remedies(self, run_id: str) -> list[dict[str, Any]]:
+        rows = self._db.execute("SELECT * FROM remedies WHERE run_id = ? ORDER BY id", (run_id,)).fetchall()
+        return [_decode(r) for r in rows]
+
+
+_JSON_COLUMNS = ("target", "vars", "secret_names", "progress", "overrides", "data", "matched_lines", "fix")
+
+
+def _decode(row: sqlite3.Row) -> dict[str, Any]:
+    out = dict(row)
+    for key in _JSON_COLUMNS:
+        if isinstance(out.get(key), str):
+            out[key] = json.loads(out[key])
+    return out

@@ -1,0 +1,235 @@
+"""The runbook schema: pydantic models that are the single source of truth for the YAML format.
+
+`agentops schema` prints the JSON Schema generated from these classes, so editors
+validate runbooks with exactly the rules the executor applies.
+"""
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from checks.kinds import Check
+
+# Step ids become file and tmux window names on the box: keep them filesystem- and tmux-safe.
+STEP_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+VAR_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+# The rule every agent of seed 003 obeys: nothing waits more than 30 s without re-checking.
+MAX_POLL_S = 30.0
+
+
+class Strict(BaseModel):
+    """Base for every schema object: unknown keys are errors (a typo must not pass silently)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class VarSpec(Strict):
+    """A runbook variable: a default (null means the caller must supply it) and optional choices."""
+
+    default: Any = Field(None, description="Default value; null makes the variable required.")
+    description: str | None = Field(None, description="What the variable means, shown by `agentops plan`.")
+    choices: list[Any] | None = Field(None, description="Allowed values; anything else is rejected before a run starts.")
+
+
+class PollSpec(Strict):
+    """How the single poller waits: starts fast, backs off, never past the cap."""
+
+    first_s: float = Field(0.25, gt=0, le=0.25, description="First re-check after this many seconds (at most 0.25).")
+    cap_s: float = Field(10.0, gt=0, le=MAX_POLL_S, description="Longest wait between two checks; at most 30 s by rule.")
+    factor: float = Field(1.6, ge=1.0, le=4.0, description="Backoff factor between checks while nothing changes.")
+
+
+class StepBase(Strict):
+    """Fields every step kind has."""
+
+    id: str = Field(pattern=STEP_ID, description="Unique step id; also the tmux window and job directory name.")
+    name: str | None = Field(None, description="Human title; defaults to the id.")
+    needs: list[str] = Field(default_factory=list, description="Ids of steps that must succeed (or be skipped) first.")
+    retries: int = Field(0, ge=0, le=10, description="Extra attempts after a failure (remedies apply between attempts).")
+    skip_if: Check | None = Field(None, description="A check; when it passes the step is skipped (idempotent steps).")
+    tags: list[str] = Field(default_factory=list, description="Labels such as install, download, stats, train; known issues apply by tag.")
+    timeout: float | None = Field(None, gt=0, description="Wall-clock deadline of one attempt, in seconds.")
+
+    @property
+    def title(self) -> str:
+        return self.name or self.id
+
+
+class RunStep(StepBase):
+    """A shell command run as a job in its own tmux window on the target."""
+
+    kind: Literal["run"]
+    command: str = Field(min_length=1, description="Bash script (multi-line allowed), run with `bash -eo pipefail`. {{ vars }} are shell-quoted.")
+    cwd: str | None = Field(None, description="Working directory on the target (default: the target user's home).")
+    env: dict[str, str] = Field(default_factory=dict, description="Extra environment for this job (reaches it through a mode-600 file).")
+    background: bool = Field(False, description="Start and go on: steps that need this one start once it is running.")
+    keep_running: bool = Field(False, description="With background: the run may finish while this job still runs (e.g. training).")
+    fail_on: list[str] = Field(default_factory=list, description="Regexes that fail the step as soon as one appears in its log.")
+    stall_after: float | None = Field(None, gt=0, description="Fail when the log has not grown for this many seconds.")
+
+    @field_validator("fail_on")
+    @classmethod
+    def _regexes_compile(cls, value: list[str]) -> list[str]:
+        return [_compiled(p) for p in value]
+
+    @model_validator(mode="after")
+    def _keep_running_needs_background(self) -> RunStep:
+        if self.keep_running and not self.background:
+            raise ValueError("keep_running only makes sense with background: true")
+        return self
+
+
+class GatePattern(Strict):
+    """One line that must appear in the log, after the previous pattern's line, before its deadline."""
+
+    regex: str = Field(description="Python regex searched in each new log line.")
+    within: float = Field(gt=0, description="Deadline in seconds, counted from the gate's start.")
+    name: str | None = Field(None, description="Short label for status output.")
+
+    @field_validator("regex")
+    @classmethod
+    def _regex_compiles(cls, value: str) -> str:
+        return _compiled(value)
+
+
+class RangeSpec(Strict):
+    """An inclusive numeric interval; either end may be open."""
+
+    min: float | None = None
+    max: float | None = None
+
+    def contains(self, value: float) -> bool:
+        return (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
+
+
+class MetricSpec(Strict):
+    """A number extracted from log lines, with assertions on its series."""
+
+    name: str = Field(pattern=VAR_NAME, description="Metric name used in status output.")
+    regex: str = Field(description="Regex with a named group `value` (and optionally `step`).")
+    count: int = Field(1, ge=1, description="How many values must be seen before the assertions are judged.")
+    within: float = Field(gt=0, description="Deadline in seconds (from the gate's start) to collect `count` values.")
+    first: RangeSpec | None = Field(None, description="The first value must lie in this range (e.g. first loss 0.7-1.0).")
+    last: RangeSpec | None = Field(None, description="The last collected value must lie in this range.")
+    falling: bool = Field(False, description="The mean of the last third of values must be below the mean of the first third.")
+    rate_max_s: float | None = Field(None, gt=0, description="Upper bound on seconds between consecutive values (s/step).")
+
+    @field_validator("regex")
+    @classmethod
+    def _has_value_group(cls, value: str) -> str:
+        if "value" not in re.compile(_compiled(value)).groupindex:
+            raise ValueError("metric regex needs a named group (?P<value>...)")
+        return value
+
+    @model_validator(mode="after")
+    def _falling_needs_values(self) -> MetricSpec:
+        if self.falling and self.count < 3:
+            raise ValueError("falling needs count >= 3 to compare the first and last thirds")
+        return self
+
+
+class GateStep(StepBase):
+    """Ordered log patterns (each with a deadline) and metric checks on a job's log or a file."""
+
+    kind: Literal["gate"]
+    job: str | None = Field(None, description="Id of a run step whose log to watch (usually a background job).")
+    file: str | None = Field(None, description="A log file on the target; only bytes written after the gate starts count.")
+    patterns: list[GatePattern] = Field(default_factory=list, description="Lines that must appear, in this order.")
+    metrics: list[MetricSpec] = Field(default_factory=list, description="Numbers extracted from the log and judged.")
+    fail_on: list[str] = Field(default_factory=list, description="Regexes that end the gate as failed at once.")
+    stall_after: float | None = Field(None, gt=0, description="Fail when the log has not grown for this many seconds.")
+
+    @field_validator("fail_on")
+    @classmethod
+    def _regexes_compile(cls, value: list[str]) -> list[str]:
+        return [_compiled(p) for p in value]
+
+    @model_validator(mode="after")
+    def _one_source(self) -> GateStep:
+        if (self.job is None) == (self.file is None):
+            raise ValueError("a gate watches exactly one of `job` or `file`")
+        if not self.patterns and not self.metrics:
+            raise ValueError("a gate needs at least one pattern or metric")
+        return self
+
+    @property
+    def deadline_s(self) -> float:
+        return max([p.within for p in self.patterns] + [m.within for m in self.metrics])
+
+
+class CheckStep(StepBase):
+    """Checks evaluated through the transport; the step fails if any check fails."""
+
+    kind: Literal["check"]
+    checks: list[Check] = Field(min_length=1, description="Checks, evaluated in order; all are reported.")
+
+
+class PutStep(StepBase):
+    """Copy a file from the controller's machine to the target."""
+
+    kind: Literal["put"]
+    src: str = Field(description="Local path (relative to the runbook's directory).")
+    dest: str = Field(description="Path on the target.")
+    mode: int = Field(0o644, ge=0, le=0o7777, description="File mode on the target.")
+
+
+class GetStep(StepBase):
+    """Copy a file from the target into the run's artifacts directory (or a given local path)."""
+
+    kind: Literal["get"]
+    src: str = Field(description="Path on the target.")
+    dest: str | None = Field(None, description="Local path; default: the run's artifacts directory.")
+
+
+Step = Annotated[Union[RunStep, CheckStep, GateStep, PutStep, GetStep], Field(discriminator="kind")]
+
+
+class Runbook(Strict):
+    """A named, validated list of steps with variables, secrets and environment."""
+
+    name: str = Field(min_length=1, description="Runbook name.")
+    description: str | None = Field(None, description="What the runbook does.")
+    vars: dict[str, VarSpec | str | int | float | bool | None] = Field(
+        default_factory=dict, description="Variables: a plain default or a {default, description, choices} mapping; null = required."
+    )
+    secrets: list[str] = Field(default_factory=list, description="Names read from the controller's environment; jobs see them as env vars.")
+    env: dict[str, str] = Field(default_factory=dict, description="Environment for every job.")
+    poll: PollSpec = Field(default_factory=PollSpec, description="Polling bounds.")
+    max_parallel: int = Field(4, ge=1, le=32, description="Most steps running at once.")
+    steps: list[Step] = Field(min_length=1, description="The steps; `needs` makes them a DAG.")
+
+    @field_validator("vars")
+    @classmethod
+    def _var_names(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for name in value:
+            if not re.match(VAR_NAME, name):
+                raise ValueError(f"variable name {name!r} must match {VAR_NAME}")
+        return value
+
+    @field_validator("secrets")
+    @classmethod
+    def _secret_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not re.match(VAR_NAME, name):
+                raise ValueError(f"secret name {name!r} must be an environment variable name")
+        return value
+
+    def var_specs(self) -> dict[str, VarSpec]:
+        """Every variable as a VarSpec (plain values become defaults)."""
+        return {k: v if isinstance(v, VarSpec) else VarSpec(default=v) for k, v in self.vars.items()}
+
+    def step(self, step_id: str) -> Step:
+        for step in self.steps:
+            if step.id == step_id:
+                return step
+        raise KeyError(step_id)
+
+
+def _compiled(pattern: str) -> str:
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"invalid regex {pattern!r}: {exc}") from exc
+    return pattern

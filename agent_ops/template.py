@@ -1,0 +1,60 @@
+"""`{{ var }}` templating: shell-quoted in commands by default, verbatim elsewhere or with `| raw`."""
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Mapping
+from typing import Any
+
+VAR_REF = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\|\s*([A-Za-z_]+)\s*)?\}\}")
+FILTERS = ("raw", "q")
+
+# Fields whose text is bash: interpolations there are quoted so a value can never become code.
+SHELL_FIELDS = frozenset({"command", "run", "commands"})
+
+
+def references(text: str) -> list[tuple[str, str | None]]:
+    """The (name, filter) pairs a text refers to."""
+    return [(m.group(1), m.group(2)) for m in VAR_REF.finditer(text)]
+
+
+def as_text(value: Any) -> str:
+    """How a variable's value is written into text: YAML-style booleans, plain numbers."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "" if value is None else str(value)
+
+
+def render(text: str, values: Mapping[str, Any], *, shell: bool) -> str:
+    """Substitute every reference; in shell text quote unless `| raw`, elsewhere quote only with `| q`."""
+
+    def one(match: re.Match[str]) -> str:
+        name, flt = match.group(1), match.group(2)
+        value = as_text(values[name])
+        quote = (shell and flt != "raw") or flt == "q"
+        return shlex.quote(value) if quote else value
+
+    return VAR_REF.sub(one, text)
+
+
+def render_tree(data: Any, values: Mapping[str, Any], field: str | None = None) -> Any:
+    """Render every string in plain data (dicts/lists); the field name decides shell quoting."""
+    if isinstance(data, str):
+        return render(data, values, shell=field in SHELL_FIELDS)
+    if isinstance(data, dict):
+        return {k: render_tree(v, values, k if isinstance(k, str) else field) for k, v in data.items()}
+    if isinstance(data, list):
+        return [render_tree(v, values, field) for v in data]
+    return data
+
+
+def walk_strings(data: Any, path: tuple[Any, ...] = ()):
+    """Yield (path, string) for every string in plain data, for reference checking."""
+    if isinstance(data, str):
+        yield path, data
+    elif isinstance(data, dict):
+        for k, v in data.items():
+            yield from walk_strings(v, path + (k,))
+    elif isinstance(data, list):
+        for i, v in enumerate(data):
+            yield from walk_strings(v, path + (i,))

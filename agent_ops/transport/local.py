@@ -1,0 +1,121 @@
+"""LocalTransport: this machine, through the same protocol as a remote box."""
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from agent_ops.errors import TransportError
+from agent_ops.transport.base import EXEC_TIMEOUT_RC, ExecResult, FileStat
+
+# --norc/--noprofile: the same shell a remote exec gets, so scripts behave alike on both.
+BASH = ["bash", "--norc", "--noprofile", "-c"]
+# After killing a timed-out group, how long to wait for output from strays that left it (setsid).
+DRAIN_AFTER_KILL_S = 5.0
+
+
+@contextmanager
+def _file_errors(what: str, path: str) -> Iterator[None]:
+    """FileNotFoundError passes (the protocol promises it); other OSErrors become TransportError, as over SSH."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise TransportError(f"local: {what} {path}: {exc}") from exc
+
+
+class LocalTransport:
+    """Runs commands with subprocess and touches files directly."""
+
+    name = "local"
+
+    def __init__(self) -> None:
+        self._home = os.path.expanduser("~")
+
+    def home(self) -> str:
+        return self._home
+
+    def _path(self, path: str) -> str:
+        if path == "~" or path.startswith("~/"):
+            return self._home + path[1:]
+        return path
+
+    def exec(self, script: str, *, stdin: bytes | None = None, timeout: float | None = None) -> ExecResult:
+        try:
+            proc = subprocess.Popen(
+                [*BASH, script],
+                stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,  # so a timeout can kill the whole process group
+            )
+        except OSError as exc:
+            raise TransportError(f"local exec failed to start: {exc}") from exc
+        try:
+            out, err = proc.communicate(stdin, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            return ExecResult(EXEC_TIMEOUT_RC, *_drain_killed(proc))
+        return ExecResult(proc.returncode, out, err)
+
+    def put(self, path: str, data: bytes, *, mode: int = 0o644) -> None:
+        path = self._path(path)
+        with _file_errors("put", path):
+            self._put(path, data, mode)
+
+    def _put(self, path: str, data: bytes, mode: int) -> None:
+        parent = os.path.dirname(path) or "."
+        os.makedirs(parent, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=parent, prefix=".agentops-put-")
+        try:
+            os.fchmod(fd, mode)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    def get(self, path: str) -> bytes:
+        path = self._path(path)
+        with _file_errors("get", path), open(path, "rb") as fh:
+            return fh.read()
+
+    def read_from(self, path: str, offset: int, limit: int = 1 << 20) -> bytes:
+        path = self._path(path)
+        with _file_errors("read", path), open(path, "rb") as fh:
+            fh.seek(offset)
+            return fh.read(limit)
+
+    def stat(self, path: str) -> FileStat | None:
+        path = self._path(path)
+        try:
+            with _file_errors("stat", path):
+                st = os.stat(path)
+        except FileNotFoundError:
+            return None
+        return FileStat(size=st.st_size, mtime=st.st_mtime, is_dir=stat.S_ISDIR(st.st_mode), mode=st.st_mode & 0o7777)
+
+    def close(self) -> None:
+        pass
+
+
+def _drain_killed(proc: subprocess.Popen[bytes]) -> tuple[bytes, bytes]:
+    """What a killed process group wrote; bounded, since a stray that left the group may hold the pipes."""
+    try:
+        return proc.communicate(timeout=DRAIN_AFTER_KILL_S)
+    except subprocess.TimeoutExpired:
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+        proc.wait()
+        return b"", b""

@@ -1,0 +1,223 @@
+"""Targets: where a run executes (`local` or `ssh://user@host:port`) and how to reach it.
+
+A target comes from the command line (`parse_target`) or from a small inventory file
+(`load_inventory`):
+
+    hosts:
+      gpu1:
+        url: ssh://root@ssh5.vast.ai:31234
+        identity: ~/.ssh/vast_ed25519
+        accept_new_host_key: false
+
+Authentication is by key only; passwords are not supported anywhere.
+"""
+from __future__ import annotations
+
+import getpass
+import os
+import re
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from agent_ops.errors import RunbookError
+from agent_ops.transport.base import Transport
+from agent_ops.transport.local import LocalTransport
+from agent_ops.transport.ssh import SSHConfig, SSHTransport
+from agent_ops.yaml_lines import LineMap, load_with_lines
+
+LOCAL = "local"
+_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+# Fields that only mean something for ssh:// targets.
+_SSH_ONLY = ("identity", "known_hosts", "accept_new_host_key")
+# Inventory fields holding local file paths: relative ones are taken relative to the inventory file.
+_LOCAL_PATHS = ("identity", "known_hosts")
+
+
+class TargetSpecError(RunbookError):
+    """A target URL or inventory entry is invalid; like a bad runbook, nothing runs."""
+
+    code = "invalid_target"
+
+
+class TargetSpec(BaseModel):
+    """One target: where to run and how to reach it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str = Field(description='"local" or "ssh://user@host:port" (user defaults to the local user, port to 22)')
+    identity: str | None = Field(None, description="private key file (key auth only; passwords are not supported)")
+    known_hosts: str | None = Field(None, description="known_hosts file checked for the host key (default ~/.ssh/known_hosts)")
+    accept_new_host_key: bool = Field(False, description="trust on first use: record an unknown host key; a changed key is always refused")
+    tmux_socket: str | None = Field(None, description="tmux -L socket name for jobs; unset uses the default tmux server")
+    workdir: str = Field("~/.agentops", description="directory on the target for job scripts, logs and exit codes")
+    connect_timeout: float = Field(10.0, gt=0, description="seconds for one connection attempt")
+    reconnect_timeout: float = Field(120.0, ge=0, description="seconds spent re-trying a lost connection before giving up")
+    python: str = Field("python3", min_length=1, description="interpreter on the target for the agentops exec runner")
+
+    @field_validator("url")
+    @classmethod
+    def _normalize_url(cls, url: str) -> str:
+        if url == LOCAL:
+            return url
+        user, host, port = _split_ssh_url(url)
+        return SSHConfig(host=host, port=port, user=user).url
+
+    @field_validator("tmux_socket")
+    @classmethod
+    def _check_socket(cls, name: str | None) -> str | None:
+        if name is not None and not _NAME.match(name):
+            raise ValueError("a tmux socket name may only contain letters, digits, '.', '_' and '-'")
+        return name
+
+    @field_validator("workdir")
+    @classmethod
+    def _check_workdir(cls, workdir: str) -> str:
+        # Relative paths would depend on the working directory, which differs between transports.
+        if not (workdir.startswith("/") or workdir == "~" or workdir.startswith("~/")):
+            raise ValueError("workdir must be absolute or start with ~/")
+        if any(c in workdir for c in "\n\0"):
+            raise ValueError("workdir must not contain newlines or NUL")
+        return workdir
+
+    @model_validator(mode="after")
+    def _ssh_fields_need_ssh(self) -> TargetSpec:
+        if self.is_local:
+            given = [name for name in _SSH_ONLY if name in self.model_fields_set]
+            if given:
+                raise ValueError(f"{', '.join(given)} only apply to ssh:// targets, not to 'local'")
+        return self
+
+    @property
+    def is_local(self) -> bool:
+        """Whether this is the controller's own machine."""
+        return self.url == LOCAL
+
+    def ssh_config(self) -> SSHConfig:
+        """The SSH transport's settings for this (ssh://) target."""
+        if self.is_local:
+            raise TargetSpecError(["target 'local' has no SSH settings"])
+        user, host, port = _split_ssh_url(self.url)
+        optional = {"known_hosts": self.known_hosts} if self.known_hosts is not None else {}
+        return SSHConfig(
+            host=host,
+            port=port,
+            user=user,
+            identity=self.identity,
+            accept_new_host_key=self.accept_new_host_key,
+            connect_timeout=self.connect_timeout,
+            reconnect_timeout=self.reconnect_timeout,
+            python=self.python,
+            **optional,
+        )
+
+
+def parse_target(url: str, **options: Any) -> TargetSpec:
+    """A TargetSpec from a URL and TargetSpec fields given as keywords. Raises TargetSpecError."""
+    try:
+        return TargetSpec(url=url, **options)
+    except ValidationError as exc:
+        problems = [f"target {url!r}: {'.'.join(map(str, loc)) or '(spec)'}: {msg}" for loc, msg in _problems(exc)]
+        raise TargetSpecError(problems) from None
+
+
+def load_inventory(path: str | os.PathLike[str]) -> dict[str, TargetSpec]:
+    """Targets by name from an inventory YAML file (`hosts: {name: {url: ..., ...}}`). Raises TargetSpecError.
+
+    Relative identity/known_hosts paths are taken relative to the inventory file's directory.
+    """
+    label = str(path)
+    data, lines = _read_yaml(label)
+    if not isinstance(data, dict) or set(data) != {"hosts"} or not isinstance(data["hosts"], dict):
+        raise TargetSpecError([f"{label}:1: an inventory is a mapping with one key, hosts: {{name: {{url: ...}}}}"])
+    base = Path(label).resolve().parent
+    specs: dict[str, TargetSpec] = {}
+    problems: list[str] = []
+    for name, entry in data["hosts"].items():
+        where = f"{label}:{lines.line_of(('hosts', name)) or 1}: hosts.{name}"
+        if not isinstance(name, str) or not _NAME.match(name):
+            problems.append(f"{where}: a host name may only contain letters, digits, '.', '_' and '-'")
+        elif not isinstance(entry, dict):
+            problems.append(f"{where}: expected a mapping with at least url")
+        else:
+            spec, errors = _inventory_entry(label, lines, name, entry, base)
+            problems.extend(errors)
+            if spec is not None:
+                specs[name] = spec
+    if problems:
+        raise TargetSpecError(problems)
+    return specs
+
+
+def connect(spec: TargetSpec) -> Transport:
+    """An open transport to the target: LocalTransport for 'local', SSHTransport otherwise."""
+    if spec.is_local:
+        return LocalTransport()
+    return SSHTransport(spec.ssh_config())
+
+
+def _split_ssh_url(url: str) -> tuple[str, str, int]:
+    """(user, host, port) of an ssh:// URL, with a message a person can act on when it is wrong."""
+    parts = urlsplit(url)
+    if parts.scheme != "ssh":
+        raise ValueError(f"expected 'local' or ssh://user@host:port, got {url!r}")
+    if parts.password is not None:
+        raise ValueError("passwords are not supported (key auth only): remove it from the URL and set identity")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError("an ssh:// target is only user@host:port (no path, query or fragment)")
+    try:
+        port = parts.port or 22
+    except ValueError:
+        raise ValueError(f"invalid port in {url!r}") from None
+    if not parts.hostname:
+        raise ValueError(f"no host in {url!r}")
+    return parts.username or getpass.getuser(), parts.hostname, port
+
+
+def _inventory_entry(
+    label: str, lines: LineMap, name: str, entry: dict[str, Any], base: Path
+) -> tuple[TargetSpec | None, list[str]]:
+    fields = dict(entry)
+    for key in _LOCAL_PATHS:
+        value = fields.get(key)
+        if isinstance(value, str) and not value.startswith(("/", "~")):
+            fields[key] = str(base / value)
+    try:
+        return TargetSpec.model_validate(fields), []
+    except ValidationError as exc:
+        problems = []
+        for loc, msg in _problems(exc):
+            line = lines.line_of(("hosts", name, *loc)) or 1
+            field = ".".join(str(p) for p in ("hosts", name, *loc))
+            problems.append(f"{label}:{line}: {field}: {msg}")
+        return None, problems
+
+
+def _problems(exc: ValidationError) -> list[tuple[tuple[Any, ...], str]]:
+    """(location, message) pairs from a pydantic error, in words a person reads."""
+    out: list[tuple[tuple[Any, ...], str]] = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = f"unknown field {loc[-1]!r}" + (" (passwords are not supported; use identity)" if "pass" in str(loc[-1]) else "")
+        out.append((loc, msg))
+    return out
+
+
+def _read_yaml(label: str) -> tuple[Any, LineMap]:
+    try:
+        text = Path(label).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise TargetSpecError([f"{label}: no such inventory file"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TargetSpecError([f"{label}: cannot read: {exc}"]) from None
+    try:
+        return load_with_lines(text, label)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else 1
+        raise TargetSpecError([f"{label}:{line}: (yaml): {getattr(exc, 'problem', None) or exc}"]) from None

@@ -1,0 +1,290 @@
+"""The check kinds a runbook can declare: pydantic models that are also the JSON Schema editors see.
+
+Every check is judged through a Transport (see `checks.evaluate`), so the same
+YAML verifies this machine or a rented box. Sizes in GB are GiB (2**30 bytes),
+the unit `df -h` prints and nvidia-smi's MiB divided by 1024.
+"""
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+try:  # packaging is the reference for PEP 440; the controller must still work on a laptop without it.
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import InvalidVersion, Version
+except ImportError:  # pragma: no cover - exercised only where packaging is missing
+    SpecifierSet = None  # type: ignore[assignment,misc]
+
+# Seed 003's rule: nothing blocks for more than 30 s without re-checking.
+MAX_COMMAND_TIMEOUT_S = 30.0
+
+# Spellings people copy from torch/numpy, mapped to the dtype names a safetensors header uses.
+SAFETENSORS_DTYPE_ALIASES = {
+    "bool": "BOOL",
+    "uint8": "U8",
+    "int8": "I8",
+    "int16": "I16",
+    "int32": "I32",
+    "int64": "I64",
+    "float16": "F16",
+    "half": "F16",
+    "bfloat16": "BF16",
+    "float32": "F32",
+    "float": "F32",
+    "float64": "F64",
+    "double": "F64",
+    "float8_e4m3fn": "F8_E4M3",
+    "float8_e5m2": "F8_E5M2",
+}
+
+
+# A version as programs print it: `2.15.0`, `v1.68.2`, `2.7.1+cu128`, `4.53.0.dev0`; never a lone integer.
+VERSION_TOKEN = re.compile(r"(?<![\d.])\d+(?:\.\d+)+(?:\.?(?:a|b|rc|dev|post)\d*)*(?:\+[0-9A-Za-z]+(?:\.[0-9A-Za-z]+)*)?")
+_CLAUSE = re.compile(r"^\s*(~=|===|==|!=|<=|>=|<|>)\s*(\S+?)\s*$")
+_RELEASE = re.compile(r"^\d+(?:\.\d+)*")
+
+
+def parse_specifier(spec: str) -> list[tuple[str, str]]:
+    """Split a specifier like `>=2.15,<2.16` into (operator, version) clauses; ValueError if malformed."""
+    if SpecifierSet is not None:
+        try:
+            SpecifierSet(spec)
+        except ValueError as exc:  # InvalidSpecifier; a bare "2.15" is the usual slip
+            raise ValueError(f"{exc}; write an operator, e.g. ==2.15.* or >=2.15,<2.16") from None
+    clauses = []
+    for part in spec.split(","):
+        match = _CLAUSE.match(part)
+        if not match or not _RELEASE.match(match.group(2)):
+            raise ValueError(f"invalid version specifier {spec!r}: cannot read {part.strip()!r} (e.g. ==2.15.* or >=2.15,<2.16)")
+        clauses.append((match.group(1), match.group(2)))
+    return clauses
+
+
+def version_matches(spec: str, version: str) -> bool:
+    """Whether `version` satisfies `spec`; pre-releases count (we judge what is installed, not what to pick)."""
+    if SpecifierSet is not None:
+        try:
+            parsed = Version(version)
+        except InvalidVersion:
+            parsed = Version(_release_text(version))
+        return SpecifierSet(spec).contains(parsed, prereleases=True)
+    return all(_clause_matches(op, want, version) for op, want in parse_specifier(spec))
+
+
+def _release_text(version: str) -> str:
+    match = _RELEASE.match(version.lstrip("vV"))
+    return match.group(0) if match else "0"
+
+
+def _release(version: str) -> tuple[int, ...]:
+    return tuple(int(n) for n in _release_text(version).split("."))
+
+
+def _clause_matches(op: str, want: str, version: str) -> bool:
+    """The numeric fallback for one clause: release numbers only (pre/post/local parts are ignored)."""
+    if op == "===":
+        return version == want
+    if op in ("==", "!=") and want.endswith(".*"):
+        prefix = _release(want[:-2])
+        return (_release(version)[: len(prefix)] == prefix) == (op == "==")
+    have, need = _release(version), _release(want)
+    width = max(len(have), len(need))
+    have, need = have + (0,) * (width - len(have)), need + (0,) * (width - len(need))
+    if op == "~=":
+        stem = _release(want)[:-1]
+        return have >= need and _release(version)[: len(stem)] == stem
+    return {"==": have == need, "!=": have != need, "<=": have <= need, ">=": have >= need, "<": have < need, ">": have > need}[op]
+
+
+class CheckBase(BaseModel):
+    """Fields every check kind has; unknown keys are errors (a typo must not pass silently)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(None, description="Human title shown in reports; defaults to the kind and what it checks.")
+
+    @property
+    def subject(self) -> str:
+        """What the check looks at (a path, a command), for the default title."""
+        return ""
+
+    @property
+    def title(self) -> str:
+        """The name to show: `name`, or the kind and its subject."""
+        return self.name or f"{getattr(self, 'kind')} {self.subject}".strip()
+
+
+class PathExistsCheck(CheckBase):
+    """A path exists on the target, optionally of a type and a minimum size."""
+
+    kind: Literal["path_exists"] = Field(description="Check that a path exists.")
+    path: str = Field(min_length=1, description="Path on the target; `~/` means the target user's home.")
+    type: Literal["file", "dir", "any"] = Field("any", description="What the path must be: a file, a directory, or either.")
+    min_size: int | None = Field(None, ge=0, description="Smallest acceptable file size in bytes (files only).")
+
+    @property
+    def subject(self) -> str:
+        return self.path
+
+    @model_validator(mode="after")
+    def _size_is_for_files(self) -> PathExistsCheck:
+        if self.min_size is not None and self.type == "dir":
+            raise ValueError("min_size applies to files, not to type: dir")
+        return self
+
+
+class FileCountCheck(CheckBase):
+    """The number of regular files under a directory that match a glob (e.g. 32 tfrecord + 2 json = 34)."""
+
+    kind: Literal["file_count"] = Field(description="Count files matching a glob.")
+    dir: str = Field(min_length=1, description="Directory on the target; `~/` means the target user's home.")
+    glob: str = Field("*", min_length=1, description="Pattern relative to `dir`, e.g. `*.tfrecord*`; `**` recurses. Only regular files count.")
+    count: int | None = Field(None, ge=0, description="Exact number of matching files.")
+    min: int | None = Field(None, ge=0, description="At least this many matching files.")
+    max: int | None = Field(None, ge=0, description="At most this many matching files.")
+
+    @property
+    def subject(self) -> str:
+        return f"{self.dir.rstrip('/')}/{self.glob}"
+
+    @model_validator(mode="after")
+    def _one_kind_of_bound(self) -> FileCountCheck:
+        if self.count is not None and (self.min is not None or self.max is not None):
+            raise ValueError("give either count or min/max, not both")
+        if self.count is None and self.min is None and self.max is None:
+            raise ValueError("give count, min or max")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
+        return self
+
+
+class JsonFieldCheck(CheckBase):
+    """A field of a JSON file on the target: present, equal to a value, of a length, or in a range."""
+
+    kind: Literal["json_field"] = Field(description="Check one field of a JSON file.")
+    path: str = Field(min_length=1, description="JSON file on the target (at most 16 MiB); `~/` means the target user's home.")
+    field: str = Field(
+        min_length=1,
+        pattern=r"^[^.]+(\.[^.]+)*$",
+        description="Dotted path into the document; list items by index: `action.q99`, `a.b.0`.",
+    )
+    equals: Any = Field(None, description="The field must equal this value (1 and true differ; 7 and 7.0 do not).")
+    length: int | None = Field(None, ge=0, description="The field (list, string or object) must have this length, e.g. 7 for a LIBERO action.")
+    min: float | None = Field(None, description="Smallest allowed number; for a list, every element (nested lists too).")
+    max: float | None = Field(None, description="Largest allowed number; for a list, every element (nested lists too).")
+    exists: bool = Field(True, description="false: the field must be absent (no other condition may be given then).")
+
+    @property
+    def subject(self) -> str:
+        return f"{self.path}:{self.field}"
+
+    @property
+    def has_equals(self) -> bool:
+        """Whether `equals` was given (so `equals: null` is a real condition, unlike leaving it out)."""
+        return "equals" in self.model_fields_set
+
+    @model_validator(mode="after")
+    def _absence_stands_alone(self) -> JsonFieldCheck:
+        if not self.exists and (self.has_equals or self.length is not None or self.min is not None or self.max is not None):
+            raise ValueError("exists: false cannot be combined with equals, length, min or max")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
+        return self
+
+
+class CommandCheck(CheckBase):
+    """A short command on the target: its exit status, its output, and the version it prints."""
+
+    kind: Literal["command"] = Field(description="Run a short command and judge its exit status and output.")
+    run: str = Field(min_length=1, description="Bash snippet run on the target (no ~/.bashrc); stdout and stderr are judged together.")
+    expect_rc: int = Field(0, description="Exit status the command must return.")
+    regex: str | None = Field(None, description="Python regex that must match somewhere in stdout+stderr (multiline mode).")
+    version: str | None = Field(
+        None,
+        description="PEP 440 specifier such as `>=2.15,<2.16`, applied to the regex's `(?P<version>...)` group "
+        "or else to the first version-looking token (like 2.15.0) in the output.",
+    )
+    timeout: float = Field(
+        MAX_COMMAND_TIMEOUT_S, gt=0, le=MAX_COMMAND_TIMEOUT_S, description="Seconds before the command is killed (at most 30)."
+    )
+
+    @property
+    def subject(self) -> str:
+        first = self.run.strip().splitlines()[0] if self.run.strip() else ""
+        return first if len(first) <= 60 else first[:57] + "..."
+
+    @field_validator("regex")
+    @classmethod
+    def _regex_compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"invalid regex {value!r}: {exc}") from exc
+        return value
+
+    @field_validator("version")
+    @classmethod
+    def _specifier_parses(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_specifier(value)
+        return value
+
+
+class SafetensorsCheck(CheckBase):
+    """A safetensors checkpoint's header: tensor count, shapes and dtype, read without copying the file."""
+
+    kind: Literal["safetensors"] = Field(description="Check a safetensors checkpoint's header.")
+    path: str = Field(
+        min_length=1, description="A .safetensors file, or a directory whose *.safetensors shards are taken together."
+    )
+    key_count: int | None = Field(None, ge=0, description="Exact number of tensors (the `__metadata__` entry is not one).")
+    shapes: dict[str, list[Annotated[int, Field(ge=0)]]] = Field(
+        default_factory=dict, description="Tensor name -> exact shape, e.g. `action_in_proj.weight: [1024, 32]`."
+    )
+    dtype: str | None = Field(None, description="Every tensor must have this dtype (BF16, F32, ...; torch names like bfloat16 work too).")
+
+    @property
+    def subject(self) -> str:
+        return self.path
+
+    @field_validator("dtype")
+    @classmethod
+    def _header_dtype_name(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        return SAFETENSORS_DTYPE_ALIASES.get(value.lower().removeprefix("torch."), value.upper())
+
+
+class DiskFreeCheck(CheckBase):
+    """Free space on the filesystem that holds a path (or would hold it: the nearest existing parent is measured)."""
+
+    kind: Literal["disk_free"] = Field(description="Check free disk space.")
+    path: str = Field("~", min_length=1, description="Path on the target whose filesystem is measured; `~/` means the target user's home.")
+    min_gb: float = Field(gt=0, description="Least free space in GiB (as `df -h` shows it).")
+
+    @property
+    def subject(self) -> str:
+        return self.path
+
+
+class GpuMemoryCheck(CheckBase):
+    """Enough NVIDIA GPUs with enough memory; skipped (not passed) where nvidia-smi is absent."""
+
+    kind: Literal["gpu_memory"] = Field(description="Check NVIDIA GPU count and memory.")
+    min_gb: float | None = Field(None, gt=0, description="Least memory per GPU in GiB (nvidia-smi's MiB / 1024); omit to only count GPUs.")
+    memory: Literal["free", "total"] = Field("free", description="Judge the memory free now, or the card's total.")
+    count: int = Field(1, ge=1, description="Least number of GPUs that must qualify.")
+
+    @property
+    def subject(self) -> str:
+        need = f" with >= {self.min_gb:g} GiB {self.memory}" if self.min_gb is not None else ""
+        return f">= {self.count} GPU(s){need}"
+
+
+Check = Annotated[
+    Union[PathExistsCheck, FileCountCheck, JsonFieldCheck, CommandCheck, SafetensorsCheck, DiskFreeCheck, GpuMemoryCheck],
+    Field(discriminator="kind"),
+]

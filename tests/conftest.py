@@ -1,0 +1,73 @@
+"""Shared fixtures: a real loopback sshd, and transports to run one set of contract tests on both sides."""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from agent_ops.transport.local import LocalTransport
+from agent_ops.transport.ssh import SSHTransport
+from tests.sshd import SSHServer, sshd_available
+
+NO_SSHD = "OpenSSH server not installed (/usr/sbin/sshd missing; apt-get install openssh-server)"
+
+
+def _require_sshd() -> None:
+    if not sshd_available():
+        pytest.skip(NO_SSHD)
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SSHServer]:
+    """A private sshd shared by the session; tests that stop it use `make_sshd` instead."""
+    _require_sshd()
+    server = SSHServer(tmp_path_factory.mktemp("sshd"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def make_sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., SSHServer]]:
+    """Factory for private sshd servers (optionally with extra sshd_config lines), stopped after the test."""
+    _require_sshd()
+    servers: list[SSHServer] = []
+
+    def make(*extra_config: str) -> SSHServer:
+        server = SSHServer(tmp_path_factory.mktemp("sshd"), extra_config)
+        servers.append(server)
+        server.start()
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def local_transport() -> Iterator[LocalTransport]:
+    """This machine through the Transport protocol."""
+    transport = LocalTransport()
+    yield transport
+    transport.close()
+
+
+@pytest.fixture
+def ssh_transport(sshd: SSHServer) -> Iterator[SSHTransport]:
+    """This machine over a real SSH connection to the session's sshd."""
+    transport = SSHTransport(sshd.config())
+    yield transport
+    transport.close()
+
+
+@pytest.fixture(params=["local", pytest.param("ssh", marks=pytest.mark.ssh)])
+def transport(request: pytest.FixtureRequest) -> LocalTransport | SSHTransport:
+    """Each transport in turn, so the same contract tests run on both."""
+    return request.getfixturevalue(f"{request.param}_transport")
+
+
+@pytest.fixture
+def scratch(tmp_path: Path) -> Path:
+    """A directory both transports can reach (the SSH server is this machine)."""
+    return tmp_path
