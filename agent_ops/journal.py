@@ -115,8 +115,8 @@ class Journal:
         # NORMAL is durable across a controller crash (not a power cut) and keeps a commit well under 1 ms.
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=30000")
-        with self._tx() as db:
-            db.executescript(SCHEMA)
+        with self._lock:
+            self._db.executescript(SCHEMA)  # executescript manages its own transaction
 
     def close(self) -> None:
         with self._lock:

@@ -1,0 +1,357 @@
+"""`agentops`: run, validate, plan, status, logs, resume, cancel, known issues.
+
+Exit codes: 0 success; 1 the run (or check) failed; 2 bad input (runbook, vars, target),
+nothing ran; 3 the target could not be reached; 4 the run id is unknown or in the wrong
+state; 130 interrupted. With --json, stdout carries exactly one JSON document and
+progress goes to stderr.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+
+from agent_ops.cli_catalog import diagnose_command, known_issues_app
+from agent_ops.errors import AgentOpsError, RunbookError, TransportError
+from agent_ops.journal import TERMINAL_RUN_STATES, Journal
+from agent_ops.loader import load_runbook, render_runbook, resolve_vars
+from agent_ops.plan import build_plan
+from agent_ops.runbook import Runbook
+from agent_ops.secrets import MissingSecret, read_secrets
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, rich_markup_mode=None)
+app.add_typer(known_issues_app, name="known-issues", help="The known-issue catalog.")
+app.command("diagnose", help="Match a log against the known-issue catalog.")(diagnose_command)
+
+err = Console(stderr=True)
+out = Console()
+
+EXIT_FAILED, EXIT_INPUT, EXIT_TRANSPORT, EXIT_STATE = 1, 2, 3, 4
+
+JsonOpt = typer.Option(False, "--json", help="Print one JSON document on stdout.")
+VarOpt = typer.Option(None, "--var", "-v", help="Set a variable: NAME=VALUE (repeatable).")
+
+
+def _fail(code: int, message: str, as_json: bool, kind: str = "error", problems: list[str] | None = None) -> None:
+    if as_json:
+        print(json.dumps({"error": {"code": kind, "message": message, "problems": problems or []}}))
+    else:
+        err.print(message, style="red", markup=False, highlight=False)
+    raise typer.Exit(code)
+
+
+def _parse_vars(items: list[str] | None, as_json: bool) -> dict[str, str]:
+    values = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            _fail(EXIT_INPUT, f"--var {item!r}: expected NAME=VALUE", as_json, "invalid_var")
+        values[name] = value
+    return values
+
+
+def _journal() -> Journal:
+    return Journal()
+
+
+def _target(target: str, identity: str | None, inventory: str | None, accept: bool, tmux_socket: str | None,
+            workdir: str | None, as_json: bool):
+    from agent_ops.transport.target import load_inventory, parse_target
+
+    options: dict[str, Any] = {}
+    if identity:
+        options["identity"] = identity
+    if accept:
+        options["accept_new_host_key"] = True
+    if tmux_socket:
+        options["tmux_socket"] = tmux_socket
+    if workdir:
+        options["workdir"] = workdir
+    try:
+        if inventory:
+            hosts = load_inventory(inventory)
+            if target not in hosts:
+                _fail(EXIT_INPUT, f"{inventory}: no host {target!r} (hosts: {', '.join(hosts)})", as_json, "invalid_target")
+            return hosts[target].model_copy(update=options)
+        return parse_target(target, **options)
+    except RunbookError as exc:
+        _fail(EXIT_INPUT, str(exc), as_json, exc.code, exc.problems)
+
+
+@app.command()
+def validate(files: list[str] = typer.Argument(..., help="Runbook files or shipped names."), as_json: bool = JsonOpt) -> None:
+    """Check runbooks without running anything; every problem as FILE:LINE: field: message."""
+    results, bad = [], False
+    for name in files:
+        try:
+            loaded = load_runbook(name)
+            results.append({"file": name, "ok": True, "name": loaded.runbook.name, "steps": len(loaded.runbook.steps), "problems": []})
+        except RunbookError as exc:
+            bad = True
+            results.append({"file": name, "ok": False, "problems": exc.problems})
+    if as_json:
+        print(json.dumps({"results": results, "ok": not bad}, indent=2))
+    else:
+        for r in results:
+            if r["ok"]:
+                err.print(f"{r['file']}: ok ({r['name']}, {r['steps']} steps)", style="green", markup=False, highlight=False)
+            for p in r["problems"]:
+                err.print(p, style="red", markup=False, highlight=False)
+    raise typer.Exit(EXIT_INPUT if bad else 0)
+
+
+def _load(file: str, var: list[str] | None, as_json: bool):
+    try:
+        loaded = load_runbook(file)
+        values = resolve_vars(loaded, _parse_vars(var, as_json))
+        return loaded, values
+    except RunbookError as exc:
+        if not as_json:
+            for p in exc.problems:
+                err.print(p, style="red", markup=False, highlight=False)
+            raise typer.Exit(EXIT_INPUT)
+        _fail(EXIT_INPUT, f"{file}: invalid runbook", as_json, exc.code, exc.problems)
+
+
+def _plan_doc(loaded, values: dict[str, Any], runbook: Runbook) -> dict[str, Any]:
+    plan = build_plan(runbook.steps)
+    steps = {s.id: s for s in runbook.steps}
+    return {
+        "runbook": runbook.name,
+        "file": str(loaded.path),
+        "vars": values,
+        "secrets": {name: "***" for name in runbook.secrets},
+        "waves": [[{"id": sid, "kind": steps[sid].kind, "needs": steps[sid].needs,
+                    **({"command": steps[sid].command} if steps[sid].kind == "run" else {})} for sid in wave]
+                  for wave in plan.waves],
+    }
+
+
+@app.command()
+def plan(file: str, var: Optional[list[str]] = VarOpt, as_json: bool = JsonOpt) -> None:
+    """Print the DAG in waves (steps in one wave may run at once), with variables resolved."""
+    loaded, values = _load(file, var, as_json)
+    builtins = {k: f"<{k}>" for k in ("run_id", "run_dir", "runbook_dir", "artifacts_dir")}
+    runbook = render_runbook(loaded, {**values, **builtins})
+    doc = _plan_doc(loaded, values, runbook)
+    if as_json:
+        print(json.dumps(doc, indent=2, default=str))
+        return
+    out.print(f"[bold]{runbook.name}[/] ({loaded.path})")
+    for k, v in values.items():
+        out.print(f"  var {k} = {v!r}", markup=False, highlight=False)
+    for name in runbook.secrets:
+        out.print(f"  secret {name} = ***", markup=False, highlight=False)
+    for i, wave in enumerate(doc["waves"], 1):
+        out.print(f"wave {i}:", style="bold")
+        for s in wave:
+            needs = f"  (needs {', '.join(s['needs'])})" if s["needs"] else ""
+            out.print(f"  {s['id']} [{s['kind']}]{needs}", markup=False, highlight=False)
+            if "command" in s:
+                for line in s["command"].rstrip().splitlines():
+                    out.print(f"      $ {line}", markup=False, highlight=False, style="dim")
+
+
+@app.command()
+def schema() -> None:
+    """Print the runbook JSON Schema (generated from the models) for editors."""
+    print(json.dumps(Runbook.model_json_schema(), indent=2))
+
+
+@app.command()
+def run(
+    file: str = typer.Argument(..., help="A runbook file, or the name of one shipped with agentops."),
+    var: Optional[list[str]] = VarOpt,
+    target: str = typer.Option("local", "--target", "-t", help="local, ssh://user@host:port, or a host of --inventory."),
+    identity: Optional[str] = typer.Option(None, "--identity", "-i", help="SSH private key."),
+    inventory: Optional[str] = typer.Option(None, "--inventory", help="YAML file of named hosts."),
+    accept_new_host_key: bool = typer.Option(False, "--accept-new-host-key", help="Trust an unknown host key and record it."),
+    tmux_socket: Optional[str] = typer.Option(None, "--tmux-socket", help="Private tmux server (-L name) for the jobs."),
+    workdir: Optional[str] = typer.Option(None, "--workdir", help="Directory on the target for job files."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan with every var resolved; run nothing."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Run a runbook on a target, step by step, in tmux; the journal records everything."""
+    from agent_ops.executor import Executor, start_run
+
+    loaded, values = _load(file, var, as_json)
+    spec = _target(target, identity, inventory, accept_new_host_key, tmux_socket, workdir, as_json)
+    if dry_run:
+        plan(file, var, as_json)
+        return
+    try:
+        secret_values = read_secrets(loaded.runbook.secrets)
+    except MissingSecret as exc:
+        _fail(EXIT_INPUT, f"{loaded.path}: secrets missing from the environment: {exc.args[0]}", as_json, "missing_secret")
+    journal = _journal()
+    _execute(journal, as_json, lambda observer: start_run(loaded, values, secret_values, spec, journal, observer=observer))
+
+
+def _execute(journal: Journal, as_json: bool, make_ctx) -> None:
+    from agent_ops.executor import Executor
+    from agent_ops.status import run_status
+    from agent_ops.view import LiveView, PlainView, render_status
+
+    plain = PlainView()
+    try:
+        ctx = make_ctx(plain if (as_json or not err.is_terminal) else None)
+    except TransportError as exc:
+        _fail(EXIT_TRANSPORT, f"cannot reach the target: {exc}", as_json, exc.code)
+    except AgentOpsError as exc:
+        _fail(EXIT_STATE if exc.code == "run_state" else EXIT_INPUT, str(exc), as_json, exc.code)
+    view = None
+    if ctx.observer is None:
+        view = LiveView(journal.path, ctx.run_id, err)
+        ctx.observer = view
+    try:
+        final = Executor(ctx).execute()
+    except KeyboardInterrupt:
+        journal.set_run(ctx.run_id, state="interrupted", message="controller interrupted; `agentops resume` continues")
+        err.print(f"interrupted; jobs keep running. Continue with: agentops resume {ctx.run_id}")
+        raise typer.Exit(130)
+    finally:
+        if view:
+            view.close()
+        ctx.transport.close()
+    status = run_status(journal, ctx.run_id)
+    if as_json:
+        print(status.model_dump_json(indent=2))
+    else:
+        if view is None:
+            err.print(render_status(status))
+        err.print(f"run {ctx.run_id}: {final} — details: agentops status {ctx.run_id}", markup=False, highlight=False)
+    raise typer.Exit(0 if final == "succeeded" else EXIT_FAILED)
+
+
+@app.command()
+def resume(run_id: str, as_json: bool = JsonOpt) -> None:
+    """Finish a run whose controller died: re-attach to its jobs, never re-run a succeeded step."""
+    from agent_ops.executor import resume_run
+
+    journal = _journal()
+    try:
+        _execute(journal, as_json, lambda observer: resume_run(journal, run_id, observer=observer))
+    except MissingSecret as exc:
+        _fail(EXIT_INPUT, f"secrets missing from the environment: {exc.args[0]}", as_json, "missing_secret")
+
+
+@app.command()
+def cancel(run_id: str, as_json: bool = JsonOpt) -> None:
+    """Stop a run's jobs and record it (asks a live controller, or stops the jobs itself)."""
+    from agent_ops.executor import cancel_run
+
+    journal = _journal()
+    try:
+        state = cancel_run(journal, run_id)
+    except AgentOpsError as exc:
+        _fail(EXIT_STATE if exc.code == "run_state" else EXIT_TRANSPORT, str(exc), as_json, exc.code)
+    if as_json:
+        print(json.dumps({"id": run_id, "state": state}))
+    else:
+        err.print(f"run {run_id}: {state}")
+
+
+def _status_or_fail(journal: Journal, run_id: str | None, as_json: bool):
+    from agent_ops.status import run_status
+
+    run_id = run_id or journal.latest_run_id()
+    if run_id is None:
+        _fail(EXIT_STATE, f"no runs in {journal.path}", as_json, "no_runs")
+    status = run_status(journal, run_id)
+    if status is None:
+        _fail(EXIT_STATE, f"unknown run {run_id!r} (see agentops list)", as_json, "unknown_run")
+    return status
+
+
+@app.command()
+def status(run_id: Optional[str] = typer.Argument(None, help="Run id (default: the latest)."), as_json: bool = JsonOpt) -> None:
+    """A run's state from the journal: steps, attempts, gate progress, remedies."""
+    from agent_ops.view import render_status
+
+    st = _status_or_fail(_journal(), run_id, as_json)
+    if as_json:
+        print(st.model_dump_json(indent=2))
+        return
+    out.print(render_status(st))
+    if st.message:
+        out.print(st.message, markup=False, highlight=False)
+    for r in st.remedies:
+        out.print(f"remedy {r.issue_id} on {r.step_id} (attempt {r.attempt}): {r.result}", markup=False, highlight=False)
+
+
+@app.command("list")
+def list_runs(limit: int = typer.Option(20, help="How many runs."), as_json: bool = JsonOpt) -> None:
+    """Recent runs, newest first."""
+    from agent_ops.status import run_summaries
+
+    runs = run_summaries(_journal(), limit)
+    if as_json:
+        print(json.dumps([r.model_dump() for r in runs], indent=2))
+        return
+    for r in runs:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created))
+        out.print(f"{r.id}  {when}  {r.state:<10} {r.runbook}  {r.target}", markup=False, highlight=False)
+
+
+@app.command()
+def logs(
+    run_id: str,
+    step: str,
+    attempt: Optional[int] = typer.Option(None, help="Attempt number (default: the latest)."),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new output until the job ends."),
+    offset: int = typer.Option(0, help="Start at this byte offset."),
+) -> None:
+    """Print a run step's job log from the target (by byte offset; --follow polls <= 1 s)."""
+    from agent_ops.secrets import Masker
+    from agent_ops.transport.target import TargetSpec, connect
+
+    journal = _journal()
+    row = journal.run(run_id)
+    if row is None:
+        _fail(EXIT_STATE, f"unknown run {run_id!r}", False, "unknown_run")
+    attempts = [a for a in journal.attempts(run_id, step) if a["job_dir"]]
+    if attempt is not None:
+        attempts = [a for a in attempts if a["attempt"] == attempt]
+    if not attempts:
+        _fail(EXIT_STATE, f"run {run_id} has no job log for step {step!r}", False, "unknown_step")
+    chosen = attempts[-1]
+    masker = Masker(v for v in (read_secrets_quiet(row["secret_names"])))
+    transport = connect(TargetSpec.model_validate(row["target"]))
+    try:
+        path = f"{chosen['job_dir']}/log"
+        while True:
+            try:
+                data = transport.read_from(path, offset, 1 << 20)
+            except FileNotFoundError:
+                data = b""
+            if data:
+                offset += len(data)
+                sys.stdout.write(masker.mask(data.decode("utf-8", "replace")))
+                sys.stdout.flush()
+                continue
+            if not follow or transport.stat(f"{chosen['job_dir']}/rc") is not None:
+                break
+            time.sleep(1.0)
+    finally:
+        transport.close()
+
+
+def read_secrets_quiet(names: list[str]) -> list[str]:
+    """Secret values present in this environment (for masking output); missing ones are skipped."""
+    import os
+
+    return [os.environ[n] for n in names if os.environ.get(n)]
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

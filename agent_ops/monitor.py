@@ -1,0 +1,105 @@
+"""The run's monitor: the single poller that watches every running job and followed file.
+
+One thread per run sends one probe exec at a time: it blocks on the run's
+`tmux wait-for` channel (a finishing job wakes it at once), but never longer than
+the current backoff interval, which starts at 0.25 s and is capped at <= 30 s.
+Step drivers wait on the snapshots it publishes instead of each polling the box.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+
+from agent_ops.errors import TransportError
+from agent_ops.jobs import RunLayout, Snapshot, probe
+from agent_ops.poll import Backoff
+from agent_ops.transport.base import Transport
+
+
+class Monitor:
+    """Publishes Snapshots of watched jobs and files; drivers call wait_next()."""
+
+    def __init__(self, transport: Transport, layout: RunLayout, backoff: Backoff) -> None:
+        self.transport = transport
+        self.layout = layout
+        self.backoff = backoff
+        self.latest = Snapshot()
+        self.max_interval = 0.0  # the longest wait actually used, recorded for status and tests
+        self.error: Exception | None = None
+        # Counted: a background job is followed by its own driver and by gates at the same time.
+        self._jobs: Counter[str] = Counter()
+        self._files: Counter[str] = Counter()
+        self._cond = threading.Condition()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._loop, name=f"monitor-{layout.run_id}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+        try:  # wake a probe blocked in wait-for so the thread ends promptly
+            self.transport.exec(f"{self.layout.tmux.cmd('wait-for', '-S', self.layout.channel)} 2>/dev/null; true", timeout=10)
+        except TransportError:
+            pass
+        self._thread.join(timeout=35)
+
+    def watch(self, *, job: str | None = None, file: str | None = None) -> None:
+        with self._cond:
+            if job:
+                self._jobs[job] += 1
+            if file:
+                self._files[file] += 1
+            self.backoff.reset()
+            self._cond.notify_all()
+
+    def unwatch(self, *, job: str | None = None, file: str | None = None) -> None:
+        with self._cond:
+            for counter, key in ((self._jobs, job), (self._files, file)):
+                if key and counter[key] > 0:
+                    counter[key] -= 1
+                    if counter[key] == 0:
+                        del counter[key]
+
+    def wait_next(self, seq: int, timeout: float) -> Snapshot:
+        """The first snapshot newer than `seq`, or the latest one after `timeout` seconds."""
+        end = time.monotonic() + timeout
+        with self._cond:
+            while self.latest.seq <= seq and not self._stopped:
+                left = end - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            return self.latest
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopped and not (self._jobs or self._files):
+                    self._cond.wait(1.0)
+                if self._stopped:
+                    return
+                jobs, files = sorted(self._jobs), sorted(self._files)
+                interval = self.backoff.next()
+            self.max_interval = max(self.max_interval, interval)
+            try:
+                snap = probe(self.transport, self.layout, interval, jobs, files)
+            except TransportError as exc:
+                # The transport already retried and reconnected where it could; report and keep trying.
+                self.error = exc
+                time.sleep(min(1.0, interval))
+                continue
+            self.error = None
+            self._publish(snap)
+
+    def _publish(self, snap: Snapshot) -> None:
+        with self._cond:
+            prev = self.latest
+            if snap.rcs != prev.rcs or snap.sizes != prev.sizes or snap.windows != prev.windows:
+                self.backoff.reset()
+            snap.seq = prev.seq + 1
+            self.latest = snap
+            self._cond.notify_all()

@@ -1,0 +1,153 @@
+"""Status as typed values read from the journal: one model for the CLI's --json and for MCP tools."""
+from __future__ import annotations
+
+import os
+import socket
+import time
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from agent_ops.journal import TERMINAL_RUN_STATES, Journal
+from agent_ops.runbook import MAX_POLL_S
+
+HEARTBEAT_STALE_S = 15.0
+
+
+class RemedyView(BaseModel):
+    """One known-issue remediation applied to a step."""
+
+    step_id: str
+    attempt: int
+    issue_id: str
+    matched_lines: list[str]
+    fix: Any
+    result: str
+    ts: float
+
+
+class AttemptView(BaseModel):
+    """One attempt of a step."""
+
+    attempt: int
+    started: float
+    ended: float | None = None
+    rc: int | None = None
+    verdict: str | None = None
+    message: str | None = None
+    job_dir: str | None = None
+    window: str | None = None
+
+
+class StepView(BaseModel):
+    """A step's state, attempts, gate progress and last log line."""
+
+    id: str
+    kind: str
+    state: str
+    attempt: int
+    started: float | None = None
+    ended: float | None = None
+    elapsed_s: float | None = None
+    message: str | None = None
+    last_line: str | None = None
+    progress: dict[str, Any] | None = Field(None, description="Gate patterns (matched lines, deadline left) and metrics.")
+    attempts: list[AttemptView] = []
+
+
+class RunStatus(BaseModel):
+    """Everything known about a run, as the journal has it."""
+
+    id: str
+    runbook: str
+    runbook_path: str
+    target: str
+    state: str
+    message: str | None = None
+    created: float
+    started: float | None = None
+    ended: float | None = None
+    elapsed_s: float | None = None
+    controller_alive: bool = Field(description="Whether a controller process is driving the run now.")
+    tmux_session: str | None = None
+    attach: str | None = Field(None, description="Command to watch the jobs in tmux on the target.")
+    run_dir: str | None = None
+    artifacts_dir: str | None = None
+    vars: dict[str, Any] = {}
+    steps: list[StepView]
+    remedies: list[RemedyView] = []
+    next_poll_s: float = Field(description="When to ask again (never more than 30 s).")
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL_RUN_STATES
+
+
+class RunSummary(BaseModel):
+    """One line of `agentops list`."""
+
+    id: str
+    runbook: str
+    state: str
+    target: str
+    created: float
+    ended: float | None = None
+    message: str | None = None
+
+
+def controller_alive(run: dict[str, Any]) -> bool:
+    """A run's controller is alive if its pid exists here (same host), else if its heartbeat is fresh."""
+    if run["state"] in TERMINAL_RUN_STATES or not run.get("controller_pid"):
+        return False
+    if run.get("controller_host") == socket.gethostname():
+        try:
+            os.kill(run["controller_pid"], 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    return (time.time() - (run.get("heartbeat") or 0)) < HEARTBEAT_STALE_S
+
+
+def run_status(journal: Journal, run_id: str) -> RunStatus | None:
+    """The full status of one run, or None if the journal has no such run."""
+    run = journal.run(run_id)
+    if run is None:
+        return None
+    now = time.time()
+    attempts: dict[str, list[AttemptView]] = {}
+    for a in journal.attempts(run_id):
+        attempts.setdefault(a["step_id"], []).append(AttemptView(**{k: a[k] for k in AttemptView.model_fields}))
+    steps = []
+    for s in journal.steps(run_id):
+        end = s["ended"] or (now if s["state"] == "running" else None)
+        steps.append(StepView(
+            id=s["step_id"], kind=s["kind"], state=s["state"], attempt=s["attempt"], started=s["started"], ended=s["ended"],
+            elapsed_s=round(end - s["started"], 3) if s["started"] and end else None, message=s["message"],
+            last_line=s["last_line"], progress=s["progress"], attempts=attempts.get(s["step_id"], []),
+        ))
+    remedies = [RemedyView(**{k: r[k] for k in RemedyView.model_fields}) for r in journal.remedies(run_id)]
+    target = run["target"].get("url", "local") if isinstance(run["target"], dict) else str(run["target"])
+    tmux_socket = run["target"].get("tmux_socket") if isinstance(run["target"], dict) else None
+    attach = f"tmux{' -L ' + tmux_socket if tmux_socket else ''} attach -t {run['tmux_session']}" if run["tmux_session"] else None
+    alive = controller_alive(run)
+    end = run["ended"] or now
+    return RunStatus(
+        id=run["id"], runbook=run["runbook_name"], runbook_path=run["runbook_path"], target=target, state=run["state"],
+        message=run["message"], created=run["created"], started=run["started"], ended=run["ended"],
+        elapsed_s=round(end - run["started"], 3) if run["started"] else None, controller_alive=alive,
+        tmux_session=run["tmux_session"], attach=attach, run_dir=run["run_dir"], artifacts_dir=run["artifacts_dir"],
+        vars=run["vars"] or {}, steps=steps, remedies=remedies,
+        next_poll_s=0.0 if run["state"] in TERMINAL_RUN_STATES else min(2.0 if alive else 10.0, MAX_POLL_S),
+    )
+
+
+def run_summaries(journal: Journal, limit: int = 50) -> list[RunSummary]:
+    """Recent runs, newest first."""
+    out = []
+    for r in journal.runs(limit):
+        target = r["target"].get("url", "local") if isinstance(r["target"], dict) else str(r["target"])
+        out.append(RunSummary(id=r["id"], runbook=r["runbook_name"], state=r["state"], target=target,
+                              created=r["created"], ended=r["ended"], message=r["message"]))
+    return out

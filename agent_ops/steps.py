@@ -1,0 +1,292 @@
+"""Step drivers: what each step kind does, one attempt at a time, with retries around it."""
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from checks.evaluate import evaluate, evaluate_all
+
+from agent_ops.gates import LogWatch, Verdict
+from agent_ops.jobs import JobHandle, JobSpec, kill_job, start_job
+from agent_ops.poll import Deadline
+from agent_ops.runbook import CheckStep, GateStep, GetStep, PutStep, RunStep
+
+if TYPE_CHECKING:
+    from agent_ops.executor import RunContext
+    from agent_ops.monitor import Monitor
+
+READ_CHUNK = 4 << 20  # a log is followed in chunks; a burst of output never loads whole into memory
+WAKE_S = 1.0  # drivers re-judge deadlines at least this often even when the box is quiet
+JOURNAL_EVERY_S = 0.5  # progress and last-line writes to the journal are throttled to this
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    """How a step (or one attempt) ended."""
+
+    state: str  # succeeded | failed | skipped | cancelled | started (left running)
+    message: str
+    log_tail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.state in ("succeeded", "skipped", "started")
+
+
+@dataclass
+class StepContext:
+    """What a driver may touch: the run, the monitor, the shared job handles, the stop flag."""
+
+    run: RunContext
+    monitor: Monitor
+    handles: dict[str, JobHandle]
+    stop_flag: threading.Event
+    started: Callable[[str], None]
+
+
+def drive_step(sctx: StepContext, step: Any) -> StepOutcome:
+    """Skip check, then attempts up to 1 + retries; every transition goes to the journal."""
+    run, journal = sctx.run, sctx.run.journal
+    journal.set_step(run.run_id, step.id, state="running", started=time.time(), message=None)
+    run.event("step_started", step.id, f"{step.kind} step {step.title} started")
+    if step.skip_if is not None:
+        result = evaluate(step.skip_if, run.transport)
+        if result.status == "passed":
+            return _end(sctx, step, StepOutcome("skipped", f"skipped: {result.message}"))
+    outcome = StepOutcome("failed", "no attempt made")
+    live, previous = _earlier_attempts(sctx, step)
+    first = live or previous + 1  # on resume attempt numbers go on: a job directory is never reused
+    for attempt in range(first, first + step.retries + 1):
+        journal.set_step(run.run_id, step.id, attempt=attempt)
+        outcome = _attempt(sctx, step, attempt, reattach=(attempt == live))
+        if outcome.ok or sctx.stop_flag.is_set():
+            break
+        if attempt <= step.retries:
+            run.event("step_retry", step.id, f"attempt {attempt} failed ({outcome.message}); retrying")
+    return _end(sctx, step, outcome)
+
+
+def _end(sctx: StepContext, step: Any, outcome: StepOutcome) -> StepOutcome:
+    run = sctx.run
+    if outcome.state == "started":
+        run.journal.set_step(run.run_id, step.id, message=outcome.message)
+        run.event("step_left_running", step.id, outcome.message)
+        return outcome
+    run.journal.set_step(run.run_id, step.id, state=outcome.state, ended=time.time(), message=outcome.message)
+    run.event(f"step_{outcome.state}", step.id, outcome.message)
+    return outcome
+
+
+def _earlier_attempts(sctx: StepContext, step: Any) -> tuple[int | None, int]:
+    """On resume: the attempt whose job may still be alive (re-attach, not restart) and the last attempt number."""
+    if not sctx.run.resumed:
+        return None, 0
+    attempts = sctx.run.journal.attempts(sctx.run.run_id, step.id)
+    last = max((a["attempt"] for a in attempts), default=0)
+    live = [a for a in attempts if a["ended"] is None and a["job_dir"]] if isinstance(step, RunStep) else []
+    return (live[-1]["attempt"] if live else None), last
+
+
+def _attempt(sctx: StepContext, step: Any, attempt: int, reattach: bool) -> StepOutcome:
+    if isinstance(step, RunStep):
+        return _run(sctx, step, attempt, reattach)
+    sctx.run.journal.start_attempt(sctx.run.run_id, step.id, attempt, job_dir=None, window=None)
+    if isinstance(step, CheckStep):
+        outcome = _check(sctx, step)
+    elif isinstance(step, GateStep):
+        outcome = _gate(sctx, step)
+    elif isinstance(step, PutStep):
+        outcome = _put(sctx, step)
+    elif isinstance(step, GetStep):
+        outcome = _get(sctx, step)
+    else:  # pragma: no cover - the schema admits no other kind
+        raise TypeError(step.kind)
+    sctx.run.journal.end_attempt(sctx.run.run_id, step.id, attempt, rc=None, verdict=outcome.state, message=outcome.message)
+    return outcome
+
+
+# --- run steps --------------------------------------------------------------------------------
+
+
+def _run(sctx: StepContext, step: RunStep, attempt: int, reattach: bool) -> StepOutcome:
+    run = sctx.run
+    spec = JobSpec(
+        step_id=step.id, attempt=attempt, script=step.command, cwd=step.cwd,
+        env={**run.runbook.env, **step.env, **run.secrets}, mask_values=list(run.secrets.values()),
+    )
+    if reattach:
+        handle = JobHandle(spec.name, run.layout.job_dir(spec.name))
+        run.event("job_reattached", step.id, f"re-attached to job {spec.name}")
+    else:
+        handle = start_job(run.transport, run.layout, spec)
+        run.journal.start_attempt(run.run_id, step.id, attempt, job_dir=handle.job_dir, window=spec.name)
+        run.event("job_started", step.id, f"job {spec.name} started in tmux window {run.layout.session}:{spec.name}")
+    sctx.handles[step.id] = handle
+    if step.background:
+        sctx.started(step.id)
+    watch = LogWatch(fail_on=step.fail_on, stall_after=step.stall_after)
+    verdict, rc, size = _follow(sctx, step.id, handle, watch, Deadline(step.timeout), stop_on_pass=False,
+                                keep_running=step.keep_running)
+    if verdict is None:  # the controller stops following; the job runs on
+        return StepOutcome("started", f"job {handle.name} left running (tmux {run.layout.session}:{handle.name})")
+    if rc is None:
+        kill_job(run.transport, run.layout, handle)
+    ok = verdict.passed and rc == 0
+    message = verdict.reason if not verdict.passed else (f"exit code {rc}" if rc is not None else "job ended")
+    if verdict.passed and rc not in (0, None):
+        message = f"exit code {rc}"
+    run.journal.end_attempt(run.run_id, step.id, attempt, rc=rc, verdict="succeeded" if ok else "failed",
+                            message=message, log_size=size)
+    tail = watch.last_line or ""
+    return StepOutcome("succeeded" if ok else "failed", message + (f" | last line: {tail}" if not ok and tail else ""), tail)
+
+
+def _follow(sctx: StepContext, step_id: str, handle: JobHandle, watch: LogWatch, deadline: Deadline, *,
+            stop_on_pass: bool, keep_running: bool = False) -> tuple[Verdict | None, int | None, int]:
+    """Follow a job's log by offset until it ends, the watch decides, or the deadline passes.
+
+    Returns (verdict, rc, bytes read); verdict None means the controller stopped following
+    (run finished or cancelled) while the job runs on.
+    """
+    run, monitor = sctx.run, sctx.monitor
+    monitor.watch(job=handle.name)
+    t0, offset, seq, last_write = time.monotonic(), 0, monitor.latest.seq, 0.0
+    try:
+        while True:
+            snap = monitor.wait_next(seq, WAKE_S)
+            seq = snap.seq
+            now = time.monotonic() - t0
+            if handle.name in snap.rcs:  # this probe included our job: its facts are current
+                offset = _read_new(run, handle.log, offset, snap.sizes.get(handle.log, 0), watch, now)
+                rc = snap.rcs[handle.name]
+                if rc is not None:
+                    offset = _read_new(run, handle.log, offset, None, watch, now)
+                    watch.end_of_log(now)
+                    _journal_progress(run, step_id, watch, now, force=True)
+                    return watch.verdict(now, ended=True) or Verdict(True, "job ended"), rc, offset
+                if handle.name not in snap.windows and run.transport.stat(handle.rc_path) is None:
+                    return Verdict(False, "job lost: its tmux window is gone and it left no exit code", kind="lost"), None, offset
+            verdict = watch.verdict(now)
+            if verdict is not None and (not verdict.passed or stop_on_pass):
+                _journal_progress(run, step_id, watch, now, force=True)
+                return verdict, None, offset
+            if deadline.passed():
+                return Verdict(False, "step timeout reached", kind="deadline"), None, offset
+            if sctx.stop_flag.is_set():
+                return None, None, offset
+            if time.monotonic() - last_write > JOURNAL_EVERY_S:
+                last_write = time.monotonic()
+                _journal_progress(run, step_id, watch, now)
+    finally:
+        monitor.unwatch(job=handle.name)
+
+
+def _read_new(run: RunContext, path: str, offset: int, size: int | None, watch: LogWatch, now: float) -> int:
+    """Read from `offset` up to `size` (None: to the end of the file); feed the watch; new offset."""
+    while size is None or offset < size:
+        want = READ_CHUNK if size is None else min(READ_CHUNK, size - offset)
+        try:
+            data = run.transport.read_from(path, offset, want)
+        except FileNotFoundError:
+            return offset
+        if not data:
+            break
+        offset += len(data)
+        watch.feed(data, now)
+    return offset
+
+
+def _journal_progress(run: RunContext, step_id: str, watch: LogWatch, now: float, force: bool = False) -> None:
+    fields: dict[str, Any] = {"last_line": watch.last_line}
+    if watch.judges_success:
+        fields["progress"] = watch.progress(now)
+    run.journal.set_step(run.run_id, step_id, **fields)
+
+
+# --- gates ------------------------------------------------------------------------------------
+
+
+def _gate(sctx: StepContext, step: GateStep) -> StepOutcome:
+    watch = LogWatch(patterns=step.patterns, metrics=step.metrics, fail_on=step.fail_on, stall_after=step.stall_after)
+    if step.job is not None:
+        handle = sctx.handles.get(step.job)
+        if handle is None:
+            return StepOutcome("failed", f"gate: job {step.job!r} has not started")
+        verdict, rc, _ = _follow(sctx, step.id, handle, watch, Deadline(step.deadline_s + 5), stop_on_pass=True)
+        if verdict is None:
+            return StepOutcome("cancelled", "stopped")
+        if verdict.passed and rc not in (None, 0):
+            return StepOutcome("failed", f"job {step.job} ended with exit code {rc}")
+    else:
+        verdict = _follow_file(sctx, step, watch)
+    message = verdict.reason + (f" | line: {verdict.line}" if verdict.line and not verdict.passed else "")
+    return StepOutcome("succeeded" if verdict.passed else "failed", message)
+
+
+def _follow_file(sctx: StepContext, step: GateStep, watch: LogWatch) -> Verdict:
+    """A gate on a plain file: only bytes written after the gate began are judged."""
+    run, monitor = sctx.run, sctx.monitor
+    st = run.transport.stat(step.file)
+    offset = st.size if st else 0
+    monitor.watch(file=step.file)
+    t0, seq = time.monotonic(), monitor.latest.seq
+    try:
+        while True:
+            snap = monitor.wait_next(seq, WAKE_S)
+            seq, now = snap.seq, time.monotonic() - t0
+            size = snap.sizes.get(step.file)
+            if size is not None and size < offset:
+                offset = 0  # truncated or rotated: everything in it is new
+            if size is not None:
+                offset = _read_new(run, step.file, offset, size, watch, now)
+            verdict = watch.verdict(now)
+            if verdict is not None:
+                _journal_progress(run, step.id, watch, now, force=True)
+                return verdict
+            if sctx.stop_flag.is_set():
+                return Verdict(False, "stopped")
+            _journal_progress(run, step.id, watch, now)
+    finally:
+        monitor.unwatch(file=step.file)
+
+
+# --- checks and file copies -------------------------------------------------------------------
+
+
+def _check(sctx: StepContext, step: CheckStep) -> StepOutcome:
+    results = evaluate_all(step.checks, sctx.run.transport)
+    for r in results:
+        sctx.run.event(f"check_{r.status}", step.id, r.message, r.model_dump())
+    failed = [r for r in results if r.status == "failed"]
+    if failed:
+        return StepOutcome("failed", "; ".join(r.message for r in failed))
+    skipped = [r for r in results if r.status == "skipped"]
+    note = f" ({len(skipped)} skipped)" if skipped else ""
+    return StepOutcome("succeeded", f"{len(results) - len(skipped)} checks passed{note}")
+
+
+def _put(sctx: StepContext, step: PutStep) -> StepOutcome:
+    src = Path(step.src)
+    if not src.is_absolute():
+        src = sctx.run.loaded.path.parent / src
+    try:
+        data = src.read_bytes()
+    except OSError as exc:
+        return StepOutcome("failed", f"put: cannot read {src}: {exc.strerror}")
+    sctx.run.transport.put(step.dest, data, mode=step.mode)
+    return StepOutcome("succeeded", f"copied {src} -> {step.dest} ({len(data)} bytes)")
+
+
+def _get(sctx: StepContext, step: GetStep) -> StepOutcome:
+    try:
+        data = sctx.run.transport.get(step.src)
+    except FileNotFoundError:
+        return StepOutcome("failed", f"get: {step.src} does not exist on the target")
+    dest = Path(step.dest) if step.dest else sctx.run.artifacts_dir / Path(step.src).name
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_bytes(data)
+    return StepOutcome("succeeded", f"copied {step.src} -> {dest} ({len(data)} bytes)")

@@ -1,0 +1,102 @@
+"""What a person sees while a run goes on: a live step tree on a terminal, plain lines otherwise."""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from typing import TextIO
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from agent_ops.journal import Journal
+from agent_ops.status import RunStatus, run_status
+
+STATE_STYLE = {
+    "pending": "dim", "running": "cyan", "started": "cyan", "succeeded": "green", "skipped": "yellow",
+    "failed": "bold red", "cancelled": "magenta",
+}
+ICON = {"pending": "·", "running": "▶", "succeeded": "✔", "skipped": "↷", "failed": "✘", "cancelled": "■"}
+
+
+class PlainView:
+    """One line per event on a stream (stderr by default): for logs, CI and pipes."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self._t0 = time.monotonic()
+        self._lock = threading.Lock()
+
+    def __call__(self, kind: str, step_id: str | None, message: str) -> None:
+        with self._lock:
+            print(f"[{time.monotonic() - self._t0:7.2f}s] {step_id or '-':<14} {kind:<18} {message}", file=self.stream, flush=True)
+
+    def close(self) -> None:
+        pass
+
+
+class LiveView:
+    """A rich table of steps (state, elapsed, last log line, gate progress), redrawn from the journal."""
+
+    def __init__(self, journal_path, run_id: str, console: Console | None = None) -> None:
+        self.console = console or Console(stderr=True)
+        self.journal = Journal(journal_path)
+        self.run_id = run_id
+        self._live = Live(self._render(), console=self.console, refresh_per_second=4, transient=False)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._live.start()
+        self._thread.start()
+
+    def __call__(self, kind: str, step_id: str | None, message: str) -> None:
+        if kind.startswith(("step_failed", "run_", "remedy")):
+            self._live.console.print(Text(f"{step_id or '-'}: {message}", style="dim"))
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.5):
+            self._live.update(self._render())
+
+    def _render(self):
+        status = run_status(self.journal, self.run_id) if hasattr(self, "journal") else None
+        return render_status(status) if status else Text("starting…")
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        self._live.update(self._render())
+        self._live.stop()
+        self.journal.close()
+
+
+def render_status(status: RunStatus) -> Group:
+    """A run's status as a rich renderable (used by the live view and `agentops status`)."""
+    head = Text.assemble((f"{status.runbook} ", "bold"), (f"{status.id} ", "dim"),
+                         (status.state, STATE_STYLE.get(status.state, "")), f"  on {status.target}")
+    table = Table(box=None, pad_edge=False, show_header=True, header_style="dim")
+    for col in ("", "step", "kind", "state", "try", "time", "detail"):
+        table.add_column(col, overflow="fold" if col == "detail" else "ellipsis", no_wrap=col != "detail")
+    for s in status.steps:
+        table.add_row(
+            Text(ICON.get(s.state, "?"), style=STATE_STYLE.get(s.state, "")), s.id, s.kind,
+            Text(s.state, style=STATE_STYLE.get(s.state, "")), str(s.attempt or ""),
+            f"{s.elapsed_s:.1f}s" if s.elapsed_s is not None else "", _detail(s),
+        )
+    parts = [head, table]
+    if status.attach:
+        parts.append(Text(f"watch: {status.attach}", style="dim"))
+    return Group(*parts)
+
+
+def _detail(step) -> str:
+    progress = step.progress or {}
+    pats = progress.get("patterns") or []
+    if step.state == "running" and pats:
+        done = sum(p["matched"] for p in pats)
+        nxt = next((p for p in pats if not p["matched"]), None)
+        wait = f", waiting for {nxt['name']!r} ({nxt['deadline_left_s']}s left)" if nxt else ""
+        return f"gate {done}/{len(pats)}{wait}"
+    if step.state == "running" and step.last_line:
+        return step.last_line[-100:]
+    return (step.message or "")[:200]
