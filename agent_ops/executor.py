@@ -62,9 +62,17 @@ class RunContext:
     observer: Observer | None = None
     resumed: bool = False
     runbook: Runbook = field(init=False)
+    env_overrides: dict[str, str] = field(default_factory=dict)  # set by remedies (set_env)
 
     def __post_init__(self) -> None:
         self.runbook = render_runbook(self.loaded, self.values)
+
+    def set_values(self, changes: dict[str, Any]) -> None:
+        """Change variables (remedies do) and re-render: the next attempt of every step sees them."""
+        self.values = {**self.values, **changes}
+        self.runbook = render_runbook(self.loaded, self.values)
+        user_vars = {k: v for k, v in self.values.items() if k in self.loaded.runbook.vars}
+        self.journal.set_run(self.run_id, vars=user_vars)
 
     def event(self, kind: str, step_id: str | None, message: str, data: Any = None) -> None:
         self.journal.event(self.run_id, step_id, kind, message, data)

@@ -164,6 +164,8 @@ class Journal:
         """Update run columns (state, message, started, ended, controller_pid, heartbeat...)."""
         if "message" in fields:
             fields["message"] = self._m(fields["message"])
+        if "vars" in fields:
+            fields["vars"] = self._j(fields["vars"])
         cols = ", ".join(f"{k} = ?" for k in fields)
         with self._tx() as db:
             db.execute(f"UPDATE runs SET {cols} WHERE id = ?", (*fields.values(), run_id))
@@ -211,6 +213,14 @@ class Journal:
                 "INSERT INTO remedies (run_id, step_id, attempt, ts, issue_id, matched_lines, fix, result)"
                 " VALUES (?,?,?,?,?,?,?,?)",
                 (run_id, step_id, attempt, time.time(), issue_id, self._j(matched_lines), self._j(fix), result),
+            )
+
+    def remedy_outcome(self, run_id: str, step_id: str, attempt: int, outcome: str) -> None:
+        """Record how the attempt after a fix went: the fix row's result becomes succeeded or failed."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE remedies SET result = ? WHERE run_id = ? AND step_id = ? AND attempt = ? AND result = 'applied'",
+                (outcome, run_id, step_id, attempt),
             )
 
     # --- reads ----------------------------------------------------------------------------

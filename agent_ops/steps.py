@@ -13,6 +13,7 @@ from checks.evaluate import evaluate, evaluate_all
 from agent_ops.gates import LogWatch, Verdict
 from agent_ops.jobs import JobHandle, JobSpec, kill_job, start_job
 from agent_ops.poll import Deadline
+from agent_ops.remedy import log_tail, remediate
 from agent_ops.runbook import CheckStep, GateStep, GetStep, PutStep, RunStep
 
 if TYPE_CHECKING:
@@ -31,6 +32,7 @@ class StepOutcome:
     state: str  # succeeded | failed | skipped | cancelled | started (left running)
     message: str
     log_tail: str = ""
+    log_path: str | None = None  # the log a diagnosis reads (a job's, or the job a gate watched)
 
     @property
     def ok(self) -> bool:
@@ -59,14 +61,27 @@ def drive_step(sctx: StepContext, step: Any) -> StepOutcome:
             return _end(sctx, step, StepOutcome("skipped", f"skipped: {result.message}"))
     outcome = StepOutcome("failed", "no attempt made")
     live, previous = _earlier_attempts(sctx, step)
-    first = live or previous + 1  # on resume attempt numbers go on: a job directory is never reused
-    for attempt in range(first, first + step.retries + 1):
+    attempt = live or previous + 1  # on resume attempt numbers go on: a job directory is never reused
+    plain_retries = step.retries
+    while True:
+        step = run.runbook.step(step.id)  # remedies may have changed variables: re-read the rendered step
         journal.set_step(run.run_id, step.id, attempt=attempt)
         outcome = _attempt(sctx, step, attempt, reattach=(attempt == live))
+        if attempt > 1:  # a fix applied after the previous attempt now has its outcome
+            journal.remedy_outcome(run.run_id, step.id, attempt - 1, "succeeded" if outcome.ok else "failed")
         if outcome.ok or sctx.stop_flag.is_set():
             break
-        if attempt <= step.retries:
-            run.event("step_retry", step.id, f"attempt {attempt} failed ({outcome.message}); retrying")
+        remedy = remediate(run, step, attempt, log_tail(run, outcome.log_path) or outcome.message)
+        if remedy.decision in ("escalated", "exhausted"):
+            outcome = StepOutcome("failed", f"{outcome.message} | {remedy.message}", outcome.log_tail, outcome.log_path)
+            break
+        if remedy.decision != "applied":
+            if plain_retries <= 0:
+                outcome = StepOutcome("failed", f"{outcome.message} | {remedy.message}", outcome.log_tail, outcome.log_path)
+                break
+            plain_retries -= 1
+        run.event("step_retry", step.id, f"attempt {attempt} failed ({outcome.message}); retrying")
+        attempt += 1
     return _end(sctx, step, outcome)
 
 
@@ -116,7 +131,7 @@ def _run(sctx: StepContext, step: RunStep, attempt: int, reattach: bool) -> Step
     run = sctx.run
     spec = JobSpec(
         step_id=step.id, attempt=attempt, script=step.command, cwd=step.cwd,
-        env={**run.runbook.env, **step.env, **run.secrets}, mask_values=list(run.secrets.values()),
+        env={**run.runbook.env, **step.env, **run.env_overrides, **run.secrets}, mask_values=list(run.secrets.values()),
     )
     if reattach:
         handle = JobHandle(spec.name, run.layout.job_dir(spec.name))
@@ -142,7 +157,8 @@ def _run(sctx: StepContext, step: RunStep, attempt: int, reattach: bool) -> Step
     run.journal.end_attempt(run.run_id, step.id, attempt, rc=rc, verdict="succeeded" if ok else "failed",
                             message=message, log_size=size)
     tail = watch.last_line or ""
-    return StepOutcome("succeeded" if ok else "failed", message + (f" | last line: {tail}" if not ok and tail else ""), tail)
+    return StepOutcome("succeeded" if ok else "failed", message + (f" | last line: {tail}" if not ok and tail else ""), tail,
+                       handle.log)
 
 
 def _follow(sctx: StepContext, step_id: str, handle: JobHandle, watch: LogWatch, deadline: Deadline, *,
@@ -211,20 +227,50 @@ def _journal_progress(run: RunContext, step_id: str, watch: LogWatch, now: float
 
 
 def _gate(sctx: StepContext, step: GateStep) -> StepOutcome:
-    watch = LogWatch(patterns=step.patterns, metrics=step.metrics, fail_on=step.fail_on, stall_after=step.stall_after)
-    if step.job is not None:
-        handle = sctx.handles.get(step.job)
-        if handle is None:
-            return StepOutcome("failed", f"gate: job {step.job!r} has not started")
+    if step.job is None:
+        verdict = _follow_file(sctx, step, _watch_for(step))
+        return _gate_outcome(verdict, None)
+    handle = sctx.handles.get(step.job)
+    if handle is None:
+        return StepOutcome("failed", f"gate: job {step.job!r} has not started")
+    while True:
+        watch = _watch_for(step)  # fresh deadlines for each attempt of the job
         verdict, rc, _ = _follow(sctx, step.id, handle, watch, Deadline(step.deadline_s + 5), stop_on_pass=True)
         if verdict is None:
             return StepOutcome("cancelled", "stopped")
         if verdict.passed and rc not in (None, 0):
-            return StepOutcome("failed", f"job {step.job} ended with exit code {rc}")
-    else:
-        verdict = _follow_file(sctx, step, watch)
+            verdict = Verdict(False, f"job {step.job} ended with exit code {rc}", kind="eof")
+        if verdict.passed:
+            return _gate_outcome(verdict, handle)
+        retried = _next_attempt(sctx, step.job, handle) if rc not in (None, 0) else None
+        if retried is None:
+            return _gate_outcome(verdict, handle)
+        sctx.run.event("gate_follows_retry", step.id, f"job {step.job} is being retried; following {retried.name}")
+        handle = retried
+
+
+def _watch_for(step: GateStep) -> LogWatch:
+    return LogWatch(patterns=step.patterns, metrics=step.metrics, fail_on=step.fail_on, stall_after=step.stall_after)
+
+
+def _gate_outcome(verdict: Verdict, handle: JobHandle | None) -> StepOutcome:
     message = verdict.reason + (f" | line: {verdict.line}" if verdict.line and not verdict.passed else "")
-    return StepOutcome("succeeded" if verdict.passed else "failed", message)
+    return StepOutcome("succeeded" if verdict.passed else "failed", message, verdict.line or "",
+                       handle.log if handle else None)
+
+
+def _next_attempt(sctx: StepContext, job: str, old: JobHandle) -> JobHandle | None:
+    """When the watched job failed, the new attempt a remedy or retry starts (waiting at most 60 s), else None."""
+    deadline = Deadline(60)
+    while not deadline.passed() and not sctx.stop_flag.is_set():
+        current = sctx.handles.get(job)
+        if current is not None and current != old:
+            return current
+        row = next((s for s in sctx.run.journal.steps(sctx.run.run_id) if s["step_id"] == job), None)
+        if row is None or row["state"] in ("succeeded", "failed", "cancelled", "skipped"):
+            return None  # the job step is over: no new attempt will come
+        time.sleep(0.25)
+    return None
 
 
 def _follow_file(sctx: StepContext, step: GateStep, watch: LogWatch) -> Verdict:

@@ -1,0 +1,184 @@
+"""Remediation: match a failed attempt's log tail against the known-issue catalog and apply the fix.
+
+Bounded by construction: each known issue may fire at most `retry.max_attempts` times
+per step; an entry without automatic fixes escalates (the step stops with the diagnosis
+and what a person should do). Every diagnosis, fix and outcome goes to the journal.
+"""
+from __future__ import annotations
+
+import re
+import shlex
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from agent_ops.catalog import (
+    Escalate, KnownIssue, RecreateSession, RenamePath, RollbackCheckpoint, RunCommands, ScaleVar, SetEnv, SetVar,
+    WaitRetry, default_catalog,
+)
+from agent_ops.diagnose import diagnose
+from agent_ops.jobs import kill_session, prepare_run
+from agent_ops.template import render
+
+if TYPE_CHECKING:
+    from agent_ops.executor import RunContext
+
+TAIL_BYTES = 64 << 10  # diagnosis reads only the end of a log: the failure is there, and logs can be GBs
+
+
+@dataclass(frozen=True)
+class RemedyResult:
+    """What remediation decided: retry (a fix was applied), stop (escalated/exhausted), or none matched."""
+
+    decision: str  # applied | escalated | exhausted | none
+    message: str
+
+
+class FixNotApplicable(Exception):
+    """A fix action cannot be applied here (a variable the runbook lacks, no healthy checkpoint...)."""
+
+
+def log_tail(run: RunContext, path: str | None) -> str:
+    """The last TAIL_BYTES of a log on the target ('' if there is none)."""
+    if not path:
+        return ""
+    st = run.transport.stat(path)
+    if st is None:
+        return ""
+    data = run.transport.read_from(path, max(0, st.size - TAIL_BYTES), TAIL_BYTES)
+    return run.masker.mask(data.decode("utf-8", "replace"))
+
+
+def remediate(run: RunContext, step: Any, attempt: int, text: str) -> RemedyResult:
+    """Diagnose `text` (a failed attempt's log tail) and, for a known issue with budget left, apply its fix."""
+    result = diagnose(text, tags=step.tags or None)
+    if not result.matches:
+        near = ", ".join(f"{c.issue_id} ({c.score:.2f})" for c in result.nearest[:3]) or "none"
+        run.event("diagnosis", step.id, f"no known issue matched; nearest candidates: {near}")
+        return RemedyResult("none", f"no known issue matched (nearest: {near})")
+    match = result.matches[0]
+    issue = default_catalog().get(match.issue_id)
+    lines = match.matched_lines
+    run.event("diagnosis", step.id, f"known issue {issue.id}: {issue.title}", {"matched_lines": lines, "score": match.score})
+    fired = sum(1 for r in run.journal.remedies(run.run_id) if r["step_id"] == step.id and r["issue_id"] == issue.id
+                and r["result"] == "applied")
+    if not issue.fix or issue.retry.max_attempts == 0 or any(isinstance(f, Escalate) for f in issue.fix):
+        return _stop(run, step, attempt, issue, lines, "escalated", _escalation(issue))
+    if fired >= issue.retry.max_attempts:
+        return _stop(run, step, attempt, issue, lines, "exhausted",
+                     f"fix already applied {fired} time(s) without success. {_escalation(issue)}")
+    try:
+        applied = [apply_fix(run, action) for action in issue.fix]
+    except FixNotApplicable as exc:
+        return _stop(run, step, attempt, issue, lines, "escalated", f"fix not applicable: {exc}. {_escalation(issue)}")
+    run.journal.remedy(run.run_id, step.id, attempt, issue_id=issue.id, matched_lines=lines, fix=applied, result="applied")
+    run.event("remedy_applied", step.id, f"{issue.id}: " + "; ".join(applied), {"issue_id": issue.id, "fix": applied})
+    if issue.retry.backoff_s:
+        time.sleep(issue.retry.backoff_s)
+    return RemedyResult("applied", f"{issue.id}: " + "; ".join(applied))
+
+
+def _stop(run: RunContext, step: Any, attempt: int, issue: KnownIssue, lines: list[str], result: str, why: str) -> RemedyResult:
+    run.journal.remedy(run.run_id, step.id, attempt, issue_id=issue.id, matched_lines=lines, fix={"escalate": why},
+                       result=result)
+    run.event(f"remedy_{result}", step.id, f"{issue.id}: {why}")
+    return RemedyResult(result, f"known issue {issue.id} ({issue.title}): {why}")
+
+
+def _escalation(issue: KnownIssue) -> str:
+    parts = [f.message for f in issue.fix if isinstance(f, Escalate)] + ([issue.escalate] if issue.escalate else [])
+    return " ".join(p.strip() for p in parts) or f"cause: {issue.cause.strip()}"
+
+
+def apply_fix(run: RunContext, action: Any) -> str:
+    """Apply one fix action; returns what was done, in words (for the journal)."""
+    if isinstance(action, SetEnv):
+        run.env_overrides[action.name] = action.value
+        return f"set env {action.name}={action.value}"
+    if isinstance(action, SetVar):
+        old = _var(run, action.var)
+        run.set_values({action.var: action.value})
+        return f"set {action.var}: {old!r} -> {action.value!r}"
+    if isinstance(action, ScaleVar):
+        old = _var(run, action.var)
+        new = action.apply(old)
+        if new == old:
+            raise FixNotApplicable(f"{action.var}={old!r} is already at its bound")
+        run.set_values({action.var: new})
+        return f"scaled {action.var}: {old!r} -> {new!r}"
+    if isinstance(action, RunCommands):
+        return _run_commands(run, action)
+    if isinstance(action, RenamePath):
+        return _rename(run, action)
+    if isinstance(action, RollbackCheckpoint):
+        return _rollback(run, action)
+    if isinstance(action, RecreateSession):
+        kill_session(run.transport, run.layout)
+        prepare_run(run.transport, run.layout)
+        return f"recreated tmux session {run.layout.session}"
+    if isinstance(action, WaitRetry):
+        time.sleep(action.delay_s)
+        return f"waited {action.delay_s:g}s"
+    raise FixNotApplicable(f"unknown action {getattr(action, 'action', action)!r}")
+
+
+def _var(run: RunContext, name: str) -> Any:
+    if name not in run.loaded.runbook.vars:
+        raise FixNotApplicable(f"the runbook has no variable {name!r}")
+    return run.values[name]
+
+
+def _run_commands(run: RunContext, action: RunCommands) -> str:
+    unknown = {m.group(1) for c in action.commands for m in re.finditer(r"\{\{\s*([A-Za-z_]\w*)", c)} - set(run.values)
+    if unknown:
+        raise FixNotApplicable(f"commands use variables the runbook lacks: {', '.join(sorted(unknown))}")
+    script = "set -e\n" + "\n".join(render(c, run.values, shell=True) for c in action.commands)
+    if action.cwd:
+        script = f"cd {shlex.quote(render(action.cwd, run.values, shell=False))}\n" + script
+    result = run.transport.exec(script, timeout=action.timeout_s)
+    if not result.ok:
+        tail = run.masker.mask((result.stdout + result.stderr).decode("utf-8", "replace"))[-500:]
+        raise FixNotApplicable(f"fix commands failed (rc {result.rc}): {tail}")
+    return f"ran {len(action.commands)} command(s)"
+
+
+def _rename(run: RunContext, action: RenamePath) -> str:
+    old = str(_var(run, action.var))
+    new = action.safe_path(old)
+    if new == old:
+        raise FixNotApplicable(f"{old!r} has no unsafe characters")
+    script = f"if [ -e {shlex.quote(old)} ] && [ ! -e {shlex.quote(new)} ]; then mv -- {shlex.quote(old)} {shlex.quote(new)}; fi; test -e {shlex.quote(new)}"
+    result = run.transport.exec(script, timeout=60)
+    if not result.ok:
+        raise FixNotApplicable(f"cannot rename {old!r} to {new!r}")
+    run.set_values({action.var: new})
+    return f"renamed {old} -> {new}; {action.var} retargeted"
+
+
+def _rollback(run: RunContext, action: RollbackCheckpoint) -> str:
+    base = str(_var(run, action.dir_var))
+    if action.resume_var not in run.loaded.runbook.vars:
+        raise FixNotApplicable(f"the runbook has no variable {action.resume_var!r}")
+    # Newest healthy checkpoint: step number in the name first, then mtime (seed 000's checkpoint-epoch-4).
+    script = (
+        f"cd {shlex.quote(base)} 2>/dev/null || exit 3; "
+        f"for d in {action.glob}; do [ -f \"$d/{action.healthy_marker}\" ] && "
+        f"printf '%s %s %s\\n' \"$(printf '%s' \"$d\" | grep -o '[0-9]\\+' | tail -1)\" \"$(stat -c %Y \"$d\")\" \"$d\"; done "
+        f"| sort -k1,1n -k2,2n | tail -1"
+    )
+    result = run.transport.exec(script, timeout=30)
+    chosen = result.text().strip().split(" ", 2)[-1] if result.text().strip() else ""
+    if not chosen:
+        raise FixNotApplicable(f"no checkpoint in {base} has a {action.healthy_marker} marker")
+    path = f"{base.rstrip('/')}/{chosen}"
+    changes: dict[str, Any] = {action.resume_var: path, **action.set_vars}
+    notes = [f"rolled back to {path}"]
+    for spec in action.scale_vars:
+        old = _var(run, spec.var)
+        changes[spec.var] = spec.apply(old)
+        notes.append(f"{spec.var}: {old!r} -> {changes[spec.var]!r}")
+    for k, v in action.set_vars.items():
+        _var(run, k)
+        notes.append(f"{k} = {v!r}")
+    run.set_values(changes)
+    return "; ".join(notes)
