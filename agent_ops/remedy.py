@@ -49,19 +49,36 @@ def log_tail(run: RunContext, path: str | None) -> str:
     return run.masker.mask(data.decode("utf-8", "replace"))
 
 
-def remediate(run: RunContext, step: Any, attempt: int, text: str) -> RemedyResult:
-    """Diagnose `text` (a failed attempt's log tail) and, for a known issue with budget left, apply its fix."""
+def explain(run: RunContext, step: Any, text: str) -> RemedyResult:
+    """Diagnosis only (gates, checks: retrying them cannot fix a job): the known issue, cause and advice."""
+    match, near = _best(run, step, text)
+    if match is None:
+        return RemedyResult("none", f"no known issue matched (nearest: {near})")
+    issue = default_catalog().get(match.issue_id)
+    return RemedyResult("diagnosed", f"looks like known issue {issue.id} ({issue.title}): {issue.cause.strip()}")
+
+
+def _best(run: RunContext, step: Any, text: str):
     result = diagnose(text, tags=step.tags or None)
     if not result.matches:
         near = ", ".join(f"{c.issue_id} ({c.score:.2f})" for c in result.nearest[:3]) or "none"
         run.event("diagnosis", step.id, f"no known issue matched; nearest candidates: {near}")
-        return RemedyResult("none", f"no known issue matched (nearest: {near})")
+        return None, near
     match = result.matches[0]
+    run.event("diagnosis", step.id, f"known issue {match.issue_id}: {match.title}",
+              {"matched_lines": match.matched_lines, "score": match.score})
+    return match, ""
+
+
+def remediate(run: RunContext, step: Any, attempt: int, text: str) -> RemedyResult:
+    """Diagnose `text` (a failed job's log tail) and, for a known issue with budget left, apply its fix."""
+    match, near = _best(run, step, text)
+    if match is None:
+        return RemedyResult("none", f"no known issue matched (nearest: {near})")
     issue = default_catalog().get(match.issue_id)
     lines = match.matched_lines
-    run.event("diagnosis", step.id, f"known issue {issue.id}: {issue.title}", {"matched_lines": lines, "score": match.score})
     fired = sum(1 for r in run.journal.remedies(run.run_id) if r["step_id"] == step.id and r["issue_id"] == issue.id
-                and r["result"] == "applied")
+                and r["result"] in ("applied", "succeeded", "failed"))
     if not issue.fix or issue.retry.max_attempts == 0 or any(isinstance(f, Escalate) for f in issue.fix):
         return _stop(run, step, attempt, issue, lines, "escalated", _escalation(issue))
     if fired >= issue.retry.max_attempts:

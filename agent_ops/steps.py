@@ -13,7 +13,7 @@ from checks.evaluate import evaluate, evaluate_all
 from agent_ops.gates import LogWatch, Verdict
 from agent_ops.jobs import JobHandle, JobSpec, kill_job, start_job
 from agent_ops.poll import Deadline
-from agent_ops.remedy import log_tail, remediate
+from agent_ops.remedy import explain, log_tail, remediate
 from agent_ops.runbook import CheckStep, GateStep, GetStep, PutStep, RunStep
 
 if TYPE_CHECKING:
@@ -71,8 +71,10 @@ def drive_step(sctx: StepContext, step: Any) -> StepOutcome:
             journal.remedy_outcome(run.run_id, step.id, attempt - 1, "succeeded" if outcome.ok else "failed")
         if outcome.ok or sctx.stop_flag.is_set():
             break
-        remedy = remediate(run, step, attempt, log_tail(run, outcome.log_path) or outcome.message)
-        if remedy.decision in ("escalated", "exhausted"):
+        text = log_tail(run, outcome.log_path) or outcome.message
+        # Only a job can be fixed and re-run; for a gate or check the diagnosis explains the failure.
+        remedy = remediate(run, step, attempt, text) if isinstance(step, RunStep) else explain(run, step, text)
+        if remedy.decision in ("escalated", "exhausted", "diagnosed"):
             outcome = StepOutcome("failed", f"{outcome.message} | {remedy.message}", outcome.log_tail, outcome.log_path)
             break
         if remedy.decision != "applied":

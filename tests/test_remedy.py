@@ -1,0 +1,145 @@
+"""Known-issue remediation end to end: real tmux jobs, on this machine and over a loopback sshd."""
+from __future__ import annotations
+
+import subprocess
+import textwrap
+import uuid
+from pathlib import Path
+
+import pytest
+
+from agent_ops.executor import Executor, start_run
+from agent_ops.journal import Journal
+from agent_ops.loader import load_runbook, resolve_vars
+from agent_ops.status import run_status
+from agent_ops.transport.target import TargetSpec
+
+OOM_LINE = "[rank1]: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 15.68 GiB. GPU 1 has a total capacity of 94.97 GiB"
+
+
+@pytest.fixture(params=["local", pytest.param("ssh", marks=pytest.mark.ssh)])
+def target(request: pytest.FixtureRequest, tmp_path: Path):
+    """A TargetSpec on a private tmux server and work directory, on either transport."""
+    sock = f"ao-remedy-{uuid.uuid4().hex[:8]}"
+    common = {"tmux_socket": sock, "workdir": str(tmp_path / "box")}
+    if request.param == "local":
+        spec = TargetSpec(url="local", **common)
+    else:
+        sshd = request.getfixturevalue("sshd")
+        spec = TargetSpec(url=f"ssh://{sshd.user}@{sshd.host}:{sshd.port}", identity=str(sshd.identity),
+                          known_hosts=str(sshd.known_hosts), **common)
+    yield spec
+    subprocess.run(["tmux", "-L", sock, "kill-server"], capture_output=True)
+
+
+def _run(tmp_path: Path, target: TargetSpec, text: str, **overrides):
+    path = tmp_path / "runbook.yaml"
+    path.write_text(textwrap.dedent(text))
+    loaded = load_runbook(path)
+    journal = Journal(tmp_path / "journal.db")
+    ctx = start_run(loaded, resolve_vars(loaded, overrides), {}, target, journal)
+    final = Executor(ctx).execute()
+    ctx.transport.close()
+    return final, run_status(journal, ctx.run_id)
+
+
+OOM_RUNBOOK = """
+name: oom
+vars:
+  batch_size: 16
+steps:
+  - id: train
+    kind: run
+    tags: [train]
+    background: true
+    command: |
+      echo "WaypointVLMDataset: dir=/data/1.0.0, M=7, stride=4, robot=libero"
+      if [ "${{PYTORCH_CUDA_ALLOC_CONF:-}}" != "expandable_segments:True" ] || [ {{{{ batch_size }}}} -gt {limit} ]; then
+        echo "{oom}"
+        exit 1
+      fi
+      for i in 0 1 2; do echo "[VLM] step=$i/30000 loss=11.$i"; sleep 0.1; done
+  - id: started
+    kind: gate
+    job: train
+    patterns:
+      - {{regex: 'step=0/', within: 60}}
+      - {{regex: 'step=2/', within: 60}}
+"""
+
+
+def test_oom_is_fixed_by_env_and_smaller_batch(tmp_path: Path, target: TargetSpec) -> None:
+    final, status = _run(tmp_path, target, OOM_RUNBOOK.format(limit=12, oom=OOM_LINE))
+    assert final == "succeeded"
+    train = next(s for s in status.steps if s.id == "train")
+    assert train.attempt == 2 and [a.rc for a in train.attempts] == [1, 0]
+    assert status.vars["batch_size"] == 12
+    [remedy] = status.remedies
+    assert remedy.issue_id == "vlm-cuda-oom-batch16"
+    assert remedy.attempt == 1 and remedy.result == "succeeded"
+    assert any("Tried to allocate 15.68 GiB" in line for line in remedy.matched_lines)
+    assert "set env PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True" in remedy.fix
+    assert "scaled batch_size: 16 -> 12" in remedy.fix
+
+
+def test_a_fix_that_does_not_help_stops_after_its_bound(tmp_path: Path, target: TargetSpec) -> None:
+    # Nothing satisfies this job (limit 0): the entry allows two fixes, then the step fails with the diagnosis.
+    final, status = _run(tmp_path, target, OOM_RUNBOOK.format(limit=0, oom=OOM_LINE))
+    assert final == "failed"
+    train = next(s for s in status.steps if s.id == "train")
+    assert train.state == "failed" and train.attempt == 3
+    assert "vlm-cuda-oom-batch16" in train.message and "Still OOM at batch 12" in train.message
+    assert [r.result for r in status.remedies] == ["failed", "failed", "exhausted"]
+    assert status.vars["batch_size"] == 9  # 16 -> 12 -> 9: scaled within bounds, never below min
+    gate = next(s for s in status.steps if s.id == "started")
+    assert gate.state == "failed"
+
+
+def test_unknown_failure_reports_nearest_candidates(tmp_path: Path, target: TargetSpec) -> None:
+    final, status = _run(tmp_path, target, """
+        name: plain
+        steps:
+          - id: boom
+            kind: run
+            command: echo "something odd happened"; exit 3
+    """)
+    assert final == "failed"
+    [step] = status.steps
+    assert step.attempt == 1 and "exit code 3" in step.message
+    assert "no known issue matched" in step.message and "something odd happened" in step.message
+    assert status.remedies == []
+
+
+def test_collapse_rolls_back_to_the_newest_healthy_checkpoint(tmp_path: Path, target: TargetSpec) -> None:
+    ckpts = tmp_path / "ckpts"
+    for step, healthy in ((2, True), (4, True), (6, False)):
+        d = ckpts / f"checkpoint-{step:06d}"
+        d.mkdir(parents=True)
+        if healthy:
+            (d / "HEALTHY").write_text("ok\n")
+    final, status = _run(tmp_path, target, f"""
+        name: rl
+        vars:
+          ckpt_dir: {ckpts}
+          resume_from: ""
+          learning_rate: 1.0e-7
+          save_every: 5
+        steps:
+          - id: train
+            kind: run
+            tags: [train]
+            command: |
+              echo "resume_from={{{{ resume_from | raw }}}} lr={{{{ learning_rate }}}} save_every={{{{ save_every }}}}"
+              if [ -z {{{{ resume_from }}}} ]; then
+                echo "[train] step=6/15 loss=0.91"
+                echo "[watchdog] COLLAPSE metric=success_rate value=0.02 best=0.60 drop=0.97 step=6"
+                exit 1
+              fi
+              echo "[train] done step=15 final_loss=0.2"
+    """)
+    assert final == "succeeded"
+    [remedy] = status.remedies
+    assert remedy.issue_id == "policy-collapse" and remedy.result == "succeeded"
+    assert status.vars["resume_from"] == f"{ckpts}/checkpoint-000004"  # newest with HEALTHY, not 000006
+    assert status.vars["learning_rate"] == pytest.approx(5e-8) and status.vars["save_every"] == 2
+    assert "rolled back to" in remedy.fix[0]
