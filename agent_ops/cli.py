@@ -19,10 +19,10 @@ from rich.console import Console
 from agent_ops.cli_catalog import diagnose_command, known_issues_app
 from agent_ops.errors import AgentOpsError, RunbookError, TransportError
 from agent_ops.journal import TERMINAL_RUN_STATES, Journal
-from agent_ops.loader import load_runbook, render_runbook, resolve_vars
-from agent_ops.plan import build_plan
+from agent_ops.loader import load_runbook, resolve_vars
 from agent_ops.runbook import Runbook
 from agent_ops.secrets import MissingSecret, read_secrets
+from agent_ops import ops
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, rich_markup_mode=None)
 app.add_typer(known_issues_app, name="known-issues", help="The known-issue catalog.")
@@ -86,14 +86,8 @@ def _target(target: str, identity: str | None, inventory: str | None, accept: bo
 @app.command()
 def validate(files: list[str] = typer.Argument(..., help="Runbook files or shipped names."), as_json: bool = JsonOpt) -> None:
     """Check runbooks without running anything; every problem as FILE:LINE: field: message."""
-    results, bad = [], False
-    for name in files:
-        try:
-            loaded = load_runbook(name)
-            results.append({"file": name, "ok": True, "name": loaded.runbook.name, "steps": len(loaded.runbook.steps), "problems": []})
-        except RunbookError as exc:
-            bad = True
-            results.append({"file": name, "ok": False, "problems": exc.problems})
+    results = [ops.validate(name).model_dump() for name in files]
+    bad = not all(r["ok"] for r in results)
     if as_json:
         print(json.dumps({"results": results, "ok": not bad}, indent=2))
     else:
@@ -118,43 +112,37 @@ def _load(file: str, var: list[str] | None, as_json: bool):
         _fail(EXIT_INPUT, f"{file}: invalid runbook", as_json, exc.code, exc.problems)
 
 
-def _plan_doc(loaded, values: dict[str, Any], runbook: Runbook) -> dict[str, Any]:
-    plan = build_plan(runbook.steps)
-    steps = {s.id: s for s in runbook.steps}
-    return {
-        "runbook": runbook.name,
-        "file": str(loaded.path),
-        "vars": values,
-        "secrets": {name: "***" for name in runbook.secrets},
-        "waves": [[{"id": sid, "kind": steps[sid].kind, "needs": steps[sid].needs,
-                    **({"command": steps[sid].command} if steps[sid].kind == "run" else {})} for sid in wave]
-                  for wave in plan.waves],
-    }
-
-
 @app.command()
 def plan(file: str, var: Optional[list[str]] = VarOpt, as_json: bool = JsonOpt) -> None:
     """Print the DAG in waves (steps in one wave may run at once), with variables resolved."""
-    loaded, values = _load(file, var, as_json)
-    builtins = {k: f"<{k}>" for k in ("run_id", "run_dir", "runbook_dir", "artifacts_dir")}
-    runbook = render_runbook(loaded, {**values, **builtins})
-    doc = _plan_doc(loaded, values, runbook)
+    doc = _op(as_json, ops.plan, file, _parse_vars(var, as_json))
     if as_json:
-        print(json.dumps(doc, indent=2, default=str))
+        print(doc.model_dump_json(indent=2))
         return
-    out.print(f"[bold]{runbook.name}[/] ({loaded.path})")
-    for k, v in values.items():
+    out.print(f"[bold]{doc.runbook}[/] ({doc.file})")
+    for k, v in doc.vars.items():
         out.print(f"  var {k} = {v!r}", markup=False, highlight=False)
-    for name in runbook.secrets:
+    for name in doc.secrets:
         out.print(f"  secret {name} = ***", markup=False, highlight=False)
-    for i, wave in enumerate(doc["waves"], 1):
+    for i, wave in enumerate(doc.waves, 1):
         out.print(f"wave {i}:", style="bold")
         for s in wave:
-            needs = f"  (needs {', '.join(s['needs'])})" if s["needs"] else ""
-            out.print(f"  {s['id']} [{s['kind']}]{needs}", markup=False, highlight=False)
-            if "command" in s:
-                for line in s["command"].rstrip().splitlines():
-                    out.print(f"      $ {line}", markup=False, highlight=False, style="dim")
+            needs = f"  (needs {', '.join(s.needs)})" if s.needs else ""
+            out.print(f"  {s.id} [{s.kind}]{needs}", markup=False, highlight=False)
+            for line in (s.command or "").rstrip().splitlines():
+                out.print(f"      $ {line}", markup=False, highlight=False, style="dim")
+
+
+def _op(as_json: bool, fn, *args, **kwargs):
+    """Call an operation; an OpError becomes a clean message (or JSON error) and its exit code."""
+    try:
+        return fn(*args, **kwargs)
+    except ops.OpError as exc:
+        code = EXIT_INPUT if exc.code in ("invalid_runbook", "missing_secret", "invalid_var") else EXIT_STATE
+        if not as_json:
+            for p in exc.problems:
+                err.print(p, style="red", markup=False, highlight=False)
+        _fail(code, exc.message, as_json, exc.code, exc.problems)
 
 
 @app.command()
@@ -173,23 +161,43 @@ def run(
     accept_new_host_key: bool = typer.Option(False, "--accept-new-host-key", help="Trust an unknown host key and record it."),
     tmux_socket: Optional[str] = typer.Option(None, "--tmux-socket", help="Private tmux server (-L name) for the jobs."),
     workdir: Optional[str] = typer.Option(None, "--workdir", help="Directory on the target for job files."),
+    known_hosts: Optional[str] = typer.Option(None, "--known-hosts", help="known_hosts file (default ~/.ssh/known_hosts)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan with every var resolved; run nothing."),
+    detach: bool = typer.Option(False, "--detach", "-d", help="Start the run in the background; print its id at once."),
+    run_id: Optional[str] = typer.Option(None, "--run-id", hidden=True, help="Use this run id (set by --detach)."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Run a runbook on a target, step by step, in tmux; the journal records everything."""
-    from agent_ops.executor import Executor, start_run
+    from agent_ops.executor import start_run
 
     loaded, values = _load(file, var, as_json)
     spec = _target(target, identity, inventory, accept_new_host_key, tmux_socket, workdir, as_json)
+    if known_hosts:
+        spec = spec.model_copy(update={"known_hosts": known_hosts})
     if dry_run:
         plan(file, var, as_json)
+        return
+    if detach:
+        target_args = ["--target", target] + sum(([flag, value] for flag, value in (
+            ("--identity", identity), ("--inventory", inventory), ("--tmux-socket", tmux_socket),
+            ("--workdir", workdir), ("--known-hosts", known_hosts)) if value), [])
+        if accept_new_host_key:
+            target_args.append("--accept-new-host-key")
+        started = _op(as_json, ops.start_detached, file, _parse_vars(var, as_json), target_args, _journal())
+        if as_json:
+            print(started.model_dump_json(indent=2))
+        else:
+            print(started.run_id)
+            err.print(f"started in the background (pid {started.controller_pid}); follow with: agentops wait {started.run_id}",
+                      markup=False, highlight=False)
         return
     try:
         secret_values = read_secrets(loaded.runbook.secrets)
     except MissingSecret as exc:
         _fail(EXIT_INPUT, f"{loaded.path}: secrets missing from the environment: {exc.args[0]}", as_json, "missing_secret")
     journal = _journal()
-    _execute(journal, as_json, lambda observer: start_run(loaded, values, secret_values, spec, journal, observer=observer))
+    _execute(journal, as_json,
+             lambda observer: start_run(loaded, values, secret_values, spec, journal, run_id=run_id, observer=observer))
 
 
 def _execute(journal: Journal, as_json: bool, make_ctx) -> None:
@@ -256,24 +264,12 @@ def cancel(run_id: str, as_json: bool = JsonOpt) -> None:
         err.print(f"run {run_id}: {state}")
 
 
-def _status_or_fail(journal: Journal, run_id: str | None, as_json: bool):
-    from agent_ops.status import run_status
-
-    run_id = run_id or journal.latest_run_id()
-    if run_id is None:
-        _fail(EXIT_STATE, f"no runs in {journal.path}", as_json, "no_runs")
-    status = run_status(journal, run_id)
-    if status is None:
-        _fail(EXIT_STATE, f"unknown run {run_id!r} (see agentops list)", as_json, "unknown_run")
-    return status
-
-
 @app.command()
 def status(run_id: Optional[str] = typer.Argument(None, help="Run id (default: the latest)."), as_json: bool = JsonOpt) -> None:
     """A run's state from the journal: steps, attempts, gate progress, remedies."""
     from agent_ops.view import render_status
 
-    st = _status_or_fail(_journal(), run_id, as_json)
+    st = _op(as_json, ops.status, _journal(), run_id)
     if as_json:
         print(st.model_dump_json(indent=2))
         return
@@ -282,6 +278,34 @@ def status(run_id: Optional[str] = typer.Argument(None, help="Run id (default: t
         out.print(st.message, markup=False, highlight=False)
     for r in st.remedies:
         out.print(f"remedy {r.issue_id} on {r.step_id} (attempt {r.attempt}): {r.result}", markup=False, highlight=False)
+
+
+@app.command()
+def wait(
+    run_id: str,
+    timeout: float = typer.Option(30.0, "--timeout", min=0, max=30, help="Seconds to wait at most (<= 30)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Return when the run changes (a step, attempt, gate line, remedy) or after --timeout; for shell-driven agents."""
+    result = _op(as_json, ops.wait, _journal(), run_id, timeout)
+    if as_json:
+        print(result.model_dump_json(indent=2))
+    else:
+        st = result.status
+        changed = "changed" if result.changed else "no change"
+        out.print(f"{st.id}: {st.state} ({changed} after {result.waited_s:.1f}s; next poll in {st.next_poll_s:g}s)",
+                  markup=False, highlight=False)
+        for s in st.steps:
+            out.print(f"  {s.id:<16} {s.state:<10} {s.message or s.last_line or ''}", markup=False, highlight=False)
+    raise typer.Exit(EXIT_FAILED if result.status.state == "failed" else 0)
+
+
+@app.command()
+def mcp() -> None:
+    """Serve the agentops tools over MCP (stdio) for AI agents; logs go to stderr."""
+    from agent_ops.mcp_server import serve
+
+    serve()
 
 
 @app.command("list")

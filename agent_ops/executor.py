@@ -105,7 +105,7 @@ def start_run(
     journal.create_run(
         {
             "id": run_id, "runbook_name": loaded.runbook.name, "runbook_path": str(loaded.path), "runbook_sha": loaded.sha256,
-            "target": target.model_dump(), "vars": values, "secret_names": sorted(secret_values),
+            "target": target.model_dump(exclude_defaults=True), "vars": values, "secret_names": sorted(secret_values),
             "tmux_session": layout.session, "run_dir": run_dir, "artifacts_dir": str(artifacts),
         },
         [(s.id, s.kind) for s in ctx.runbook.steps],

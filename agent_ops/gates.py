@@ -6,12 +6,14 @@ only ever sees what was written after its step started (never a stale line).
 from __future__ import annotations
 
 import re
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 from agent_ops.runbook import GatePattern, MetricSpec
 
 MAX_LINE = 400  # a matched line is stored for status output; keep it short
+TAIL_LINES = 20
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,7 @@ class LogWatch:
         self.failed: Verdict | None = None
         self.lines_seen = 0
         self.last_line: str | None = None
+        self.tail: deque[str] = deque(maxlen=TAIL_LINES)  # for status: the newest lines, secrets already masked
 
     @property
     def judges_success(self) -> bool:
@@ -132,6 +135,7 @@ class LogWatch:
         self.lines_seen += 1
         if line.strip():
             self.last_line = line[:MAX_LINE]
+            self.tail.append(line[:MAX_LINE])
         if self.failed:
             return
         for rx in self._fail_res:

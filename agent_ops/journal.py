@@ -50,6 +50,7 @@ CREATE TABLE IF NOT EXISTS steps (
     ended REAL,
     message TEXT,
     last_line TEXT,
+    tail TEXT,                     -- the newest log lines as JSON (masked)
     progress TEXT,                 -- gate/metric progress as JSON
     PRIMARY KEY (run_id, step_id)
 );
@@ -117,6 +118,13 @@ class Journal:
         self._db.execute("PRAGMA busy_timeout=30000")
         with self._lock:
             self._db.executescript(SCHEMA)  # executescript manages its own transaction
+            self._migrate()
+
+    def _migrate(self) -> None:
+        # Journals written by older versions lack newer columns: add them, never drop anything.
+        cols = {row[1] for row in self._db.execute("PRAGMA table_info(steps)")}
+        if "tail" not in cols:
+            self._db.execute("ALTER TABLE steps ADD COLUMN tail TEXT")
 
     def close(self) -> None:
         with self._lock:
@@ -175,8 +183,9 @@ class Journal:
         for key in ("message", "last_line"):
             if key in fields:
                 fields[key] = self._m(fields[key])
-        if "progress" in fields:
-            fields["progress"] = self._j(fields["progress"])
+        for key in ("progress", "tail"):
+            if key in fields:
+                fields[key] = self._j(fields[key])
         cols = ", ".join(f"{k} = ?" for k in fields)
         with self._tx() as db:
             db.execute(f"UPDATE steps SET {cols} WHERE run_id = ? AND step_id = ?", (*fields.values(), run_id, step_id))
@@ -258,7 +267,7 @@ class Journal:
         return [_decode(r) for r in rows]
 
 
-_JSON_COLUMNS = ("target", "vars", "secret_names", "progress", "overrides", "data", "matched_lines", "fix")
+_JSON_COLUMNS = ("tail", "target", "vars", "secret_names", "progress", "overrides", "data", "matched_lines", "fix")
 
 
 def _decode(row: sqlite3.Row) -> dict[str, Any]:

@@ -76,6 +76,7 @@ class Monitor:
             return self.latest
 
     def _loop(self) -> None:
+        probed: set[str] = set()  # the jobs the previous probe reported on
         while True:
             with self._cond:
                 while not self._stopped and not (self._jobs or self._files):
@@ -83,7 +84,11 @@ class Monitor:
                 if self._stopped:
                     return
                 jobs, files = sorted(self._jobs), sorted(self._files)
-                interval = self.backoff.next()
+                # A job the previous probe did not cover may have signalled while that probe waited, and the
+                # signal is spent: look at it once without waiting, or its end would be seen a whole interval late.
+                fresh = not set(jobs) <= probed
+                interval = 0.0 if fresh else self.backoff.next()
+            probed = set(jobs)
             self.max_interval = max(self.max_interval, interval)
             try:
                 snap = probe(self.transport, self.layout, interval, jobs, files)

@@ -51,6 +51,7 @@ class StepView(BaseModel):
     elapsed_s: float | None = None
     message: str | None = None
     last_line: str | None = None
+    log_tail: list[str] = Field(default_factory=list, description="The newest log lines (secrets masked).")
     progress: dict[str, Any] | None = Field(None, description="Gate patterns (matched lines, deadline left) and metrics.")
     attempts: list[AttemptView] = []
 
@@ -125,7 +126,7 @@ def run_status(journal: Journal, run_id: str) -> RunStatus | None:
         steps.append(StepView(
             id=s["step_id"], kind=s["kind"], state=s["state"], attempt=s["attempt"], started=s["started"], ended=s["ended"],
             elapsed_s=round(end - s["started"], 3) if s["started"] and end else None, message=s["message"],
-            last_line=s["last_line"], progress=s["progress"], attempts=attempts.get(s["step_id"], []),
+            last_line=s["last_line"], log_tail=s.get("tail") or [], progress=s["progress"], attempts=attempts.get(s["step_id"], []),
         ))
     remedies = [RemedyView(**{k: r[k] for k in RemedyView.model_fields}) for r in journal.remedies(run_id)]
     target = run["target"].get("url", "local") if isinstance(run["target"], dict) else str(run["target"])

@@ -219,7 +219,7 @@ def _read_new(run: RunContext, path: str, offset: int, size: int | None, watch: 
 
 
 def _journal_progress(run: RunContext, step_id: str, watch: LogWatch, now: float, force: bool = False) -> None:
-    fields: dict[str, Any] = {"last_line": watch.last_line}
+    fields: dict[str, Any] = {"last_line": watch.last_line, "tail": list(watch.tail)}
     if watch.judges_success:
         fields["progress"] = watch.progress(now)
     run.journal.set_step(run.run_id, step_id, **fields)

@@ -1,0 +1,250 @@
+"""The operations behind both front ends (CLI --json and MCP tools): one model, two front ends.
+
+Every function here returns a pydantic model or raises OpError (a code and a message an
+agent can act on). None blocks longer than MAX_BLOCK_S: waits are sliced and bounded.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from agent_ops.errors import AgentOpsError, RunbookError
+from agent_ops.journal import TERMINAL_RUN_STATES, Journal
+from agent_ops.loader import load_runbook, render_runbook, resolve_vars
+from agent_ops.plan import build_plan
+from agent_ops.runbook import MAX_POLL_S
+from agent_ops.status import RunStatus, run_status
+
+MAX_BLOCK_S = MAX_POLL_S  # no operation blocks longer than this (seed 003, rule 1)
+DETACH_READY_S = 15.0
+
+
+class OpError(AgentOpsError):
+    """A failure an agent can act on: `code` says which, `problems` lists details (file:line...)."""
+
+    def __init__(self, code: str, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.problems = problems or []
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, "problems": self.problems}
+
+
+class ValidateResult(BaseModel):
+    """Result of validating one runbook."""
+
+    file: str
+    ok: bool
+    name: str | None = None
+    steps: int = 0
+    problems: list[str] = Field(default_factory=list, description="FILE:LINE: field: message, one per problem.")
+
+
+class PlanStep(BaseModel):
+    id: str
+    kind: str
+    needs: list[str]
+    command: str | None = None
+
+
+class PlanResult(BaseModel):
+    """The DAG in waves, with variables resolved and secrets masked."""
+
+    runbook: str
+    file: str
+    vars: dict[str, Any]
+    secrets: dict[str, str]
+    waves: list[list[PlanStep]]
+
+
+class StartResult(BaseModel):
+    """A run started in the background: its id, at once."""
+
+    run_id: str
+    state: str
+    journal: str
+    controller_pid: int
+    controller_log: str
+    next_poll_s: float = 1.0
+
+
+class WaitResult(BaseModel):
+    """What `wait` saw: whether anything changed, and the status after."""
+
+    changed: bool
+    waited_s: float
+    status: RunStatus
+
+
+class TailResult(BaseModel):
+    """A slice of a step's job log: the text and the offset to ask from next time."""
+
+    run_id: str
+    step_id: str
+    attempt: int
+    text: str
+    offset: int
+    next_offset: int
+    ended: bool
+
+
+def validate(file: str) -> ValidateResult:
+    try:
+        loaded = load_runbook(file)
+    except RunbookError as exc:
+        return ValidateResult(file=file, ok=False, problems=exc.problems)
+    return ValidateResult(file=file, ok=True, name=loaded.runbook.name, steps=len(loaded.runbook.steps))
+
+
+def plan(file: str, overrides: dict[str, str]) -> PlanResult:
+    loaded, values = _load(file, overrides)
+    builtins = {k: f"<{k}>" for k in ("run_id", "run_dir", "runbook_dir", "artifacts_dir")}
+    runbook = render_runbook(loaded, {**values, **builtins})
+    steps = {s.id: s for s in runbook.steps}
+    waves = [[PlanStep(id=sid, kind=steps[sid].kind, needs=steps[sid].needs, command=getattr(steps[sid], "command", None))
+              for sid in wave] for wave in build_plan(runbook.steps).waves]
+    return PlanResult(runbook=runbook.name, file=str(loaded.path), vars=values,
+                      secrets={n: "***" for n in runbook.secrets}, waves=waves)
+
+
+def _load(file: str, overrides: dict[str, str]):
+    try:
+        loaded = load_runbook(file)
+        return loaded, resolve_vars(loaded, overrides)
+    except RunbookError as exc:
+        raise OpError("invalid_runbook", f"{file}: invalid runbook ({len(exc.problems)} problems)", exc.problems) from None
+
+
+def start_detached(file: str, overrides: dict[str, str], target_args: list[str], journal: Journal) -> StartResult:
+    """Validate, then start `agentops run` as its own process group; return once the journal has the run."""
+    loaded, _ = _load(file, overrides)
+    missing = [n for n in loaded.runbook.secrets if not os.environ.get(n)]
+    if missing:
+        raise OpError("missing_secret", f"secrets missing from the environment: {', '.join(missing)}")
+    from agent_ops.executor import new_run_id
+
+    run_id = new_run_id()
+    argv = ["run", str(loaded.path), "--run-id", run_id, *target_args]
+    for k, v in overrides.items():
+        argv += ["--var", f"{k}={v}"]
+    return _spawn(journal, run_id, argv, ready=lambda row: row is not None)
+
+
+def resume_detached(run_id: str, journal: Journal) -> StartResult:
+    """`agentops resume RUN` in the background; returns once the new controller has taken the run."""
+    from agent_ops.status import controller_alive
+
+    row = journal.run(run_id)
+    if row is None:
+        raise OpError("unknown_run", f"unknown run {run_id!r}")
+    if row["state"] in ("succeeded", "cancelled"):
+        raise OpError("run_finished", f"run {run_id} already {row['state']}")
+    if controller_alive(row):
+        raise OpError("run_active", f"run {run_id} is still driven by pid {row['controller_pid']}")
+    old_pid = row["controller_pid"]
+    return _spawn(journal, run_id, ["resume", run_id],
+                  ready=lambda r: r is not None and r["controller_pid"] != old_pid and r["state"] == "running")
+
+
+def _spawn(journal: Journal, run_id: str, cli_args: list[str], ready) -> StartResult:
+    log = journal.path.parent / "runs" / run_id / "controller.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "AGENTOPS_HOME": str(journal.path.parent)}
+    with open(log, "ab") as fh:
+        # A new session: the run survives the caller (a shell, an MCP server) exiting.
+        proc = subprocess.Popen([sys.executable, "-m", "agent_ops.cli", *cli_args], stdin=subprocess.DEVNULL,
+                                stdout=fh, stderr=fh, start_new_session=True, env=env)
+    deadline = time.monotonic() + DETACH_READY_S
+    while time.monotonic() < deadline:
+        row = journal.run(run_id)
+        if ready(row):
+            return StartResult(run_id=run_id, state=row["state"], journal=str(journal.path), controller_pid=proc.pid,
+                               controller_log=str(log))
+        if proc.poll() is not None:
+            row = journal.run(run_id)
+            if row is not None and ready(row) or (row is not None and row["state"] in TERMINAL_RUN_STATES and row["ended"]):
+                return StartResult(run_id=run_id, state=row["state"], journal=str(journal.path), controller_pid=proc.pid,
+                                   controller_log=str(log))
+            tail = log.read_text(errors="replace")[-2000:]
+            raise OpError("start_failed", f"the controller exited with code {proc.returncode}: {tail}")
+        time.sleep(0.05)
+    raise OpError("start_timeout", f"the run was not taken up within {DETACH_READY_S:g}s (see {log})")
+
+
+def status(journal: Journal, run_id: str | None) -> RunStatus:
+    run_id = run_id or journal.latest_run_id()
+    if run_id is None:
+        raise OpError("no_runs", f"no runs in {journal.path}")
+    st = run_status(journal, run_id)
+    if st is None:
+        raise OpError("unknown_run", f"unknown run {run_id!r}")
+    return st
+
+
+def _fingerprint(st: RunStatus) -> tuple:
+    return (st.state, len(st.remedies), tuple((s.id, s.state, s.attempt) for s in st.steps),
+            tuple(sum(bool(p.get("matched")) for p in (s.progress or {}).get("patterns", [])) for s in st.steps))
+
+
+def wait(journal: Journal, run_id: str, timeout: float = MAX_BLOCK_S) -> WaitResult:
+    """Return when the run changes state (a step, an attempt, a gate line, a remedy) or after `timeout` <= 30 s."""
+    timeout = max(0.0, min(timeout, MAX_BLOCK_S))
+    t0 = time.monotonic()
+    first = status(journal, run_id)
+    if first.terminal:
+        return WaitResult(changed=False, waited_s=0.0, status=first)
+    before = _fingerprint(first)
+    while True:
+        time.sleep(min(0.2, max(0.0, timeout - (time.monotonic() - t0))))
+        now = status(journal, run_id)
+        waited = time.monotonic() - t0
+        if _fingerprint(now) != before or now.terminal or waited >= timeout:
+            return WaitResult(changed=_fingerprint(now) != before, waited_s=round(waited, 3), status=now)
+
+
+def cancel(journal: Journal, run_id: str) -> str:
+    from agent_ops.executor import RunStateError, cancel_run
+
+    try:
+        return cancel_run(journal, run_id)
+    except RunStateError as exc:
+        raise OpError("unknown_run" if "unknown run" in str(exc) else "run_finished", str(exc)) from None
+
+
+def tail(journal: Journal, run_id: str, step_id: str, *, lines: int | None = 50, offset: int | None = None,
+         limit: int = 64 << 10) -> TailResult:
+    """A step's job log: the last `lines` lines, or `limit` bytes from `offset` (a cursor for the next call)."""
+    from agent_ops.secrets import Masker
+    from agent_ops.transport.target import TargetSpec, connect
+
+    row = journal.run(run_id)
+    if row is None:
+        raise OpError("unknown_run", f"unknown run {run_id!r}")
+    attempts = [a for a in journal.attempts(run_id, step_id) if a["job_dir"]]
+    if not attempts:
+        raise OpError("unknown_step", f"run {run_id} has no job log for step {step_id!r}")
+    att = attempts[-1]
+    masker = Masker(os.environ[n] for n in row["secret_names"] if os.environ.get(n))
+    transport = connect(TargetSpec.model_validate(row["target"]))
+    try:
+        path = f"{att['job_dir']}/log"
+        st = transport.stat(path)
+        size = st.size if st else 0
+        start = offset if offset is not None else max(0, size - limit)
+        data = transport.read_from(path, start, limit) if st else b""
+        ended = transport.stat(f"{att['job_dir']}/rc") is not None
+    finally:
+        transport.close()
+    text = masker.mask(data.decode("utf-8", "replace"))
+    if offset is None and lines is not None:
+        text = "\n".join(text.splitlines()[-lines:]) + ("\n" if text.endswith("\n") else "")
+    return TailResult(run_id=run_id, step_id=step_id, attempt=att["attempt"], text=text, offset=start,
+                      next_offset=start + len(data), ended=ended)

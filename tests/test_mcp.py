@@ -1,0 +1,151 @@
+"""`agentops mcp` as a real subprocess, driven by the MCP SDK's own stdio client."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+mcp = pytest.importorskip("mcp")
+from mcp.client.session import ClientSession  # noqa: E402
+from mcp.client.stdio import StdioServerParameters, stdio_client  # noqa: E402
+
+from agent_ops.mcp_server import TOOL_TIMEOUT_S  # noqa: E402
+
+SECRET = "mcp-secret-value-93c1"
+
+
+def _runbooks(tmp_path: Path) -> dict[str, Path]:
+    good = tmp_path / "good.yaml"
+    good.write_text(textwrap.dedent("""
+        name: mcp-good
+        secrets: [MCP_TOKEN]
+        steps:
+          - id: hello
+            kind: run
+            command: |
+              echo "token is $MCP_TOKEN"
+              for i in 1 2 3; do echo "step=$i loss=0.$((9 - i))"; sleep 0.2; done
+          - id: gate
+            kind: gate
+            job: hello
+            patterns: [{regex: 'step=3 ', within: 30}]
+    """))
+    slow = tmp_path / "slow.yaml"
+    slow.write_text("name: mcp-slow\nsteps:\n  - {id: nap, kind: run, command: sleep 120}\n")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\nsteps:\n  - id: a\n    kind: run\n    comand: echo hi\n")
+    return {"good": good, "slow": slow, "bad": bad}
+
+
+def _data(result) -> dict:
+    assert not result.is_error, result.content
+    return result.structured_content
+
+
+def _error(result) -> dict:
+    assert result.is_error
+    text = result.content[0].text  # the SDK prefixes "Error executing tool NAME: " to our JSON
+    return json.loads(text[text.index("{"):])
+
+
+async def _session_run(tmp_path: Path, sock: str) -> dict:
+    books = _runbooks(tmp_path)
+    env = {**os.environ, "AGENTOPS_HOME": str(tmp_path / "home"), "AGENTOPS_MCP_TIER": "destructive", "MCP_TOKEN": SECRET}
+    params = StdioServerParameters(command=sys.executable, args=["-m", "agent_ops.cli", "mcp"], env=env, cwd=str(tmp_path))
+    seen: dict = {"texts": []}
+    target = {"tmux_socket": sock, "workdir": str(tmp_path / "box")}
+    async with stdio_client(params) as (read, write):
+        async with ClientSession(read, write) as session:
+            await session.initialize()
+
+            async def call(name: str, args: dict):
+                result = await session.call_tool(name, args)
+                seen["texts"].append(json.dumps(result.structured_content) + "".join(getattr(c, "text", "") for c in result.content))
+                return result
+
+            tools = {t.name: t for t in (await session.list_tools()).tools}
+            seen["tools"] = sorted(tools)
+            seen["wait_schema"] = tools["wait"].input_schema["properties"]["timeout_s"]
+
+            seen["validate"] = _data(await call("validate", {"files": [str(books["bad"])]}))
+            seen["unknown"] = _error(await call("status", {"run_id": "no-such-run"}))
+            seen["too_long"] = (await call("wait", {"run_id": "x", "timeout_s": 31})).is_error
+
+            started = _data(await call("start_run", {"file": str(books["good"]), **target}))
+            run_id = started["run_id"]
+            deadline = time.monotonic() + 90
+            waits = []
+            while time.monotonic() < deadline:
+                t0 = time.monotonic()
+                w = _data(await call("wait", {"run_id": run_id, "timeout_s": 5}))
+                waits.append(time.monotonic() - t0)
+                if w["status"]["state"] in ("succeeded", "failed", "cancelled"):
+                    break
+            seen["final"] = _data(await call("status", {"run_id": run_id}))
+            seen["waits"] = waits
+            seen["tail"] = _data(await call("tail", {"run_id": run_id, "step_id": "hello", "lines": 10}))
+            seen["diagnosis"] = _data(await call("diagnose_log", {
+                "text": "[rank0]: ValueError: API key must be 40 characters long, yours was 86"}))
+            seen["issue"] = _data(await call("known_issue", {"issue_id": "wandb-key-86-chars"}))
+
+            slow = _data(await call("start_run", {"file": str(books["slow"]), **target}))
+            for _ in range(50):
+                st = _data(await call("status", {"run_id": slow["run_id"]}))
+                if st["steps"][0]["state"] == "running":
+                    break
+                await asyncio.sleep(0.2)
+            seen["cancel"] = _data(await call("cancel", {"run_id": slow["run_id"]}))
+            for _ in range(100):
+                st = _data(await call("status", {"run_id": slow["run_id"]}))
+                if st["state"] == "cancelled":
+                    break
+                await asyncio.sleep(0.2)
+            seen["cancelled"] = st
+            seen["again"] = _error(await call("cancel", {"run_id": slow["run_id"]}))
+    return seen
+
+
+@pytest.mark.slow
+def test_mcp_server_end_to_end(tmp_path: Path) -> None:
+    sock = f"ao-mcp-{uuid.uuid4().hex[:8]}"
+    try:
+        seen = asyncio.run(_session_run(tmp_path, sock))
+    finally:
+        subprocess.run(["tmux", "-L", sock, "kill-server"], capture_output=True)
+
+    assert {"validate", "plan", "start_run", "status", "wait", "tail", "diagnose_log", "known_issues", "known_issue",
+            "cancel", "resume"} <= set(seen["tools"])
+    # Bounded by contract: the schema refuses waits over 30 s, and server-side work gives up before 30 s.
+    assert seen["wait_schema"]["maximum"] == 30 and seen["too_long"] is True
+    assert TOOL_TIMEOUT_S < 30
+    assert all(w < 30 for w in seen["waits"])
+
+    [bad] = seen["validate"]["results"]
+    assert not bad["ok"]
+    assert f"{tmp_path / 'bad.yaml'}:5: steps.0.comand: unknown field 'comand'" in bad["problems"]
+    assert seen["unknown"]["code"] == "unknown_run"
+
+    final = seen["final"]
+    assert final["state"] == "succeeded" and final["next_poll_s"] == 0
+    assert [s["state"] for s in final["steps"]] == ["succeeded", "succeeded"]
+    assert final["steps"][1]["progress"]["patterns"][0]["matched"]
+    assert "step=3 loss=0.6" in seen["tail"]["text"] and seen["tail"]["ended"]
+    assert "token is ***" in seen["tail"]["text"]
+
+    assert seen["diagnosis"]["matches"][0]["issue_id"] == "wandb-key-86-chars"
+    assert seen["issue"]["id"] == "wandb-key-86-chars" and seen["issue"]["fix"]
+
+    assert seen["cancel"]["state"] in ("cancelling", "cancelled")
+    assert seen["cancelled"]["state"] == "cancelled"
+    assert seen["again"]["code"] == "run_finished"
+
+    leaked = [t for t in seen["texts"] if SECRET in t]
+    assert leaked == []
