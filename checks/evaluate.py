@@ -23,6 +23,7 @@ from checks.kinds import (
     Check,
     CheckBase,
     CommandCheck,
+    DatasetStatsCheck,
     DiskFreeCheck,
     FileCountCheck,
     GpuMemoryCheck,
@@ -543,6 +544,27 @@ def _size(n: int) -> str:
     return f"{n} bytes"
 
 
+# --- dataset_stats -----------------------------------------------------------------------------
+
+
+def _dataset_stats(check: DatasetStatsCheck, transport: Transport) -> CheckResult:
+    # The validator lives in the training core on the box (numpy + json only; no torch or TF import).
+    argv = [check.python, "-m", "training.stats_file", _on_target(transport, check.path), "--robot", check.robot, "--json"]
+    if check.data:
+        argv += ["--data", _on_target(transport, check.data)]
+    res = transport.exec(" ".join(shlex.quote(a) for a in argv), timeout=120)
+    try:
+        report = json.loads(res.stdout.decode("utf-8", "replace").strip().splitlines()[-1])
+        problems = list(report["problems"])
+    except (ValueError, IndexError, KeyError, TypeError):
+        raise CheckFailed(f"{check.path}: cannot run the stats validator (exit {res.rc}): "
+                          f"{_last_line(res.stderr.decode('utf-8', 'replace'))}") from None
+    if problems:
+        raise CheckFailed(f"{check.path}: not valid for robot {check.robot}: " + "; ".join(problems), problems=problems)
+    against = f" and dataset {check.data}" if check.data else ""
+    return _passed(check, f"{check.path}: valid for robot {check.robot}{against}", robot=check.robot)
+
+
 _EVALUATORS: dict[type, Callable[[Any, Transport], CheckResult]] = {
     PathExistsCheck: _path_exists,
     FileCountCheck: _file_count,
@@ -551,4 +573,5 @@ _EVALUATORS: dict[type, Callable[[Any, Transport], CheckResult]] = {
     SafetensorsCheck: _safetensors,
     DiskFreeCheck: _disk_free,
     GpuMemoryCheck: _gpu_memory,
+    DatasetStatsCheck: _dataset_stats,
 }

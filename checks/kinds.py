@@ -284,7 +284,26 @@ class GpuMemoryCheck(CheckBase):
         return f">= {self.count} GPU(s){need}"
 
 
+class DatasetStatsCheck(CheckBase):
+    """A dataset statistics file fits a robot config (dims, finite values, spread) and, given the data, its content hash.
+
+    Seed 003's hand check, made a check: stats for another robot (15-dim actions against LIBERO's 7)
+    silently break training. Runs the training core's validator on the target.
+    """
+
+    kind: Literal["dataset_stats"] = Field(description="Validate a dataset statistics file against a robot config.")
+    path: str = Field(min_length=1, description="The statistics JSON on the target (OpenVLA or openpi layout).")
+    robot: str = Field("libero", min_length=1, description="Robot config name (e.g. libero: action 7, proprio 8 from observation/state).")
+    data: str | None = Field(None, description="The RLDS dataset directory the stats must come from (its content hash is compared).")
+    python: str = Field("python3", min_length=1, description="Interpreter on the target that has the agentops training core.")
+
+    @property
+    def subject(self) -> str:
+        return self.path
+
+
 Check = Annotated[
-    Union[PathExistsCheck, FileCountCheck, JsonFieldCheck, CommandCheck, SafetensorsCheck, DiskFreeCheck, GpuMemoryCheck],
+    Union[PathExistsCheck, FileCountCheck, JsonFieldCheck, CommandCheck, SafetensorsCheck, DiskFreeCheck, GpuMemoryCheck,
+          DatasetStatsCheck],
     Field(discriminator="kind"),
 ]

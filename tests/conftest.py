@@ -8,6 +8,7 @@ import pytest
 
 from agent_ops.transport.local import LocalTransport
 from agent_ops.transport.ssh import SSHTransport
+from tests.runs import Box, make_box
 from tests.sshd import SSHServer, sshd_available
 
 NO_SSHD = "OpenSSH server not installed (/usr/sbin/sshd missing; apt-get install openssh-server)"
@@ -71,3 +72,13 @@ def transport(request: pytest.FixtureRequest) -> LocalTransport | SSHTransport:
 def scratch(tmp_path: Path) -> Path:
     """A directory both transports can reach (the SSH server is this machine)."""
     return tmp_path
+
+
+@pytest.fixture(params=["local", pytest.param("ssh", marks=pytest.mark.ssh)])
+def box(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Box]:
+    """A private target on each transport in turn: own tmux socket, workdir and journal; its tmux server is killed after."""
+    sshd = request.getfixturevalue("sshd") if request.param == "ssh" else None
+    target = make_box(request.param, tmp_path, sshd)
+    monkeypatch.setenv("AGENTOPS_HOME", str(target.home))
+    yield target
+    target.kill_tmux()
