@@ -28,8 +28,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, rich
 app.add_typer(known_issues_app, name="known-issues", help="The known-issue catalog.")
 app.command("diagnose", help="Match a log against the known-issue catalog.")(diagnose_command)
 
-err = Console(stderr=True)
-out = Console()
+# soft_wrap: a line such as FILE:LINE: field: message is never broken at the terminal width (tools parse it).
+err = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
 
 EXIT_FAILED, EXIT_INPUT, EXIT_TRANSPORT, EXIT_STATE = 1, 2, 3, 4
 

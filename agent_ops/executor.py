@@ -218,8 +218,9 @@ class Executor:
                 bad = [d for d in deps if self.state[d] in ("failed", "cancelled")]
                 if bad:
                     self.state[sid] = "cancelled"
-                    self.ctx.journal.set_step(self.ctx.run_id, sid, state="cancelled", message=f"not run: {bad[0]} failed")
-                    self.ctx.event("step_not_run", sid, f"not run: dependency {bad[0]} failed")
+                    why = f"not run: dependency {bad[0]} {'failed' if self.state[bad[0]] == 'failed' else 'was not run'}"
+                    self.ctx.journal.set_step(self.ctx.run_id, sid, state="cancelled", message=why)
+                    self.ctx.event("step_not_run", sid, why)
                     changed = True
 
     def _drive(self, step: Any) -> None:
@@ -247,7 +248,7 @@ class Executor:
             if st in ("pending", "running", "started"):
                 self.state[sid] = "cancelled"
                 self.ctx.journal.set_step(self.ctx.run_id, sid, state="cancelled", ended=time.time(), message="cancelled")
-        self.ctx.event("run_cancelled", None, "cancelled: jobs stopped, tmux session closed")
+        self.ctx.event("jobs_stopped", None, "cancelled: jobs stopped, tmux session closed")  # run_cancelled comes from _finish
 
     def _finish(self, final: str) -> None:
         ctx = self.ctx

@@ -5,8 +5,15 @@ written in one exec (a tar on stdin) and the window is started with
 `tmux new-window -d ... 'bash run.sh'`. So seed 003's issue 5 (an unfinished
 `export` swallowing the next send-keys) cannot happen by construction. The
 wrapper writes the exit code atomically (`rc.tmp` then `mv`) and wakes the
-controller with `tmux wait-for -S`; the job outlives the controller and the SSH
-connection, and a person can `tmux attach -t <session>` and watch.
+controller through the run's wake-up FIFO; the job outlives the controller and the
+SSH connection, and a person can `tmux attach -t <session>` and watch.
+
+Why a FIFO and not `tmux wait-for`: a wait-for signal sent while nobody waits is
+remembered, but a second one then *cancels* it (tmux 3.3a drops the channel), and a
+waiter killed by `timeout` stays registered and swallows the next signal; both
+lost wake-ups, each costing a whole poll interval. Bytes written to the FIFO are
+kept only while a probe holds it open, so nothing goes stale between probes; a
+probe opens it before it looks at any exit code, so no end goes unseen.
 """
 from __future__ import annotations
 
@@ -14,6 +21,7 @@ import io
 import shlex
 import tarfile
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from agent_ops.secrets import env_file, sed_mask_script
@@ -23,7 +31,7 @@ WRAPPER = """#!/usr/bin/env bash
 # Written by agentops: runs one step's script, records its exit code atomically, wakes the controller.
 d={job_dir}
 echo $$ > "$d/pid"
-finish() {{ printf '%s\\n' "$1" > "$d/rc.tmp" && mv -f "$d/rc.tmp" "$d/rc"; {tmux} wait-for -S {channel} 2>/dev/null; exit 0; }}
+finish() {{ printf '%s\\n' "$1" > "$d/rc.tmp" && mv -f "$d/rc.tmp" "$d/rc"; {wake}; exit 0; }}
 {cd} || {{ echo "agentops: cannot cd to the step's cwd" > "$d/log"; finish 1; }}
 if [ -f "$d/env" ]; then set -a; . "$d/env"; set +a; fi
 if [ -f "$d/mask.sed" ]; then
@@ -36,19 +44,31 @@ fi
 finish "$rc"
 """
 
-# One exec per wake-up reports every watched job and file: exit code (or -) and log size.
+# One exec per wake-up reports every watched job and file: exit codes (or -), and for what still runs, log sizes.
 PROBE = """#!/usr/bin/env bash
-# Written by agentops: wait (bounded) for a job to signal, then report state. Args: SECONDS [job:NAME | file:PATH]...
+# Written by agentops: wait (bounded) for a job to end, then report state. Args: SECONDS [run:NAME | job:NAME | file:PATH]...
+# run:NAME is a job not yet seen ending, job:NAME one whose exit code is known (reported, never waited for).
 t=$1; shift
-timeout "$t" {tmux} wait-for {channel} >/dev/null 2>&1
-{tmux} list-windows -t {session} -F 'W #{{window_name}}' 2>/dev/null
-logs=()
+# Open the wake-up FIFO first: a job that ends from now on writes to it and ends the read below at once; one that
+# ended before left its exit code, looked at next (rc is written before the wake-up).
+fifo=0; if [ -p {wake_path} ]; then exec 9<>{wake_path}; fifo=1; fi
+for item in "$@"; do case $item in run:*) [ -f "{jobs}/${{item#run:}}/rc" ] && t=0;; esac; done
+if [ "$t" != 0 ]; then
+  # read: 0 woken, >128 timed out; anything else (a bash without fractional -t) must not turn into a busy loop.
+  r=1; [ $fifo = 1 ] && {{ read -r -t "$t" -n 1 -u 9 _; r=$?; }}
+  [ $r = 0 ] || [ $r -gt 128 ] || sleep "$t"
+fi
+logs=(); live=0
 for item in "$@"; do
   case $item in
-    job:*) n=${{item#job:}}; rc=-; [ -f "{jobs}/$n/rc" ] && read -r rc < "{jobs}/$n/rc"; echo "R $n ${{rc:--}}"; logs+=("{jobs}/$n/log");;
+    run:*|job:*) n=${{item#*:}}; rc=-; [ -f "{jobs}/$n/rc" ] && read -r rc < "{jobs}/$n/rc"; rc=${{rc:--}}
+      echo "R $n $rc"; [ "$rc" = - ] && {{ live=1; logs+=("{jobs}/$n/log"); }};;
     file:*) logs+=("${{item#file:}}");;
   esac
 done
+# Windows and log sizes matter only for jobs still running (the follower of an ended job reads its log to the end),
+# and each costs a process: a probe that sees jobs end runs none.
+[ $live = 1 ] && {tmux} list-windows -t {session} -F 'W #{{window_name}}' 2>/dev/null
 [ ${{#logs[@]}} -gt 0 ] && stat -c 'S %s %n' -- "${{logs[@]}}" 2>/dev/null
 exit 0
 """
@@ -66,7 +86,7 @@ class Tmux:
 
 @dataclass(frozen=True)
 class RunLayout:
-    """Where one run lives on the target: its tmux session, wake-up channel and directories."""
+    """Where one run lives on the target: its tmux session, wake-up FIFO and directories."""
 
     run_id: str
     run_dir: str  # absolute path on the target
@@ -77,8 +97,13 @@ class RunLayout:
         return f"agentops-{self.run_id}"
 
     @property
-    def channel(self) -> str:
-        return f"agentops-{self.run_id}"
+    def wake_path(self) -> str:
+        return f"{self.run_dir}/wake"
+
+    def wake_command(self) -> str:
+        """Shell that wakes a waiting probe; never blocks (O_RDWR open of a FIFO) and never creates a plain file."""
+        fifo = shlex.quote(self.wake_path)
+        return f"{{ [ -p {fifo} ] && printf . 1<>{fifo}; }} 2>/dev/null"
 
     @property
     def jobs_dir(self) -> str:
@@ -124,12 +149,13 @@ class JobHandle:
 
 
 def prepare_run(transport: Transport, layout: RunLayout) -> None:
-    """Create the run directory, the probe script and the tmux session (idempotent)."""
-    probe = PROBE.format(tmux=layout.tmux.prefix, channel=shlex.quote(layout.channel),
+    """Create the run directory, the wake-up FIFO, the probe script and the tmux session (idempotent)."""
+    probe = PROBE.format(tmux=layout.tmux.prefix, wake_path=shlex.quote(layout.wake_path),
                          session=shlex.quote(layout.session), jobs=layout.jobs_dir)
     transport.put(f"{layout.run_dir}/probe.sh", probe.encode(), mode=0o755)
+    wake = shlex.quote(layout.wake_path)
     script = (
-        f"mkdir -p {shlex.quote(layout.jobs_dir)} && "
+        f"mkdir -p {shlex.quote(layout.jobs_dir)} && {{ [ -p {wake} ] || mkfifo -m 600 {wake}; }} && "
         f"{{ {layout.tmux.cmd('has-session', '-t', layout.session)} 2>/dev/null || "
         f"{layout.tmux.cmd('new-session', '-d', '-s', layout.session, '-n', 'agentops', '-x', '200', '-y', '50')}; }}"
     )
@@ -142,10 +168,11 @@ def start_job(transport: Transport, layout: RunLayout, spec: JobSpec) -> JobHand
     """Write the job's files and start its window, in one exec; a repeated call starts nothing twice."""
     handle = JobHandle(spec.name, layout.job_dir(spec.name))
     d = shlex.quote(handle.job_dir)
+    # Builtins where they serve (every process costs ~1-2 ms): tar creates the job's directory itself, and
+    # noclobber's exclusive create is atomic, so a retried exec (after a reconnect) never starts the job twice.
     start = (
-        f"set -e; mkdir -p {d}; tar -x -C {d} -f -; "
-        # mkdir is atomic: a retried exec (after a reconnect) never starts the job a second time.
-        f"if mkdir {d}/.started 2>/dev/null; then "
+        f"set -e; tar -x -C {shlex.quote(layout.jobs_dir)} -f -; set -C; "
+        f"if {{ : > {d}/.started; }} 2>/dev/null; then "
         f"{layout.tmux.cmd('new-window', '-d', '-t', layout.session + ':', '-n', spec.name, 'bash ' + handle.job_dir + '/run.sh')}; fi"
     )
     result = transport.exec(start, stdin=_bundle(layout, spec, handle), timeout=30)
@@ -162,18 +189,20 @@ def _bundle(layout: RunLayout, spec: JobSpec, handle: JobHandle) -> bytes:
         cd = 'cd "$HOME"' + (f"/{shlex.quote(cwd[2:])}" if cwd[2:] else "")
     else:
         cd = f"cd -- {shlex.quote(cwd)}"
-    wrapper = WRAPPER.format(job_dir=shlex.quote(handle.job_dir), tmux=layout.tmux.prefix,
-                             channel=shlex.quote(layout.channel), cd=cd)
+    wrapper = WRAPPER.format(job_dir=shlex.quote(handle.job_dir), wake=layout.wake_command(), cd=cd)
     files = {"script.sh": (spec.script.encode(), 0o700), "run.sh": (wrapper.encode(), 0o700)}
     if spec.env:
         files["env"] = (env_file(spec.env), 0o600)
     if spec.mask_values:
         files["mask.sed"] = (sed_mask_script(spec.mask_values), 0o600)
-    buf = io.BytesIO()
+    buf, now = io.BytesIO(), int(time.time())
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        top = tarfile.TarInfo(spec.name)  # extracted in the jobs directory: the job's directory comes first
+        top.type, top.mode, top.mtime = tarfile.DIRTYPE, 0o755, now
+        tar.addfile(top)
         for name, (data, mode) in files.items():
-            info = tarfile.TarInfo(name)
-            info.size, info.mode, info.mtime = len(data), mode, int(time.time())
+            info = tarfile.TarInfo(f"{spec.name}/{name}")
+            info.size, info.mode, info.mtime = len(data), mode, now
             tar.addfile(info, io.BytesIO(data))
     return buf.getvalue()
 
@@ -206,9 +235,16 @@ class Snapshot:
     at: float = 0.0
 
 
-def probe(transport: Transport, layout: RunLayout, wait_s: float, jobs: list[str], files: list[str]) -> Snapshot:
-    """Wait up to `wait_s` for a job's wake-up signal, then report the state of the given jobs and files."""
-    args = " ".join(shlex.quote(a) for a in [f"{wait_s:.3f}", *(f"job:{j}" for j in jobs), *(f"file:{f}" for f in files)])
+def probe(transport: Transport, layout: RunLayout, wait_s: float, jobs: list[str], files: list[str],
+          ended: Collection[str] = ()) -> Snapshot:
+    """Wait up to `wait_s` for a job to end, then report the state of the given jobs and files.
+
+    `ended`: those of `jobs` already seen ending; they are reported but not waited for (if any other
+    job has already ended, nothing waits).
+    """
+    wait = f"{wait_s:.3f}" if wait_s >= 0.001 else "0"
+    items = [f"{'job' if j in ended else 'run'}:{j}" for j in jobs] + [f"file:{f}" for f in files]
+    args = " ".join(shlex.quote(a) for a in [wait, *items])
     result = transport.exec(f"bash {shlex.quote(layout.run_dir)}/probe.sh {args}", timeout=wait_s + 30)
     snap = Snapshot(at=time.monotonic())
     for line in result.text().splitlines():

@@ -1,7 +1,7 @@
 """The run's monitor: the single poller that watches every running job and followed file.
 
 One thread per run sends one probe exec at a time: it blocks on the run's
-`tmux wait-for` channel (a finishing job wakes it at once), but never longer than
+wake-up FIFO (a finishing job wakes it at once, see jobs.py), but never longer than
 the current backoff interval, which starts at 0.25 s and is capped at <= 30 s.
 Step drivers wait on the snapshots it publishes instead of each polling the box.
 """
@@ -32,6 +32,7 @@ class Monitor:
         self._files: Counter[str] = Counter()
         self._cond = threading.Condition()
         self._stopped = False
+        self._asked = False  # watch() was called since the last probe: its caller waits for a fresh snapshot
         self._thread = threading.Thread(target=self._loop, name=f"monitor-{layout.run_id}", daemon=True)
 
     def start(self) -> None:
@@ -41,8 +42,8 @@ class Monitor:
         with self._cond:
             self._stopped = True
             self._cond.notify_all()
-        try:  # wake a probe blocked in wait-for so the thread ends promptly
-            self.transport.exec(f"{self.layout.tmux.cmd('wait-for', '-S', self.layout.channel)} 2>/dev/null; true", timeout=10)
+        try:  # wake a probe blocked on the FIFO so the thread ends promptly
+            self.transport.exec(f"{self.layout.wake_command()}; true", timeout=10)
         except TransportError:
             pass
         self._thread.join(timeout=35)
@@ -53,6 +54,7 @@ class Monitor:
                 self._jobs[job] += 1
             if file:
                 self._files[file] += 1
+            self._asked = True
             self.backoff.reset()
             self._cond.notify_all()
 
@@ -76,22 +78,20 @@ class Monitor:
             return self.latest
 
     def _loop(self) -> None:
-        probed: set[str] = set()  # the jobs the previous probe reported on
         while True:
             with self._cond:
-                while not self._stopped and not (self._jobs or self._files):
+                while not self._stopped and not self._anything_to_learn():
                     self._cond.wait(1.0)
                 if self._stopped:
                     return
                 jobs, files = sorted(self._jobs), sorted(self._files)
-                # A job the previous probe did not cover may have signalled while that probe waited, and the
-                # signal is spent: look at it once without waiting, or its end would be seen a whole interval late.
-                fresh = not set(jobs) <= probed
-                interval = 0.0 if fresh else self.backoff.next()
-            probed = set(jobs)
+                ended = {j for j in jobs if self.latest.rcs.get(j) is not None}
+                self._asked = False
+                # Nothing running and no file to follow (a late watcher of ended jobs): look, don't wait.
+                interval = self.backoff.next() if files or len(ended) < len(jobs) else 0.0
             self.max_interval = max(self.max_interval, interval)
             try:
-                snap = probe(self.transport, self.layout, interval, jobs, files)
+                snap = probe(self.transport, self.layout, interval, jobs, files, ended)
             except TransportError as exc:
                 # The transport already retried and reconnected where it could; report and keep trying.
                 self.error = exc
@@ -99,6 +99,15 @@ class Monitor:
                 continue
             self.error = None
             self._publish(snap)
+
+    def _anything_to_learn(self) -> bool:
+        """Whether a probe could tell anyone something new (called holding the lock).
+
+        A job whose exit code was published is over for good: probing only such jobs would wait a whole
+        interval for nothing, and hold up the probe that the next job needs.
+        """
+        running = any(self.latest.rcs.get(job) is None for job in self._jobs)
+        return running or bool(self._files) or (self._asked and bool(self._jobs))
 
     def _publish(self, snap: Snapshot) -> None:
         with self._cond:

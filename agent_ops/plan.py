@@ -1,8 +1,9 @@
 """Steps with `needs` form a DAG; the plan is its waves (steps in a wave may run at once)."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from difflib import get_close_matches
 
 from agent_ops.runbook import GateStep, Step
 
@@ -25,7 +26,7 @@ def graph_problems(steps: Sequence[Step]) -> list[Problem]:
     seen: dict[str, int] = {}
     for i, step in enumerate(steps):
         if step.id in seen:
-            problems.append(((("steps", i, "id")), f"duplicate step id {step.id!r} (first defined at steps[{seen[step.id]}])"))
+            problems.append((("steps", i, "id"), f"duplicate step id {step.id!r} (first defined at steps.{seen[step.id]})"))
         seen.setdefault(step.id, i)
     kinds = {s.id: s.kind for s in steps}
     for i, step in enumerate(steps):
@@ -33,18 +34,35 @@ def graph_problems(steps: Sequence[Step]) -> list[Problem]:
             if need == step.id:
                 problems.append((("steps", i, "needs", j), f"step {step.id!r} needs itself"))
             elif need not in kinds:
-                problems.append((("steps", i, "needs", j), f"unknown step {need!r} in needs of {step.id!r}"))
+                problems.append((("steps", i, "needs", j), f"unknown step {need!r} in needs of {step.id!r}{did_you_mean(need, kinds)}"))
         if isinstance(step, GateStep) and step.job is not None:
             if step.job not in kinds:
-                problems.append((("steps", i, "job"), f"gate {step.id!r} watches unknown step {step.job!r}"))
+                problems.append((("steps", i, "job"), f"gate {step.id!r} watches unknown step {step.job!r}{did_you_mean(step.job, kinds)}"))
             elif kinds[step.job] != "run":
                 problems.append((("steps", i, "job"), f"gate {step.id!r} watches {step.job!r}, which is a {kinds[step.job]} step, not a run step"))
-    if not problems:
+    # A cycle is only meaningful once ids are unique; a self-need was reported above.
+    duplicate_or_self = len(seen) < len(steps) or any(s.id in s.needs for s in steps)
+    if not duplicate_or_self:
         cycle = find_cycle(steps)
         if cycle:
-            first = next(i for i, s in enumerate(steps) if s.id == cycle[0])
-            problems.append((("steps", first, "needs"), "dependency cycle: " + " -> ".join(cycle + [cycle[0]])))
+            path = " -> ".join(cycle + [cycle[0]])
+            problems.append((_edge_loc(steps, cycle[0], cycle[1 % len(cycle)]), f"dependency cycle (each step needs the next): {path}"))
     return problems
+
+
+def _edge_loc(steps: Sequence[Step], src: str, dst: str) -> tuple:
+    """Where the edge src -> dst is written: the `needs` item, or a gate's `job`."""
+    i = next(i for i, s in enumerate(steps) if s.id == src)
+    step = steps[i]
+    if dst in step.needs:
+        return ("steps", i, "needs", step.needs.index(dst))
+    return ("steps", i, "job")
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """` (did you mean 'x'?)` for the closest known name, or an empty string."""
+    close = get_close_matches(name, [str(k) for k in known], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _edges(step: Step) -> list[str]:

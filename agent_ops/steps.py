@@ -84,7 +84,18 @@ def drive_step(sctx: StepContext, step: Any) -> StepOutcome:
             plain_retries -= 1
         run.event("step_retry", step.id, f"attempt {attempt} failed ({outcome.message}); retrying")
         attempt += 1
+    if outcome.state in ("failed", "started") and _cancelling(sctx):
+        # The cancel killed the job: that is why it "failed" (or stopped being followed); it must not read as a failure.
+        outcome = StepOutcome("cancelled", "cancelled", outcome.log_tail, outcome.log_path)
     return _end(sctx, step, outcome)
+
+
+def _cancelling(sctx: StepContext) -> bool:
+    """Whether the controller is stopping because the run was cancelled (not because it ended)."""
+    if not sctx.stop_flag.is_set():
+        return False
+    row = sctx.run.journal.run(sctx.run.run_id)
+    return row is not None and row["state"] in ("cancelling", "cancelled")
 
 
 def _end(sctx: StepContext, step: Any, outcome: StepOutcome) -> StepOutcome:

@@ -6,7 +6,7 @@ import shlex
 from collections.abc import Mapping
 from typing import Any
 
-VAR_REF = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\|\s*([A-Za-z_]+)\s*)?\}\}")
+VAR_REF = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\|\s*([A-Za-z_][A-Za-z0-9_]*)\s*)?\}\}")
 FILTERS = ("raw", "q")
 
 # Fields whose text is bash: interpolations there are quoted so a value can never become code.
@@ -15,7 +15,12 @@ SHELL_FIELDS = frozenset({"command", "run", "commands"})
 
 def references(text: str) -> list[tuple[str, str | None]]:
     """The (name, filter) pairs a text refers to."""
-    return [(m.group(1), m.group(2)) for m in VAR_REF.finditer(text)]
+    return [(name, flt) for _, name, flt in located_references(text)]
+
+
+def located_references(text: str) -> list[tuple[int, str, str | None]]:
+    """The (offset, name, filter) of every reference, so an error can name its line."""
+    return [(m.start(), m.group(1), m.group(2)) for m in VAR_REF.finditer(text)]
 
 
 def as_text(value: Any) -> str:

@@ -54,7 +54,10 @@ class Box:
         return subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True, text=True)
 
     def kill_tmux(self) -> None:
+        """Stop this box's tmux server and remove its socket file (tmux leaves it behind)."""
         self.tmux("kill-server")
+        tmpdir = os.environ.get("TMUX_TMPDIR", "/tmp")
+        Path(tmpdir, f"tmux-{os.getuid()}", self.socket).unlink(missing_ok=True)
 
 
 def make_box(kind: str, root: Path, sshd: SSHServer | None = None, **spec: Any) -> Box:
@@ -139,13 +142,22 @@ def events(journal: Journal, run_id: str, kind: str) -> list[dict[str, Any]]:
     return [e for e in journal.events(run_id, limit=100000) if e["kind"] == kind]
 
 
+def alive(pid: int) -> bool:
+    """Whether a process runs (a zombie has ended: only its parent can reap it)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 def lines(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
 @dataclass
 class PsSampler:
-    """Samples `ps -eo args` (every process's command line) in a thread until stopped."""
+    """Samples `ps -ww -eo args` (every process's full command line, never cut to a width) in a thread until stopped."""
 
     every: float = 0.05
     samples: list[str] = field(default_factory=list)
@@ -164,5 +176,5 @@ class PsSampler:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            self.samples.append(subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout)
+            self.samples.append(subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True).stdout)
             self._stop.wait(self.every)

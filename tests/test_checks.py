@@ -140,7 +140,7 @@ def test_every_field_of_every_kind_has_a_description() -> None:
         ({"kind": "command", "run": "true", "version": ">=>2"}, "version"),
         ({"kind": "command", "run": "true", "regex": "("}, "invalid regex"),
         ({"kind": "path_exists", "path": "/x", "type": "dir", "min_size": 1}, "min_size applies to files"),
-        ({"kind": "dataset_stats", "path": "/x"}, "does not match any of the expected tags"),
+        ({"kind": "dataset_statz", "path": "/x"}, "does not match any of the expected tags"),
     ],
 )
 def test_bad_checks_are_rejected_with_a_reason(fields: dict, complaint: str) -> None:

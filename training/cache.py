@@ -144,7 +144,8 @@ def _load(directory: Path, spec: dict[str, Any], name: str) -> tuple[np.ndarray,
     except (OSError, ValueError) as exc:
         raise CacheError(f"{path}: cannot map array {name}: {exc}") from None
     if list(shape) != spec["shape"] or str(dtype) != spec["dtype"] or fortran:
-        raise CacheError(f"{path}: {name} is {dtype}{list(shape)}, manifest says {spec['dtype']}{spec['shape']}")
+        order = " in Fortran order (C order expected)" if fortran else ""
+        raise CacheError(f"{path}: {name} is {dtype}{list(shape)}{order}, manifest says {spec['dtype']}{spec['shape']}")
     arr = np.ndarray(shape, dtype=dtype, buffer=mapping, offset=offset)
     return arr, mapping, offset
 

@@ -58,6 +58,11 @@ class ChunkDataset(Dataset):
             self._arrays = open_cache(self.cache_dir, self.config.image_keys)
         return self._arrays
 
+    @property
+    def arrays(self) -> CacheArrays:
+        """The opened cache (manifest, memory maps, cameras) of this process."""
+        return self._open()
+
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_arrays"] = None

@@ -1,0 +1,95 @@
+"""The controller's life cycle through the CLI: SIGKILL then `agentops resume`, and `agentops cancel`, on both transports."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+
+from agent_ops.journal import Journal
+from tests.runs import RUNBOOKS, Box, agentops, alive, attempts, events, lines, only_run_id, spawn, step, wait_for
+
+
+def _start(box: Box, runbook: str) -> tuple[subprocess.Popen[str], Journal, str]:
+    proc = spawn(box, "run", str(RUNBOOKS / runbook), *box.cli_target(), "--var", f"box={box.scratch}")
+    journal = box.journal()
+    run_id = wait_for("the run to appear in the journal", lambda: only_run_id(journal))
+    return proc, journal, run_id
+
+
+def _sigkill(proc: subprocess.Popen[str]) -> None:
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()  # reaped: a zombie would still answer kill(pid, 0) and look like a live controller
+    proc.stdout.close()
+    proc.stderr.close()
+
+
+def _job_running(journal: Journal, run_id: str, step_id: str) -> bool:
+    return step(journal, run_id, step_id)["state"] == "running" and any(
+        a["job_dir"] and a["ended"] is None for a in attempts(journal, run_id, step_id))
+
+
+def test_sigkill_mid_run_then_resume_finishes_without_rerunning(box: Box) -> None:
+    proc, journal, run_id = _start(box, "resume.yaml")
+    counter = box.scratch / "counter"
+    wait_for("first to succeed and long's job to run", lambda: step(journal, run_id, "first")["state"] == "succeeded"
+             and _job_running(journal, run_id, "long") and "long" in lines(counter))
+    _sigkill(proc)
+    assert proc.returncode == -signal.SIGKILL
+    killed = json.loads(agentops(box, "status", run_id, "--json").stdout)
+    assert killed["state"] == "running" and killed["controller_alive"] is False
+
+    resumed = agentops(box, "resume", run_id, "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    doc = json.loads(resumed.stdout)
+    assert doc["state"] == "succeeded"
+    assert {s["id"]: s["state"] for s in doc["steps"]} == {"first": "succeeded", "long": "succeeded", "last": "succeeded"}
+    # Every step's command ran exactly once: the counter and the journal's attempts agree.
+    assert lines(counter) == ["first", "long", "last"]
+    for sid in ("first", "long", "last"):
+        assert [a["attempt"] for a in attempts(journal, run_id, sid)] == [1], sid
+    [long_attempt] = attempts(journal, run_id, "long")
+    assert long_attempt["rc"] == 0
+    [reattached] = events(journal, run_id, "job_reattached")
+    assert reattached["step_id"] == "long"
+    assert [e["step_id"] for e in events(journal, run_id, "job_started")] == ["first", "long", "last"]
+    assert len(events(journal, run_id, "run_resumed")) == 1
+
+
+def test_cancel_stops_a_running_run(box: Box) -> None:
+    proc, journal, run_id = _start(box, "cancel.yaml")
+    sleep_pid = box.scratch / "sleep.pid"
+    wait_for("the job to be running", lambda: _job_running(journal, run_id, "forever") and sleep_pid.exists())
+    pid = int(sleep_pid.read_text())
+    cancel = agentops(box, "cancel", run_id, "--json")
+    assert cancel.returncode == 0, cancel.stderr
+    assert json.loads(cancel.stdout) == {"id": run_id, "state": "cancelling"}  # the live controller does the stopping
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 1, stderr
+    _assert_cancelled(box, journal, run_id, pid)
+    assert len(events(journal, run_id, "cancel_requested")) == 1
+
+
+def test_cancel_without_a_controller_stops_the_jobs_itself(box: Box) -> None:
+    proc, journal, run_id = _start(box, "cancel.yaml")
+    sleep_pid = box.scratch / "sleep.pid"
+    wait_for("the job to be running", lambda: _job_running(journal, run_id, "forever") and sleep_pid.exists())
+    _sigkill(proc)
+    cancel = agentops(box, "cancel", run_id, "--json")
+    assert cancel.returncode == 0, cancel.stderr
+    assert json.loads(cancel.stdout) == {"id": run_id, "state": "cancelled"}
+    _assert_cancelled(box, journal, run_id, int(sleep_pid.read_text()))
+    again = agentops(box, "resume", run_id)
+    assert again.returncode == 4 and "already cancelled" in again.stderr
+
+
+def _assert_cancelled(box: Box, journal: Journal, run_id: str, pid: int) -> None:
+    row = journal.run(run_id)
+    assert row["state"] == "cancelled" and row["ended"] is not None
+    steps = {s["step_id"]: (s["state"], s["message"]) for s in journal.steps(run_id)}
+    assert steps == {"forever": ("cancelled", "cancelled"), "never": ("cancelled", "cancelled")}  # not failed, not left running
+    assert len(events(journal, run_id, "run_cancelled")) == 1
+    session = row["tmux_session"]
+    assert box.tmux("has-session", "-t", session).returncode != 0, "the run's tmux session outlived the cancel"
+    wait_for(f"the job's sleep (pid {pid}) to end", lambda: not alive(pid), timeout=10)
+    assert lines(box.scratch / "counter") == []  # `never` never ran

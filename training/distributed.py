@@ -1,0 +1,135 @@
+"""Process group, device and model wrapping for torchrun (DDP or FSDP; gloo on CPU, NCCL on GPU).
+
+Without torchrun's environment (``RANK``/``WORLD_SIZE``) the trainer runs as a
+single process with no process group, and every collective here is a no-op.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from training.config import RuntimeConfig
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """This process's place in the job."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    backend: str | None  # None: single process, no process group
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 writes logs, checkpoints and tracking."""
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        """Wait for every rank (no-op alone)."""
+        if self.backend is not None:
+            dist.barrier()
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The sum over ranks of a tensor (in place; returned for chaining)."""
+        if self.backend is not None:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
+    def all_reduce_mean(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The mean over ranks of a tensor (in place; returned for chaining)."""
+        if self.backend is not None:
+            self.all_reduce_sum(tensor)
+            tensor /= self.world_size
+        return tensor
+
+    def close(self) -> None:
+        """Tear the process group down."""
+        if self.backend is not None and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def pick_device(runtime: RuntimeConfig, local_rank: int) -> torch.device:
+    """cuda:<local_rank> when CUDA is asked for or available (auto), else cpu."""
+    want_cuda = runtime.device == "cuda" or (runtime.device == "auto" and torch.cuda.is_available())
+    if want_cuda:
+        if not torch.cuda.is_available():
+            raise RuntimeError("runtime.device=cuda but torch.cuda.is_available() is False")
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def init_distributed(runtime: RuntimeConfig) -> DistContext:
+    """Join torchrun's process group (if launched by torchrun) and pick this rank's device."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = pick_device(runtime, local_rank)
+    if world_size == 1 and "MASTER_ADDR" not in os.environ:
+        return DistContext(0, 1, 0, device, None)
+    backend = runtime.backend if runtime.backend != "auto" else ("nccl" if device.type == "cuda" else "gloo")
+    dist.init_process_group(backend=backend, device_id=device if backend == "nccl" else None)
+    return DistContext(rank, world_size, local_rank, device, backend)
+
+
+def _fsdp_units(policy: nn.Module) -> list[nn.Module]:
+    """Transformer blocks to shard one by one, so only one block's full weights exist at a time."""
+    units: list[nn.Module] = []
+    for module in policy.modules():
+        if isinstance(module, nn.ModuleList) and len(module) > 0 and all(
+                any(isinstance(m, nn.Linear) for m in block.modules()) for block in module):
+            units.extend(module)
+    return units
+
+
+def wrap_model(policy: nn.Module, ctx: DistContext, runtime: RuntimeConfig, bf16: bool, manual_sync: bool) -> nn.Module:
+    """The module the loop calls: the policy itself, DDP around it, or the policy sharded in place by FSDP2.
+
+    ``manual_sync``: gradients are all-reduced by the caller (CRaFT needs both of
+    its gradients whole before they are combined), so no DDP wrapper.
+    """
+    if ctx.backend is None or manual_sync or ctx.world_size == 1:
+        return policy  # one process: DDP would only add a bucket copy per step
+    if runtime.parallel == "fsdp":
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
+        for unit in _fsdp_units(policy):
+            fully_shard(unit, mp_policy=mp)
+        fully_shard(policy, mp_policy=mp)
+        return policy
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    # gradient_as_bucket_view: grads alias the all-reduce buckets, one copy less per step.
+    return DDP(policy, device_ids=device_ids, find_unused_parameters=runtime.find_unused_parameters,
+               gradient_as_bucket_view=True)
+
+
+@contextlib.contextmanager
+def gradient_sync(model: nn.Module, sync: bool) -> Iterator[None]:
+    """Skip the gradient all-reduce on accumulation micro-batches that are not the last."""
+    if sync:
+        yield
+        return
+    if hasattr(model, "no_sync"):  # DDP
+        with model.no_sync():
+            yield
+        return
+    if hasattr(model, "set_requires_gradient_sync"):  # FSDP2
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+        return
+    yield

@@ -1,0 +1,477 @@
+"""The trainer runbooks launch: ``torchrun ... -m training.train --config FILE``.
+
+Usage::
+
+    torchrun --standalone --nproc_per_node=2 -m training.train --config training/configs/tiny_cpu.yaml
+    torchrun ... -m training.train --config FILE --resume                 # newest complete checkpoint in out_dir
+    torchrun ... -m training.train --config FILE --resume OUT/checkpoint-000200   # exactly this one (rollback)
+    python -m training.train --config FILE --set max_steps=20 --set wandb.mode=disabled   # one process
+
+Reads a training cache (``python -m training.cache``) and its statistics, builds
+the policy (training.policy), and runs the loop below under DDP (gloo on CPU,
+NCCL on GPU) or FSDP, with bf16 autocast on GPU, gradient accumulation,
+clipping, a non-finite guard, LR from training.schedules, CRaFT (training.craft),
+checkpoints (training.checkpoint), wandb (training.tracking) and the collapse
+watchdog (training.watchdog). Log lines: training.progress and training/LOGS.md.
+
+Exit codes: 0 done; 2 bad input (config, paths, checkpoint refused; nothing
+trained); 3 collapse (watchdog, on_collapse=stop); 4 too many non-finite steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import math
+import os
+import random
+import resource
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from training.config import ConfigError, TrainConfig, load_config
+
+EXIT_BAD_INPUT, EXIT_COLLAPSE, EXIT_NONFINITE = 2, 3, 4
+
+
+@dataclass
+class TrainState:
+    """Loop state that a checkpoint carries besides weights, optimizer and RNG."""
+
+    step: int = 0  # updates done = index of the next update
+    lam: float = 0.0
+    nonfinite_total: int = 0
+    nonfinite_since_save: int = 0
+    last_loss: float = float("nan")
+    wandb_run_id: str | None = None
+
+
+@dataclass
+class Run:
+    """Everything the loop touches, set up once by ``setup``."""
+
+    cfg: TrainConfig
+    ctx: Any  # training.distributed.DistContext
+    policy: Any  # the Policy (sharded in place under FSDP)
+    model: Any  # what forward is called on: policy, DDP(policy), or compiled
+    anchor: Any  # frozen copy of the initial policy (CRaFT) or None
+    optimizer: Any
+    loader: Any  # training.cache_dataset.CacheLoader
+    batches: Iterator[dict[str, Any]]
+    tokens: Any  # training.instructions.TokenTable on the device
+    noise: Any  # torch.Generator for flow-matching noise (per rank, checkpointed)
+    craft: Any  # training.craft.CraftGradients or None
+    watchdog: Any
+    tracker: Any
+    log: Any  # training.progress.Progress
+    state: TrainState
+    bf16: bool
+    stats_path: str | None
+    flops_per_sample: float
+
+
+def train_loop(run: Run) -> int:
+    """Update until max_steps: accumulate, sync, clip, guard, step, log, watch, checkpoint."""
+    import torch
+
+    from training.distributed import gradient_sync
+    from training.objectives import hybrid_loss, retention_loss
+    from training.progress import craft_line, skip_line, step_line, stop_nonfinite_line
+    from training.schedules import lr_at, weight_at
+    from training.throughput import StepTimer
+
+    cfg, ctx, st, log = run.cfg, run.ctx, run.state, run.log
+    accum, layer = cfg.optim.grad_accum, cfg.craft.anchor_layer if run.craft else None
+    params = [p for p in run.policy.parameters() if p.requires_grad]
+    timer = StepTimer(warmup=min(cfg.runtime.timing_warmup_steps, max(cfg.max_steps - st.step - 1, 0)))
+    while st.step < cfg.max_steps:
+        step = st.step
+        lr = lr_at(step, cfg.optim.lr, cfg.schedule, cfg.max_steps)
+        for group in run.optimizer.param_groups:
+            group["lr"] = lr
+        aux_w = weight_at(step, cfg.objective.aux_ce) if cfg.objective.aux_ce else 0.0
+        timer.start()
+        loss_sum, logs_sum = torch.zeros((), device=ctx.device), {}
+        for micro in range(accum):
+            t0 = time.perf_counter()
+            batch = prepare_batch(next(run.batches), run)
+            timer.waited(time.perf_counter() - t0)
+            # Only the last micro-batch all-reduces: the others would pay a collective for nothing.
+            with gradient_sync(run.model, micro == accum - 1):
+                with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=run.bf16):
+                    out = run.model(batch, hidden_layer=layer)
+                    loss = hybrid_loss(out.loss, out.aux_ce, aux_w) if out.aux_ce is not None else out.loss
+                if run.craft is None:
+                    (loss / accum).backward()
+                else:
+                    with torch.no_grad(), torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=run.bf16):
+                        _, anchor_hidden = run.anchor.encode(batch, layer)
+                    ret = retention_loss(run.policy.features(out.features, cfg.craft.anchor, cfg.craft.anchor_tokens),
+                                         run.policy.features(anchor_hidden, cfg.craft.anchor, cfg.craft.anchor_tokens))
+                    run.craft.backward(loss, ret, 1.0 / accum)
+            loss_sum += loss.detach() / accum
+            for key, value in out.logs.items():
+                logs_sum[key] = logs_sum.get(key, 0.0) + value / accum
+        craft = run.craft.finish(run.craft.lam(st.lam)) if run.craft else None
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm or float("inf"))
+        norm = (grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm).detach().float()
+        # One small all-reduce and one host sync per step: a NaN loss on any rank (whose gradient can be
+        # finite: |x - nan| has a zero subgradient) or a non-finite norm makes every rank skip together.
+        summed = ctx.all_reduce_sum(torch.stack([loss_sum.float(), norm.to(loss_sum.device)]))
+        total, norm_sum, gn = torch.cat([summed, norm.view(1).to(summed.device)]).tolist()
+        step_loss = total / ctx.world_size
+        finite = math.isfinite(total) and math.isfinite(norm_sum)
+        if finite:
+            run.optimizer.step()
+        else:
+            st.nonfinite_total += 1
+            st.nonfinite_since_save += 1
+        run.optimizer.zero_grad(set_to_none=True)
+        if craft is not None and cfg.craft.dual:
+            st.lam = craft.lambda_after
+        seconds = timer.stop()
+        st.step += 1
+        if not finite:
+            log(skip_line(step, step_loss, gn, st.nonfinite_total, cfg.runtime.max_nonfinite_steps))
+            if st.nonfinite_total >= cfg.runtime.max_nonfinite_steps:
+                log(stop_nonfinite_line(st.nonfinite_total, cfg.runtime.max_nonfinite_steps))
+                return EXIT_NONFINITE
+        if step % cfg.log_every == 0 or st.step == cfg.max_steps:
+            keys = sorted(logs_sum)
+            parts = ctx.all_reduce_mean(torch.stack([logs_sum[k] for k in keys]).float()).tolist() if keys else []
+            st.last_loss = step_loss
+            lr = run.optimizer.param_groups[0]["lr"]  # the LR the update used, read back from the optimizer
+            log(step_line(step, cfg.max_steps, step_loss, lr, gn, seconds))
+            metrics = {"step": step, "loss": step_loss, "lr": lr, "grad_norm": gn, "s_per_step": seconds,
+                       **dict(zip(keys, parts, strict=True))}
+            if cfg.objective.aux_ce:
+                metrics["aux_weight"] = aux_w
+            if craft is not None:
+                log(craft_line(step, cfg.max_steps, step_loss, craft.retention, cfg.craft.retention_budget,
+                               craft.lambda_before, craft.lambda_after, craft.conflict_ratio, gn, lr))
+                metrics.update(retention=craft.retention, retention_nonfinite=int(craft.nonfinite),
+                               lambda_before=craft.lambda_before, lambda_after=craft.lambda_after,
+                               conflict_ratio=craft.conflict_ratio)
+            log.metrics(metrics)
+            run.tracker.log(tracked(metrics), step=step)
+            for name in ("loss", "grad_norm"):
+                collapse = run.watchdog.observe(name, metrics[name], step) if cfg.watchdog.enabled else None
+                if collapse is not None:
+                    log(collapse.line())
+                    if cfg.watchdog.on_collapse == "stop":
+                        log("[train] stopping after collapse: nothing saved; roll back to the newest HEALTHY checkpoint")
+                        return EXIT_COLLAPSE
+        if st.step % cfg.checkpoint.save_every == 0 or (st.step == cfg.max_steps and cfg.checkpoint.save_final):
+            save(run)
+    log(f"[train] done step={st.step} final_loss={st.last_loss:.4f}")
+    report_throughput(run, timer)
+    return 0
+
+
+def prepare_batch(batch: dict[str, Any], run: Run) -> dict[str, Any]:
+    """Host batch -> device tensors the policy reads (tokens looked up, flow-matching noise drawn)."""
+    import torch
+
+    from training.objectives import flow_matching_inputs
+
+    device, spec = run.ctx.device, run.policy.spec
+    move = {"non_blocking": device.type == "cuda"}  # pinned host memory: the copy overlaps compute
+    out = {key: batch[key].to(device, **move) for key in spec.cameras}
+    out["proprio"] = batch["proprio"].to(device, **move)
+    out["action_mask"] = batch["action_mask"].to(device, **move)
+    ids = batch["instruction_id"].to(device, **move)
+    out["text_ids"], out["text_mask"] = run.tokens.ids[ids], run.tokens.mask[ids]
+    actions = batch["actions"]
+    if spec.objective == "flow_matching":
+        # Drawn on the CPU from a per-rank generator: identical on any device, and checkpointed.
+        noise = torch.randn(actions.shape, generator=run.noise)
+        time_ = torch.rand(actions.shape[0], generator=run.noise)
+        x_t, target = flow_matching_inputs(actions, noise, time_)
+        out.update(flow_x_t=x_t.to(device, **move), flow_target=target.to(device, **move),
+                   flow_time=time_.to(device, **move))
+    out["actions"] = actions.to(device, **move)
+    return out
+
+
+TRACKED_NAMES = {
+    "loss": "VLA Train/Loss", "curr_l1": "Curr Action L1 Loss", "next_l1": "Next Actions L1 Loss",
+    "grad_norm": "VLA Train/Gradient Norm", "lr": "VLA Train/Learning Rate", "retention": "CRaFT/Retention Loss",
+    "retention_nonfinite": "CRaFT/Retention NonFinite", "lambda_after": "CRaFT/Lambda",
+    "lambda_before": "CRaFT/Lambda Before", "conflict_ratio": "CRaFT/Conflict Ratio", "flow_mse": "Flow Matching MSE",
+    "ce_loss": "VLM Train/CE Loss", "aux_ce": "Aux CE Loss", "aux_weight": "Aux CE Weight", "s_per_step": "Train/s per step",
+}
+
+
+def tracked(metrics: dict[str, float]) -> dict[str, float]:
+    """Metric names as seed 001's dashboards know them."""
+    out = {TRACKED_NAMES.get(k, k): v for k, v in metrics.items() if k != "step"}
+    if "lambda_after" in metrics:
+        out["CRaFT/Lambda After"] = metrics["lambda_after"]
+    return out
+
+
+def training_state(run: Run) -> dict[str, Any]:
+    """trainer_state.json."""
+    st, cfg = run.state, run.cfg
+    return {**dataclasses.asdict(st), "schedule_position": st.step, "world_size": run.ctx.world_size,
+            "batch_size": cfg.data.batch_size, "grad_accum": cfg.optim.grad_accum, "seed": cfg.seed,
+            "objective": cfg.objective.kind, "watchdog": run.watchdog.state_dict(),
+            "last_loss": st.last_loss if math.isfinite(st.last_loss) else None}
+
+
+def save(run: Run) -> None:
+    """Write checkpoint-<step> (every rank takes part), prune old ones, print the line."""
+    from training.checkpoint import (CheckpointContents, capture_rng, finalize, gather_state, prepare_temp, prune,
+                                     temp_dir, write_rank_state)
+
+    ctx, st, out = run.ctx, run.state, Path(run.cfg.out_dir)
+    model_state, optim_state = gather_state(run.policy, run.optimizer)
+    if ctx.is_main:
+        prepare_temp(out, st.step)
+    ctx.barrier()
+    write_rank_state(temp_dir(out, st.step), ctx.rank,
+                     {"rank": ctx.rank, "rng": capture_rng(run.noise, ctx.device), "data": run.loader.state_dict()})
+    ctx.barrier()
+    if ctx.is_main:
+        healthy = run.watchdog.healthy and st.nonfinite_since_save == 0
+        final = finalize(out, st.step, ctx.world_size, CheckpointContents(
+            model_state=model_state, optimizer_state=optim_state, trainer_state=training_state(run),
+            config=run.cfg.model_dump(mode="json"), stats_path=run.stats_path, healthy=healthy))
+        prune(out, run.cfg.checkpoint.keep_last)
+        run.log(f"[ckpt] saved {final} step={st.step}" + ("" if healthy else " (not HEALTHY)"))
+    st.nonfinite_since_save = 0
+    ctx.barrier()
+
+
+def report_throughput(run: Run, timer: Any) -> None:
+    """The throughput line and summary.json (rank 0)."""
+    import torch
+
+    from training.throughput import peak_flops
+
+    ctx, cfg = run.ctx, run.cfg
+    samples = cfg.data.batch_size * ctx.world_size * cfg.optim.grad_accum
+    sps = samples / timer.step_seconds if timer.measured_steps else float("nan")
+    if ctx.device.type == "cuda":
+        peak_mem = torch.cuda.max_memory_allocated(ctx.device) / 2**30
+    else:  # max resident set size of this process (KiB on Linux)
+        peak_mem = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    peak = peak_flops(ctx.device)
+    mfu = run.flops_per_sample * sps / (peak * ctx.world_size) if peak and math.isfinite(sps) else None
+    run.log(f"[train] throughput samples/s={sps:.2f} s/step={timer.step_seconds:.4f} "
+            f"data_wait={timer.data_wait * 100:.1f}% peak_mem={peak_mem:.2f}GiB "
+            f"mfu={'n/a' if mfu is None else f'{mfu * 100:.1f}%'}")
+    if ctx.is_main:
+        summary = {"steps_measured": timer.measured_steps, "samples_per_s": sps, "s_per_step": timer.step_seconds,
+                   "data_wait": timer.data_wait, "peak_mem_gib": peak_mem, "mfu": mfu,
+                   "flops_per_sample": run.flops_per_sample, "peak_flops_per_gpu": peak,
+                   "effective_batch": samples, "world_size": ctx.world_size, "final_loss": run.state.last_loss,
+                   "device": torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else "cpu"}
+        (Path(cfg.out_dir) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def _resolve_resume(cfg: TrainConfig, resume: str | None, ctx: Any, log: Any) -> Path | None:
+    """The checkpoint to continue from, or None to start at step 0 (CheckpointError when refused)."""
+    from training.checkpoint import CheckpointError, find_latest, list_checkpoints, set_aside, verify
+
+    out = Path(cfg.out_dir)
+    if resume is None:
+        complete = [p for _, p in list_checkpoints(out) if (p / "COMPLETE").is_file()]
+        if complete:
+            raise CheckpointError(f"{out}: already holds checkpoints (newest {complete[0].name}); pass --resume to "
+                                  f"continue, or choose another out_dir")
+        return None
+    if resume == "auto":
+        path = find_latest(out, log)
+        if path is None:
+            log(f"[train] no complete checkpoint in {out}; starting at step=0")
+        return path
+    path = Path(resume)
+    verify(path)  # explicit path: refused, not skipped, when incomplete or damaged
+    newer = [p for step, p in list_checkpoints(out) if step > int(path.name.split("-")[-1])]
+    if newer and path.parent.resolve() == out.resolve() and ctx.is_main:
+        # A rollback: the newer checkpoints are from the run that collapsed; --resume must never pick them again.
+        aside = set_aside(out, newer)
+        log(f"[ckpt] rolled back: moved {', '.join(p.name for p in newer)} aside to {aside}")
+    ctx.barrier()
+    return path
+
+
+def setup(cfg: TrainConfig, ctx: Any, log: Any, resume: str | None) -> Run:
+    """Data, policy, optimizer, resume state, tracking; prints the start-up lines in their fixed order."""
+    import numpy as np
+    import torch
+
+    from training.cache_dataset import CacheLoader, ChunkConfig, ChunkDataset, LoaderConfig
+    from training.checkpoint import check_compatible, read_rank_state, read_trainer_state, restore_rng, restore_state
+    from training.craft import CraftGradients
+    from training.distributed import wrap_model
+    from training.policy import PolicySpec, build_policy, parameter_counts
+    from training.progress import batch_line, data_line, params_line, weights_line
+    from training.sampler import SamplerState
+    from training.throughput import policy_flops
+    from training.tracking import start_tracking
+    from training.watchdog import CollapseWatchdog
+
+    checkpoint = _resolve_resume(cfg, resume, ctx, log)
+    torch.manual_seed(cfg.seed)  # same on every rank: identical initial weights
+    np.random.seed(cfg.seed)
+    random.seed(cfg.seed)
+    chunk_cfg = ChunkConfig(future_actions=cfg.data.future_actions, normalization=cfg.data.normalization,
+                            image_keys=tuple(cfg.data.image_keys) if cfg.data.image_keys is not None else None,
+                            require_matching_stats=cfg.data.require_matching_stats)
+    dataset = ChunkDataset(cfg.data.cache_dir, cfg.data.stats, chunk_cfg)
+    arrays = dataset.arrays
+    cameras = tuple(arrays.images)
+    if not cameras:
+        raise ConfigError(f"{cfg.data.cache_dir}: the cache holds no images (built with --no-images); the policy needs them")
+    log(data_line(arrays.manifest["source"]["dataset_name"], int(arrays.manifest["num_trajectories"]),
+                  dataset.num_samples, cfg.data.future_actions, cfg.data.batch_size))
+    spec = PolicySpec(action_dim=dataset.robot.action_dim, proprio_dim=dataset.robot.proprio_dim,
+                      chunk=cfg.data.future_actions + 1, cameras=cameras, objective=cfg.objective.kind,
+                      aux_ce=cfg.objective.aux_ce is not None)
+    policy, tokens, report = build_policy(cfg.model, spec, dataset.instructions)
+    log(weights_line(report.loaded, report.skipped, bool(report.sources)))
+    total, trainable = parameter_counts(policy)
+    log(params_line(total, trainable))
+    log(batch_line(cfg.data.batch_size, ctx.world_size, cfg.optim.grad_accum))
+    own_shapes = {k: tuple(v.shape) for k, v in policy.state_dict().items()}
+    flops = policy_flops(policy).total
+    policy.to(ctx.device)
+    anchor = None
+    if cfg.craft.enabled:  # the frozen "pretrained" features: the weights before any update
+        anchor = copy.deepcopy(policy).requires_grad_(False).eval()
+    bf16 = cfg.runtime.precision == "bf16" or (cfg.runtime.precision == "auto" and ctx.device.type == "cuda")
+    model = wrap_model(policy, ctx, cfg.runtime, bf16, manual_sync=cfg.craft.enabled)
+    optimizer = build_optimizer(policy, cfg, ctx.device)
+    state = TrainState(lam=cfg.craft.initial_lambda)
+    watchdog = CollapseWatchdog(cfg.watchdog.watch)
+    noise = torch.Generator().manual_seed(cfg.seed * 1000 + ctx.rank)
+    data_state: dict[str, int] | None = None
+    if checkpoint is not None:
+        check_compatible(checkpoint, own_shapes)
+        restore_state(checkpoint, policy, optimizer, distributed=ctx.backend is not None)
+        saved = read_trainer_state(checkpoint)
+        fields = {f.name for f in dataclasses.fields(TrainState)}
+        state = TrainState(**{k: v for k, v in saved.items() if k in fields})
+        state.last_loss = float("nan") if state.last_loss is None else state.last_loss
+        watchdog.load_state_dict(saved.get("watchdog", {}))
+        mine = read_rank_state(checkpoint, ctx.rank, ctx.world_size)
+        if mine is not None and saved.get("batch_size") == cfg.data.batch_size:
+            restore_rng(mine["rng"], noise, ctx.device)
+            data_state = mine["data"]
+        else:
+            data_state = _rescaled_cursor(checkpoint, saved, ctx.world_size)
+            log(f"[ckpt] warning: world_size/batch changed ({saved.get('world_size')}x{saved.get('batch_size')} -> "
+                f"{ctx.world_size}x{cfg.data.batch_size}): data order continues approximately, not bitwise")
+        log(f"[train] resumed from {checkpoint} at step={state.step}")
+    loader = CacheLoader(dataset, LoaderConfig(batch_size=cfg.data.batch_size, seed=cfg.seed, rank=ctx.rank,
+                                               world_size=ctx.world_size, epochs=None, num_workers=cfg.data.num_workers,
+                                               pin_memory=ctx.device.type == "cuda"),
+                         state=SamplerState.from_dict(data_state) if data_state else None)
+    tracker = start_tracking(cfg, state.wandb_run_id, ctx.is_main, log)
+    state.wandb_run_id = tracker.run_id
+    if cfg.watchdog.enabled:
+        for line in watchdog.armed_lines():
+            log(line)
+    if cfg.runtime.compile:
+        model = torch.compile(model)
+    craft = CraftGradients(list(policy.parameters()), cfg.craft, ctx.world_size) if cfg.craft.enabled else None
+    return Run(cfg=cfg, ctx=ctx, policy=policy, model=model, anchor=anchor, optimizer=optimizer, loader=loader,
+               batches=iter(loader), tokens=tokens.to(ctx.device), noise=noise, craft=craft, watchdog=watchdog,
+               tracker=tracker, log=log, state=state, bf16=bf16, stats_path=cfg.data.stats, flops_per_sample=flops)
+
+
+def _rescaled_cursor(checkpoint: Path, saved: dict[str, Any], world_size: int) -> dict[str, int]:
+    """Rank 0's (epoch, cursor) mapped to a new world size: samples consumed so far / new world size."""
+    from training.checkpoint import rank_file
+
+    first = json.loads((checkpoint / rank_file(0)).read_text())["data"]
+    consumed = first["cursor"] * int(saved.get("world_size") or 1)
+    return {"epoch": first["epoch"], "cursor": consumed // world_size}
+
+
+def build_optimizer(policy: Any, cfg: TrainConfig, device: Any) -> Any:
+    """AdamW; weight decay on matrices only (not on norms, biases, queries' scale), nanoGPT style."""
+    import torch
+
+    params = [p for p in policy.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.optim.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    # Fused: one kernel for all tensors instead of a Python loop over them (CPU fused kernels since torch 2.4).
+    fused = cfg.optim.fused if cfg.optim.fused is not None else (
+        device.type == "cuda" or tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 4))
+    return torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps, fused=fused or None)
+
+
+def apply_environment(cfg: TrainConfig, log: Any) -> None:
+    """Process-wide settings that must precede CUDA initialisation."""
+    if cfg.runtime.cuda_alloc_conf is not None:
+        # Read once, when CUDA's caching allocator starts: later changes are ignored (seed 003 issue 7 fix).
+        current = os.environ.get("PYTORCH_CUDA_ALLOC_CONF")
+        if current and current != cfg.runtime.cuda_alloc_conf:
+            log(f"[train] PYTORCH_CUDA_ALLOC_CONF={current} (from the environment; config's "
+                f"{cfg.runtime.cuda_alloc_conf} not applied)")
+        else:
+            os.environ["PYTORCH_CUDA_ALLOC_CONF"] = cfg.runtime.cuda_alloc_conf
+            log(f"[train] PYTORCH_CUDA_ALLOC_CONF={cfg.runtime.cuda_alloc_conf}")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.splitlines()[0])
+    p.add_argument("--config", required=True, help="YAML or JSON TrainConfig")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field (YAML value)")
+    p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
+                   help="continue from the newest complete checkpoint in out_dir, or from this checkpoint dir")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.set)
+    except ConfigError as exc:
+        print(f"[train] error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_BAD_INPUT
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    from training.progress import Progress
+
+    log = Progress(Path(cfg.out_dir), is_main)
+    apply_environment(cfg, log)
+    import torch
+
+    from training.cache import CacheError
+    from training.checkpoint import CheckpointError
+    from training.distributed import init_distributed
+    from training.policy import ModelPathError
+
+    if cfg.runtime.threads:
+        torch.set_num_threads(cfg.runtime.threads)
+    torch.backends.cuda.matmul.allow_tf32 = cfg.runtime.tf32
+    torch.backends.cudnn.allow_tf32 = cfg.runtime.tf32
+    ctx = init_distributed(cfg.runtime)
+    code = 0
+    run = None
+    try:
+        run = setup(cfg, ctx, log, args.resume)
+        code = train_loop(run)
+    except (ConfigError, CacheError, CheckpointError, ModelPathError) as exc:
+        log.error(str(exc))
+        code = EXIT_BAD_INPUT
+    finally:
+        if run is not None:
+            run.tracker.finish(exit_code=code)
+        log.close()
+        ctx.close()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
