@@ -129,6 +129,7 @@ def plan(file: str, var: Optional[list[str]] = VarOpt, as_json: bool = JsonOpt) 
         out.print(f"wave {i}:", style="bold")
         for s in wave:
             needs = f"  (needs {', '.join(s.needs)})" if s.needs else ""
+            needs += f"  (after {', '.join(s.after)} finished)" if s.after else ""
             out.print(f"  {s.id} [{s.kind}]{needs}", markup=False, highlight=False)
             for line in (s.command or "").rstrip().splitlines():
                 out.print(f"      $ {line}", markup=False, highlight=False, style="dim")
@@ -233,8 +234,19 @@ def _execute(journal: Journal, as_json: bool, make_ctx) -> None:
     else:
         if view is None:
             err.print(render_status(status))
+        _print_reports(ctx.loaded.runbook, status)
         err.print(f"run {ctx.run_id}: {final} — details: agentops status {ctx.run_id}", markup=False, highlight=False)
     raise typer.Exit(0 if final == "succeeded" else EXIT_FAILED)
+
+
+def _print_reports(runbook, status) -> None:
+    """The output of `report: true` steps (a run's summary), after the table."""
+    reported = {s.id for s in runbook.steps if getattr(s, "report", False)}
+    for step in status.steps:
+        if step.id in reported and step.log_tail:
+            err.rule(f"{step.id}", style="dim")
+            for line in step.log_tail:
+                err.print(line, markup=False, highlight=False)
 
 
 @app.command()

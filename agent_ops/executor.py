@@ -205,7 +205,9 @@ class Executor:
                 kill_job(self.ctx.transport, self.ctx.layout, handle)
 
     def _ready(self, sid: str) -> bool:
-        return all(self.state[d] in ("succeeded", "skipped", "started") for d in self.deps[sid])
+        after = self.runbook.step(sid).after  # these must have finished, not merely started
+        return all(self.state[d] in (("succeeded", "skipped") if d in after else ("succeeded", "skipped", "started"))
+                   for d in self.deps[sid])
 
     def _block_unreachable(self, force: bool = False) -> None:
         """Pending steps whose dependency failed will never run: record them as not run."""

@@ -30,18 +30,19 @@ def graph_problems(steps: Sequence[Step]) -> list[Problem]:
         seen.setdefault(step.id, i)
     kinds = {s.id: s.kind for s in steps}
     for i, step in enumerate(steps):
-        for j, need in enumerate(step.needs):
-            if need == step.id:
-                problems.append((("steps", i, "needs", j), f"step {step.id!r} needs itself"))
-            elif need not in kinds:
-                problems.append((("steps", i, "needs", j), f"unknown step {need!r} in needs of {step.id!r}{did_you_mean(need, kinds)}"))
+        for field in ("needs", "after"):
+            for j, need in enumerate(getattr(step, field)):
+                if need == step.id:
+                    problems.append((("steps", i, field, j), f"step {step.id!r} {'needs' if field == 'needs' else 'waits for'} itself"))
+                elif need not in kinds:
+                    problems.append((("steps", i, field, j), f"unknown step {need!r} in {field} of {step.id!r}{did_you_mean(need, kinds)}"))
         if isinstance(step, GateStep) and step.job is not None:
             if step.job not in kinds:
                 problems.append((("steps", i, "job"), f"gate {step.id!r} watches unknown step {step.job!r}{did_you_mean(step.job, kinds)}"))
             elif kinds[step.job] != "run":
                 problems.append((("steps", i, "job"), f"gate {step.id!r} watches {step.job!r}, which is a {kinds[step.job]} step, not a run step"))
     # A cycle is only meaningful once ids are unique; a self-need was reported above.
-    duplicate_or_self = len(seen) < len(steps) or any(s.id in s.needs for s in steps)
+    duplicate_or_self = len(seen) < len(steps) or any(s.id in s.needs or s.id in s.after for s in steps)
     if not duplicate_or_self:
         cycle = find_cycle(steps)
         if cycle:
@@ -56,6 +57,8 @@ def _edge_loc(steps: Sequence[Step], src: str, dst: str) -> tuple:
     step = steps[i]
     if dst in step.needs:
         return ("steps", i, "needs", step.needs.index(dst))
+    if dst in step.after:
+        return ("steps", i, "after", step.after.index(dst))
     return ("steps", i, "job")
 
 
@@ -68,7 +71,7 @@ def did_you_mean(name: str, known: Iterable[str]) -> str:
 def _edges(step: Step) -> list[str]:
     # A gate implicitly needs the job it watches: it cannot watch a log that does not exist yet.
     extra = [step.job] if isinstance(step, GateStep) and step.job and step.job not in step.needs else []
-    return list(step.needs) + extra
+    return list(dict.fromkeys([*step.needs, *step.after, *extra]))
 
 
 def find_cycle(steps: Sequence[Step]) -> list[str] | None:

@@ -46,7 +46,12 @@ class StepBase(Strict):
 
     id: str = Field(pattern=STEP_ID, description="Unique step id; also the tmux window and job directory name.")
     name: str | None = Field(None, description="Human title; defaults to the id.")
-    needs: list[str] = Field(default_factory=list, description="Ids of steps that must succeed (or be skipped) first.")
+    needs: list[str] = Field(default_factory=list, description="Ids of steps that must succeed (or be skipped) first; a background job only has to be running.")
+    after: list[str] = Field(
+        default_factory=list,
+        description="Ids of steps that must have finished successfully first: for a background job, exited with 0 "
+        "(e.g. a resume that must not share a checkpoint dir with the run still shutting down).",
+    )
     retries: int = Field(0, ge=0, le=10, description="Extra attempts after a failure (remedies apply between attempts).")
     skip_if: Check | None = Field(None, description="A check; when it passes the step is skipped (idempotent steps).")
     tags: list[str] = Field(default_factory=list, description="Labels such as install, download, stats, train; known issues apply by tag.")
@@ -68,6 +73,7 @@ class RunStep(StepBase):
     keep_running: bool = Field(False, description="With background: the run may finish while this job still runs (e.g. training).")
     fail_on: list[str] = Field(default_factory=list, description="Regexes that fail the step as soon as one appears in its log.")
     stall_after: float | None = Field(None, gt=0, description="Fail when the log has not grown for this many seconds.")
+    report: bool = Field(False, description="Print this job's output (its newest lines, secrets masked) when the run ends: a summary step.")
 
     @field_validator("fail_on")
     @classmethod

@@ -204,6 +204,17 @@ def test_retry_succeeds_on_the_second_attempt(box: Box) -> None:
     assert lines(box.scratch / "counter") == ["attempt", "attempt"]
 
 
+def test_needs_waits_for_a_background_job_to_start_and_after_for_it_to_exit(box: Box) -> None:
+    run = run_api(box, "after.yaml")
+    assert run.final == "succeeded"
+    slow = step(run.journal, run.run_id, "slow")
+    with_needs = step(run.journal, run.run_id, "with_needs")
+    with_after = step(run.journal, run.run_id, "with_after")
+    # From the journal's own timestamps: one started while the job ran, the other once it had ended.
+    assert with_needs["started"] < slow["ended"] <= with_after["started"]
+    assert lines(box.scratch / "order") == ["with_needs", "exiting", "with_after"]
+
+
 def test_failing_step_fails_the_run_and_its_dependents_are_not_run(box: Box) -> None:
     proc = agentops(box, "run", str(RUNBOOKS / "failing.yaml"), *box.cli_target(), "--var", f"box={box.scratch}", "--json")
     assert proc.returncode == 1, proc.stderr

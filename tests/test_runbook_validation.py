@@ -186,6 +186,18 @@ CASES: dict[str, Case] = {
               - fetch
               - fetchh
         """, 11, "steps.1.needs.1", ("unknown step 'fetchh'", "did you mean 'fetch'")),
+    "unknown-after": Case("""
+        name: x
+        steps:
+          - id: train
+            kind: run
+            command: echo
+            background: true
+          - id: resume
+            kind: run
+            command: echo
+            after: [trian]
+        """, 10, "steps.1.after.0", ("unknown step 'trian' in after of 'resume'", "did you mean 'train'")),
     "self-need": Case("""
         name: x
         steps:

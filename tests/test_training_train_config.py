@@ -54,3 +54,12 @@ def test_bad_overrides_are_errors(tmp_path: Path) -> None:
         parse_override("optim.lr")
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_a_bare_name_finds_the_packaged_config_and_an_unknown_one_lists_them() -> None:
+    # Runbooks say `--config tiny_cpu`: the box's install location is not theirs to know.
+    cfg = load_config("tiny_cpu", ["max_steps=7"])
+    assert cfg.max_steps == 7
+    assert cfg.model_dump() == load_config(ROOT / "training" / "configs" / "tiny_cpu.yaml", ["max_steps=7"]).model_dump()
+    with pytest.raises(ConfigError, match=r"tiny_gpu: no such file, and not a packaged config \(shipped: .*tiny_cpu"):
+        load_config("tiny_gpu")

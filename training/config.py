@@ -186,6 +186,19 @@ class WatchdogConfig(Strict):
     on_collapse: Literal["stop", "continue"] = "stop"
 
 
+class FaultConfig(Strict):
+    """Test-only fault injection, off by default: makes a tiny CPU run collapse on cue (runbooks/resume_training.yaml).
+
+    A tiny CPU policy has no sharp edge of stability (its L1 loss stays bounded even at 100x its LR), so
+    seed 000's "this LR is too high; half of it is fine" cannot be shown with it honestly. This supplies the
+    edge: updates whose scheduled LR exceeds `unstable_lr` are applied at that LR x `amplify`, which wrecks
+    the weights within two steps. The trainer says so once in a `[fault]` line; `lr=` shows the LR applied.
+    """
+
+    unstable_lr: float | None = Field(None, gt=0, description="null: off. Scheduled LRs above this are amplified")
+    amplify: float = Field(1000.0, gt=1, description="the factor applied to such an LR")
+
+
 class RuntimeConfig(Strict):
     """Devices, parallelism, precision."""
 
@@ -219,6 +232,7 @@ class TrainConfig(Strict):
     wandb: WandbConfig = WandbConfig()
     watchdog: WatchdogConfig = WatchdogConfig()
     runtime: RuntimeConfig = RuntimeConfig()
+    fault: FaultConfig = FaultConfig()
 
     @field_validator("out_dir")
     @classmethod
@@ -293,8 +307,27 @@ def read_mapping(path: str | Path) -> dict[str, Any]:
     return data
 
 
+PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """A file path, or the bare name of a config shipped in ``training/configs`` (``tiny_cpu``).
+
+    Runbooks say ``--config tiny_cpu`` so that they need not know where the package is installed on the box.
+    """
+    given = Path(path)
+    if given.exists() or "/" in str(path):
+        return given
+    for candidate in (PACKAGED_CONFIGS / given.name, PACKAGED_CONFIGS / f"{given.name}.yaml"):
+        if candidate.is_file():
+            return candidate
+    shipped = ", ".join(sorted(p.stem for p in PACKAGED_CONFIGS.glob("*.yaml")))
+    raise ConfigError(f"{path}: no such file, and not a packaged config (shipped: {shipped})")
+
+
 def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
     """Read, override and validate a config; ConfigError names the file and field."""
+    path = resolve_config_path(path)
     data = apply_overrides(read_mapping(path), overrides or [])
     try:
         return TrainConfig.model_validate(data)

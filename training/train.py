@@ -425,7 +425,7 @@ def apply_environment(cfg: TrainConfig, log: Any) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.splitlines()[0])
-    p.add_argument("--config", required=True, help="YAML or JSON TrainConfig")
+    p.add_argument("--config", required=True, help="YAML or JSON TrainConfig, or a packaged config name (tiny_cpu)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field (YAML value)")
     p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
                    help="continue from the newest complete checkpoint in out_dir, or from this checkpoint dir")
