@@ -52,6 +52,7 @@ class PlanStep(BaseModel):
     id: str
     kind: str
     needs: list[str]
+    after: list[str] = []  # needs that must have finished (a background job exited), not merely started
     command: str | None = None
 
 
@@ -109,7 +110,8 @@ def plan(file: str, overrides: dict[str, str]) -> PlanResult:
     builtins = {k: f"<{k}>" for k in ("run_id", "run_dir", "runbook_dir", "artifacts_dir")}
     runbook = render_runbook(loaded, {**values, **builtins})
     steps = {s.id: s for s in runbook.steps}
-    waves = [[PlanStep(id=sid, kind=steps[sid].kind, needs=steps[sid].needs, command=getattr(steps[sid], "command", None))
+    waves = [[PlanStep(id=sid, kind=steps[sid].kind, needs=steps[sid].needs, after=steps[sid].after,
+                         command=getattr(steps[sid], "command", None))
               for sid in wave] for wave in build_plan(runbook.steps).waves]
     return PlanResult(runbook=runbook.name, file=str(loaded.path), vars=values,
                       secrets={n: "***" for n in runbook.secrets}, waves=waves)

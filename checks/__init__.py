@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from checks.evaluate import CheckFailed, CheckResult, evaluate, evaluate_all, list_files, parse_gpus, resolve_field
 from checks.kinds import (
+    ActionUnitsCheck,
     Check,
     CheckBase,
     CommandCheck,
@@ -17,6 +18,7 @@ from checks.kinds import (
 from checks.safetensors_header import HeaderError, SafetensorsHeader, TensorInfo, read_header
 
 __all__ = [
+    "ActionUnitsCheck",
     "Check",
     "CheckBase",
     "CheckFailed",

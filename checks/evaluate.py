@@ -18,8 +18,10 @@ from typing import Any, Callable, Iterator, Literal
 from pydantic import BaseModel, Field
 
 from agent_ops.transport.base import EXEC_TIMEOUT_RC, Transport
+from checks.action_units import LayoutError, action_spread, outside_band, unit_hint
 from checks.kinds import (
     VERSION_TOKEN,
+    ActionUnitsCheck,
     Check,
     CheckBase,
     CommandCheck,
@@ -565,6 +567,35 @@ def _dataset_stats(check: DatasetStatsCheck, transport: Transport) -> CheckResul
     return _passed(check, f"{check.path}: valid for robot {check.robot}{against}", robot=check.robot)
 
 
+# --- action_units ------------------------------------------------------------------------------
+
+
+def _action_units(check: ActionUnitsCheck, transport: Transport) -> CheckResult:
+    low, high = _rendered_number(check, "min"), _rendered_number(check, "max")
+    try:
+        spread = action_spread(_load_json(transport, check.path), check.dataset)
+        bad = outside_band(spread, check.dims, low, high)
+    except LayoutError as exc:
+        raise CheckFailed(f"{check.path}: {exc}") from None
+    band = f"[{low:g}, {high:g}] {check.unit}"
+    found = {d: spread.std[d] for d in check.dims}
+    details = {"field": spread.where, "std": found, "band": [low, high], "unit": check.unit}
+    if bad:
+        dims = ", ".join(f"dim {d} = {v:.4g}" for d, v in bad)
+        hint = unit_hint(spread, bad, low, high, check.unit)
+        raise CheckFailed(f"{check.path}: {spread.where} outside {band}: {dims}; {hint}", **details)
+    shown = ", ".join(f"dim {d} = {v:.4g}" for d, v in found.items())
+    return _passed(check, f"{check.path}: {spread.where} within {band}: {shown}", **details)
+
+
+def _rendered_number(check: CheckBase, field: str) -> float:
+    """A field that may hold a `{{ var }}`: by evaluation time the runbook is rendered and it is a number."""
+    value = getattr(check, field)
+    if isinstance(value, str):
+        raise CheckFailed(f"{field}: {value!r} was never substituted (a check judged outside a rendered runbook)")
+    return value
+
+
 _EVALUATORS: dict[type, Callable[[Any, Transport], CheckResult]] = {
     PathExistsCheck: _path_exists,
     FileCountCheck: _file_count,
@@ -574,4 +605,5 @@ _EVALUATORS: dict[type, Callable[[Any, Transport], CheckResult]] = {
     DiskFreeCheck: _disk_free,
     GpuMemoryCheck: _gpu_memory,
     DatasetStatsCheck: _dataset_stats,
+    ActionUnitsCheck: _action_units,
 }

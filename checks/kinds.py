@@ -302,8 +302,46 @@ class DatasetStatsCheck(CheckBase):
         return self.path
 
 
+# Runbooks are validated before their variables are substituted: a numeric field meant to take a
+# variable accepts the bare reference `{{ name }}` then, and must hold a number once it is rendered.
+VAR_REFERENCE = r"^\{\{\s*[A-Za-z_][A-Za-z0-9_]*\s*\}\}$"
+PositiveOrVar = Union[Annotated[float, Field(gt=0)], Annotated[str, Field(pattern=VAR_REFERENCE)]]
+
+
+class ActionUnitsCheck(CheckBase):
+    """The std of chosen action dims in a statistics file lies in a band: actions in the wrong units fail.
+
+    Seed 002's data fix: LIBERO position deltas must be in metres (std ~0.014); the same data in
+    millimetres (std ~14) or normalised to [-1, 1] (std ~0.3) trains a policy that scores 0%.
+    Reads the agentops/OpenVLA layout (`{dataset: {action: {std}}}`), openpi's
+    (`{norm_stats: {actions: {std}}}`) and RDT's (`{dataset: {action_std}}`).
+    """
+
+    kind: Literal["action_units"] = Field(description="Check that action dims have the spread their physical unit implies.")
+    path: str = Field(min_length=1, description="Statistics JSON on the target (at most 16 MiB); `~/` means the target user's home.")
+    dims: list[Annotated[int, Field(ge=0)]] = Field(
+        default_factory=lambda: [0, 1, 2], min_length=1,
+        description="Action dims to judge: LIBERO's position x, y, z are 0, 1, 2 (RDT's unified vector: 30, 31, 32).")
+    min: PositiveOrVar = Field(description="Smallest plausible std in `unit`, e.g. 0.005 for LIBERO positions in metres "
+                                           "(a number, or a `{{ var }}` that renders to one).")
+    max: PositiveOrVar = Field(description="Largest plausible std in `unit`, e.g. 0.05 for LIBERO positions in metres "
+                                           "(a number, or a `{{ var }}` that renders to one).")
+    unit: str = Field("m", min_length=1, description="The unit the band is in (m, rad, ...); names the likely mistake, e.g. mm.")
+    dataset: str | None = Field(None, description="Top-level key to read when the file holds several datasets (e.g. libero_90).")
+
+    @property
+    def subject(self) -> str:
+        return self.path
+
+    @model_validator(mode="after")
+    def _band_is_ordered(self) -> ActionUnitsCheck:
+        if isinstance(self.min, float) and isinstance(self.max, float) and self.min >= self.max:
+            raise ValueError(f"min ({self.min:g}) must be below max ({self.max:g})")
+        return self
+
+
 Check = Annotated[
     Union[PathExistsCheck, FileCountCheck, JsonFieldCheck, CommandCheck, SafetensorsCheck, DiskFreeCheck, GpuMemoryCheck,
-          DatasetStatsCheck],
+          DatasetStatsCheck, ActionUnitsCheck],
     Field(discriminator="kind"),
 ]

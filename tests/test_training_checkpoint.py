@@ -33,6 +33,7 @@ from training.checkpoint import (  # noqa: E402
     restore_state,
     set_aside,
     verify,
+    withdraw_healthy,
     write_rank_state,
 )
 
@@ -216,3 +217,15 @@ def test_set_aside_moves_checkpoints_out_of_the_glob(tmp_path: Path) -> None:
     aside = set_aside(tmp_path, [newer])
     assert aside is not None and (aside / "checkpoint-000006" / COMPLETE).is_file()
     assert list(tmp_path.glob("checkpoint-*")) == [] and aside.parent.name == "superseded"
+
+
+def test_withdraw_healthy_unmarks_only_newer_checkpoints_and_leaves_them_resumable(tmp_path: Path) -> None:
+    # Saved after the last step the watchdog measured in bounds (40), before it reported the collapse.
+    model, opt = trained()
+    for step in (35, 40, 45, 50):
+        write(tmp_path, step, model, opt)
+    assert [p.name for p in withdraw_healthy(tmp_path, 40)] == ["checkpoint-000045", "checkpoint-000050"]
+    assert {step: (p / HEALTHY).is_file() for step, p in list_checkpoints(tmp_path)} == \
+        {50: False, 45: False, 40: True, 35: True}
+    assert verify(tmp_path / "checkpoint-000050")["step"] == 50  # HEALTHY is not in the manifest: still complete
+    assert withdraw_healthy(tmp_path, 40) == []

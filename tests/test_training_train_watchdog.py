@@ -60,3 +60,20 @@ def test_unwatched_and_non_finite_values_are_ignored_and_state_round_trips() -> 
     again.load_state_dict(dog.state_dict())
     assert again.state_dict() == dog.state_dict()
     assert again.observe("loss", 100.0, 26) is not None and dog.observe("loss", 100.0, 26) is not None
+
+
+def test_last_good_is_the_last_raw_value_within_bounds_and_survives_a_resume() -> None:
+    # The EMA reports a spike some steps late; last_good says which steps were still measured healthy.
+    dog = CollapseWatchdog([WatchConfig(metric="loss", direction="min", threshold=3.0, ema=0.9, warmup_steps=3)])
+    for step in range(10):
+        assert dog.observe("loss", 0.5, step) is None
+    assert dog.observe("loss", 4.8, 10) is None  # raw 9.6x the best, smoothed 0.93 (1.9x): not reported yet
+    again = CollapseWatchdog(dog.watches)
+    again.load_state_dict(dog.state_dict())
+    report = again.observe("loss", 17.8, 11)
+    assert report is not None and report.step == 11 and report.last_good == 9
+    assert report.line() == "[watchdog] COLLAPSE metric=loss value=2.617 best=0.5 drop=4.23 step=11"
+    old = {m: {k: v for k, v in values.items() if k != "last_good"} for m, values in dog.state_dict().items()}
+    legacy = CollapseWatchdog(dog.watches)
+    legacy.load_state_dict(old)  # a checkpoint written before last_good existed
+    assert legacy.observe("loss", 17.8, 11).last_good is None

@@ -10,7 +10,8 @@ Layout (``<out_dir>/checkpoint-<step:06d>``, step = optimizer updates done = the
     dataset_statistics.json   the statistics the run normalised with (copied in)
     manifest.json             format, step, world size, every file above with its size
     COMPLETE                  written last, before the rename
-    HEALTHY                   present when the watchdog judged the run healthy at save time
+    HEALTHY                   present when the watchdog judged the run healthy at save time; withdrawn
+                              when a later collapse shows the weights were already bad (withdraw_healthy)
 
 Writing: everything goes into ``.tmp-checkpoint-<step>``, each file is fsynced,
 ``COMPLETE`` is written, the directory is renamed to its final name and the
@@ -277,6 +278,21 @@ def set_aside(out_dir: Path, paths: list[Path]) -> Path | None:
         path.rename(target / path.name)
     _fsync_dir(out_dir)
     return target
+
+
+def withdraw_healthy(out_dir: Path, after_step: int) -> list[Path]:
+    """Remove HEALTHY from every checkpoint newer than ``after_step`` (saved between the damage and its detection).
+
+    HEALTHY is not in the manifest, so the checkpoints stay complete and verifiable; only the rollback
+    remedy, which looks for the marker, passes over them.
+    """
+    withdrawn = []
+    for step, path in sorted(list_checkpoints(out_dir)):
+        if step > after_step and (path / HEALTHY).is_file():
+            (path / HEALTHY).unlink()
+            _fsync_dir(path)  # the removal must survive a crash, or a restart could still pick the checkpoint
+            withdrawn.append(path)
+    return withdrawn
 
 
 def list_checkpoints(out_dir: Path) -> list[tuple[int, Path]]:

@@ -23,6 +23,8 @@ Checkpoints, the end, and the ways a run stops early::
     [train] non-finite loss or grad_norm at step=N (loss=nan grad_norm=<f>): update skipped (<k>/<max>)
     [train] stopping: non-finite loss in <k> steps (runtime.max_nonfinite_steps=<max>); ...   (exit 4)
     [watchdog] COLLAPSE metric=<name> value=<v> best=<b> drop=<fraction> step=<n>             (exit 3 with on_collapse=stop)
+    [ckpt] HEALTHY withdrawn from checkpoint-<step>, ...: saved after step=<n>, ...          (right after a COLLAPSE line)
+    [fault] step=<n>: lr=<e> is above fault.unstable_lr=<e>; ...                              (test-only fault injection)
     [train] error: <file or field>: <what is wrong>                                           (exit 2, nothing ran)
 
 ``metrics.jsonl`` beside ``train_progress.log`` holds every logged step's values
@@ -81,6 +83,18 @@ def stop_nonfinite_line(count: int, limit: int) -> str:
     """The run gives up after too many skipped updates (exit 4)."""
     return (f"[train] stopping: non-finite loss in {count} steps (runtime.max_nonfinite_steps={limit}); "
             f"lower optim.lr, set optim.max_grad_norm=1.0, check the data for NaNs")
+
+
+def withdrawn_line(names: list[str], last_good: int, metric: str) -> str:
+    """Checkpoints saved between the damage and the watchdog's report lose HEALTHY (the rollback skips them)."""
+    return (f"[ckpt] HEALTHY withdrawn from {', '.join(names)}: saved after step={last_good}, "
+            f"the last step metric={metric} was within its threshold")
+
+
+def fault_line(step: int, lr: float, limit: float, amplify: float) -> str:
+    """The test-only fault injection (config `fault`) starts amplifying the LR."""
+    return (f"[fault] step={step}: lr={lr:.3e} is above fault.unstable_lr={limit:.3e}; updates above it are "
+            f"applied at lr x{amplify:g} (test-only fault injection)")
 
 
 def craft_line(step: int, max_steps: int, loss: float, retention: float, budget: float, lam_before: float,

@@ -4,6 +4,7 @@ Usage::
 
     python -m training.synth --out DIR [--episodes 20] [--steps 50] [--image-size 64] [--seed 0]
     python -m training.synth --out DIR --action-dim 15      # a dataset for another robot, for the checks
+    python -m training.synth --out DIR --action-units m     # physical units (seed 002); mm = the unit slip
 
 Log lines a runbook gate can match::
 
@@ -39,6 +40,12 @@ FRANKA_HOME = np.array([0.0, -0.785, 0.0, -2.356, 0.0, 1.571, 0.785], dtype=np.f
 FRANKA_LOWER = np.array([-2.8973, -1.7628, -2.8973, -3.0718, -2.8973, -0.0175, -2.8973])
 FRANKA_UPPER = np.array([2.8973, 1.7628, 2.8973, -0.0698, 2.8973, 3.7525, 2.8973])
 JOINT_DIM = 7
+# LIBERO's OSC_POSE controller turns a normalised arm action of 1.0 into 0.05 m (position) and 0.5 rad
+# (rotation): seed 002's fixed data is in these physical units, with the gripper in [0, 1].
+OSC_POSITION_M = 0.05
+OSC_ROTATION_RAD = 0.5
+# Metres per unit of the written position: "mm" is the slip seed 002's units check exists to catch (std ~14, not 0.014).
+ACTION_UNITS = {"normalized": None, "m": 1.0, "mm": 1e-3}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +62,7 @@ class SynthSpec:
     name: str = "libero_synth"
     shards: int = 1
     jpeg_quality: int = 95
+    action_units: str = "normalized"  # see ACTION_UNITS; physical units need LIBERO's 7-dim actions
 
     def __post_init__(self) -> None:
         problems = []
@@ -70,6 +78,10 @@ class SynthSpec:
             problems.append(f"image_size must be in [8, 1024], got {self.image_size}")
         if not 1 <= self.shards <= self.episodes:
             problems.append(f"shards must be in [1, episodes], got {self.shards}")
+        if self.action_units not in ACTION_UNITS:
+            problems.append(f"action_units must be one of {', '.join(ACTION_UNITS)}, got {self.action_units!r}")
+        elif self.action_units != "normalized" and self.action_dim != 7:
+            problems.append(f"action_units {self.action_units} needs LIBERO's 7-dim actions, got action_dim={self.action_dim}")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -118,7 +130,8 @@ def make_episode(spec: SynthSpec, index: int, length: int) -> Episode:
     arm = np.clip(arm, -ARM_ACTION_LIMIT, ARM_ACTION_LIMIT)
     grasp_at = int(rng.uniform(0.3, 0.6) * length)
     gripper = np.where(np.arange(length) >= grasp_at, 1.0, -1.0)[:, None]
-    actions = np.concatenate([arm, gripper], axis=1)[:, : spec.action_dim].astype(np.float32)
+    actions = np.concatenate([arm, gripper], axis=1)[:, : spec.action_dim]
+    actions = to_units(actions, spec.action_units).astype(np.float32)
 
     # Joint positions integrate small arm deltas from the Franka home pose.
     arm6 = np.zeros((length, 6)) if arm_dims < 6 else arm[:, :6]
@@ -138,6 +151,18 @@ def make_episode(spec: SynthSpec, index: int, length: int) -> Episode:
         instruction=f"pick up the {obj} and place it in the basket",
         file_path=f"synthetic/{spec.name}/episode_{index:05d}.hdf5",
     )
+
+
+def to_units(actions: np.ndarray, units: str) -> np.ndarray:
+    """Normalised LIBERO actions [T, 7] in the given units: position x,y,z, rotation, gripper 0/1."""
+    metres_per_unit = ACTION_UNITS[units]
+    if metres_per_unit is None:
+        return actions
+    out = np.array(actions, dtype=np.float64)
+    out[:, :3] *= OSC_POSITION_M / metres_per_unit
+    out[:, 3:6] *= OSC_ROTATION_RAD
+    out[:, 6] = (out[:, 6] + 1) / 2
+    return out
 
 
 def _render(rng: np.random.Generator, length: int, size: int, moving: bool) -> np.ndarray:
@@ -303,6 +328,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", default="libero_synth", help="dataset name (file prefix)")
     p.add_argument("--shards", type=int, default=1)
+    p.add_argument("--action-units", choices=list(ACTION_UNITS), default="normalized",
+                   help="normalized: LIBERO's [-1, 1] controller actions; m: position in metres, rotation in radians, "
+                        "gripper 0/1 (seed 002); mm: the same with position in millimetres (wrong units)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     return p
 
@@ -313,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         spec = SynthSpec(episodes=args.episodes, steps=args.steps, total_steps=args.total_steps,
                          action_dim=args.action_dim, state_dim=args.state_dim, image_size=args.image_size,
-                         seed=args.seed, name=args.name, shards=args.shards)
+                         seed=args.seed, name=args.name, shards=args.shards, action_units=args.action_units)
     except ValueError as exc:
         print(f"[synth] error: {exc}", file=sys.stderr)
         return 2
@@ -323,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     total = int(spec.episode_lengths().sum())
     print(f"[synth] writing {out} episodes={spec.episodes} steps={total} action_dim={spec.action_dim} "
-          f"state_dim={spec.state_dim} image_size={spec.image_size}", flush=True)
+          f"state_dim={spec.state_dim} image_size={spec.image_size} action_units={spec.action_units}", flush=True)
     start = time.perf_counter()
     write_dataset(out, spec, overwrite=args.overwrite)
     size = sum(p.stat().st_size for p in out.iterdir())

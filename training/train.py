@@ -92,7 +92,7 @@ def train_loop(run: Run) -> int:
     timer = StepTimer(warmup=min(cfg.runtime.timing_warmup_steps, max(cfg.max_steps - st.step - 1, 0)))
     while st.step < cfg.max_steps:
         step = st.step
-        lr = lr_at(step, cfg.optim.lr, cfg.schedule, cfg.max_steps)
+        lr = fault_lr(lr_at(step, cfg.optim.lr, cfg.schedule, cfg.max_steps), step, cfg, log)
         for group in run.optimizer.param_groups:
             group["lr"] = lr
         aux_w = weight_at(step, cfg.objective.aux_ce) if cfg.objective.aux_ce else 0.0
@@ -164,6 +164,7 @@ def train_loop(run: Run) -> int:
                 collapse = run.watchdog.observe(name, metrics[name], step) if cfg.watchdog.enabled else None
                 if collapse is not None:
                     log(collapse.line())
+                    withdraw_suspects(run, collapse)
                     if cfg.watchdog.on_collapse == "stop":
                         log("[train] stopping after collapse: nothing saved; roll back to the newest HEALTHY checkpoint")
                         return EXIT_COLLAPSE
@@ -172,6 +173,31 @@ def train_loop(run: Run) -> int:
     log(f"[train] done step={st.step} final_loss={st.last_loss:.4f}")
     report_throughput(run, timer)
     return 0
+
+
+def fault_lr(lr: float, step: int, cfg: TrainConfig, log: Any) -> float:
+    """The scheduled LR, amplified while above ``fault.unstable_lr`` (test-only fault injection, off by default)."""
+    from training.progress import fault_line
+    from training.schedules import lr_at
+
+    limit = cfg.fault.unstable_lr
+    if limit is None or lr <= limit:
+        return lr
+    if step == 0 or lr_at(step - 1, cfg.optim.lr, cfg.schedule, cfg.max_steps) <= limit:  # said once per crossing
+        log(fault_line(step, lr, limit, cfg.fault.amplify))
+    return lr * cfg.fault.amplify
+
+
+def withdraw_suspects(run: Run, collapse: Any) -> None:
+    """Rank 0: checkpoints newer than the collapsed metric's last in-bound step lose HEALTHY (the EMA lagged the damage)."""
+    from training.checkpoint import withdraw_healthy
+    from training.progress import withdrawn_line
+
+    if not run.ctx.is_main or collapse.last_good is None:
+        return
+    withdrawn = withdraw_healthy(Path(run.cfg.out_dir), collapse.last_good)
+    if withdrawn:
+        run.log(withdrawn_line([p.name for p in withdrawn], collapse.last_good, collapse.metric))
 
 
 def prepare_batch(batch: dict[str, Any], run: Run) -> dict[str, Any]:

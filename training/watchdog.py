@@ -16,6 +16,13 @@ configured (per-batch loss and grad norm are noisy); evaluation metrics such as
 success rate are usually watched raw. The trainer feeds ``loss`` and
 ``grad_norm`` at every logged step; other code (RL loops, evaluation) feeds its
 own metrics through :meth:`CollapseWatchdog.observe`.
+
+Detection lags the damage (the EMA needs a few bad values to move), so a
+checkpoint saved in between was marked HEALTHY on weights that were already
+wrecked. Each track therefore remembers ``last_good``: the last step whose raw
+value was within the threshold of the best. A checkpoint newer than that step
+was never measured healthy; the trainer withdraws its HEALTHY marker when the
+collapse is reported, so the rollback never picks it.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ class Collapse:
     best: float
     drop: float
     step: int
+    last_good: int | None = None  # the last step whose raw value was within the threshold (None: none seen)
 
     def line(self) -> str:
         """The fixed signature line."""
@@ -51,6 +59,7 @@ class _Track:
     smoothed: float | None = None
     best: float | None = None
     seen: int = 0
+    last_good: int | None = None
 
 
 @dataclass
@@ -87,15 +96,22 @@ class CollapseWatchdog:
         current = track.smoothed
         if track.best is None or (current > track.best if w.direction == "max" else current < track.best):
             track.best = current
+        if self._drop(w, value, track.best) <= w.threshold:  # raw, not smoothed: the EMA lags the damage
+            track.last_good = step
         if step < w.warmup_steps:
             return None
-        worse = (track.best - current) if w.direction == "max" else (current - track.best)
-        drop = worse / max(abs(track.best), TINY)
+        drop = self._drop(w, current, track.best)
         if drop > w.threshold:
-            report = Collapse(metric, current, track.best, drop, step)
+            report = Collapse(metric, current, track.best, drop, step, track.last_good)
             self.collapses.append(report)
             return report
         return None
+
+    @staticmethod
+    def _drop(w: WatchConfig, value: float, best: float) -> float:
+        """How much worse than the best `value` is, as a fraction of the best's magnitude."""
+        worse = (best - value) if w.direction == "max" else (value - best)
+        return worse / max(abs(best), TINY)
 
     @property
     def healthy(self) -> bool:
@@ -104,7 +120,8 @@ class CollapseWatchdog:
 
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint keeps (so a resumed run compares against the same best)."""
-        return {m: {"smoothed": t.smoothed, "best": t.best, "seen": t.seen} for m, t in self.tracks.items()}
+        return {m: {"smoothed": t.smoothed, "best": t.best, "seen": t.seen, "last_good": t.last_good}
+                for m, t in self.tracks.items()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Inverse of state_dict; metrics no longer watched are ignored."""
@@ -112,3 +129,4 @@ class CollapseWatchdog:
             if metric in self.tracks:
                 track = self.tracks[metric]
                 track.smoothed, track.best, track.seen = values["smoothed"], values["best"], values["seen"]
+                track.last_good = values.get("last_good")  # absent in checkpoints written before it existed
