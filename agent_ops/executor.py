@@ -141,20 +141,20 @@ class Executor:
         ctx.journal.set_run(ctx.run_id, state="running", started=time.time(), controller_pid=os.getpid(),
                             controller_host=socket.gethostname(), heartbeat=time.time(), message=None)
         ctx.event("run_started", None, f"run {ctx.run_id} on {ctx.transport.name} (tmux: {ctx.layout.attach_hint()})")
+        error = None
         try:
             prepare_run(ctx.transport, ctx.layout)
             self.monitor.start()
             self._restore()
             final = self._schedule()
-        except AgentOpsError as exc:
-            final = "failed"
-            ctx.event("run_error", None, f"{type(exc).__name__}: {exc}")
-            ctx.journal.set_run(ctx.run_id, message=str(exc))
+        except Exception as exc:  # a target that cannot host the run (or a bug): the run still ends, failed, saying why
+            final, error = "failed", f"{type(exc).__name__}: {exc}"
+            ctx.event("run_error", None, error)
         finally:
             self.stop_flag.set()
             self._pool.shutdown(wait=True, cancel_futures=False)
             self.monitor.stop()
-        self._finish(final)
+        self._finish(final, error)
         return final
 
     def _restore(self) -> None:
@@ -252,17 +252,23 @@ class Executor:
                 self.ctx.journal.set_step(self.ctx.run_id, sid, state="cancelled", ended=time.time(), message="cancelled")
         self.ctx.event("jobs_stopped", None, "cancelled: jobs stopped, tmux session closed")  # run_cancelled comes from _finish
 
-    def _finish(self, final: str) -> None:
+    def _finish(self, final: str, error: str | None = None) -> None:
         ctx = self.ctx
+        if error is not None:  # steps the error kept from running are over too; the run's message leads with why
+            for sid, st in self.state.items():
+                if st == "pending":
+                    self.state[sid] = "cancelled"
+                    ctx.journal.set_step(ctx.run_id, sid, state="cancelled", message=f"not run: {error}")
         left = [sid for sid, st in self.state.items() if st == "started"]
         note = f"; left running: {', '.join(left)}" if left else ""
         counts: dict[str, int] = {}
         for st in self.state.values():
             counts[st] = counts.get(st, 0) + 1
         summary = ", ".join(f"{n} {st}" for st, n in sorted(counts.items()))
-        ctx.journal.set_run(ctx.run_id, state=final, ended=time.time(), message=f"{final}: {summary}{note}",
+        why = f"{error}; " if error else ""
+        ctx.journal.set_run(ctx.run_id, state=final, ended=time.time(), message=f"{final}: {why}{summary}{note}",
                             heartbeat=time.time())
-        ctx.event(f"run_{final}", None, f"run {final}: {summary}{note} (max poll interval {self.monitor.max_interval:.2f}s)",
+        ctx.event(f"run_{final}", None, f"run {final}: {why}{summary}{note} (max poll interval {self.monitor.max_interval:.2f}s)",
                   {"max_poll_interval_s": self.monitor.max_interval})
 
 

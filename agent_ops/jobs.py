@@ -1,12 +1,15 @@
 """Jobs: a step's command as a script on the box, run in its own tmux window.
 
 Nothing is typed into a shell: the script, a wrapper and a mode-600 env file are
-written in one exec (a tar on stdin) and the window is started with
-`tmux new-window -d ... 'bash run.sh'`. So seed 003's issue 5 (an unfinished
-`export` swallowing the next send-keys) cannot happen by construction. The
-wrapper writes the exit code atomically (`rc.tmp` then `mv`) and wakes the
-controller through the run's wake-up FIFO; the job outlives the controller and the
-SSH connection, and a person can `tmux attach -t <session>` and watch.
+written with Transport.put_files (one round trip), and the window is opened with
+`tmux new-window -d ... bash run.sh` through the transport's control-mode tmux
+client, so a job start forks no shell and no tmux client on the box, only the
+window's own processes. Seed 003's issue 5 (an unfinished `export` swallowing the
+next send-keys) cannot happen by construction. The wrapper runs the job only once
+(an exclusive create of `.started`: a start repeated after a reconnect opens a window
+that ends at once), writes the exit code atomically (`rc.tmp` then `mv`) and wakes
+the controller through the run's wake-up FIFO; the job outlives the controller and
+the SSH connection, and a person can `tmux attach -t <session>` and watch.
 
 Why a FIFO and not `tmux wait-for`: a wait-for signal sent while nobody waits is
 remembered, but a second one then *cancels* it (tmux 3.3a drops the channel), and a
@@ -17,21 +20,24 @@ probe opens it before it looks at any exit code, so no end goes unseen.
 """
 from __future__ import annotations
 
-import io
 import shlex
-import tarfile
 import time
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
+from agent_ops.errors import AgentOpsError
 from agent_ops.secrets import env_file, sed_mask_script
-from agent_ops.transport.base import Transport
+from agent_ops.transport.base import ProbeRequest, Transport
 
 WRAPPER = """#!/usr/bin/env bash
-# Written by agentops: runs one step's script, records its exit code atomically, wakes the controller.
+# Written by agentops: runs one step's script once, records its exit code atomically, wakes the controller.
 d={job_dir}
+# Only the first start runs the job (noclobber's create is exclusive): a start repeated after a reconnect ends here.
+set -C; {{ : > "$d/.started"; }} 2>/dev/null || exit 0; set +C
 echo $$ > "$d/pid"
-finish() {{ printf '%s\\n' "$1" > "$d/rc.tmp" && mv -f "$d/rc.tmp" "$d/rc"; {wake}; exit 0; }}
+# The wake-up goes out as soon as rc.tmp holds the whole line (the probe reads it there): the rename, a process of
+# its own, is not waited for. rc appears whole, by the rename, a moment later.
+finish() {{ printf '%s\\n' "$1" > "$d/rc.tmp"; {wake}; mv -f "$d/rc.tmp" "$d/rc"; exit 0; }}
 {cd} || {{ echo "agentops: cannot cd to the step's cwd" > "$d/log"; finish 1; }}
 if [ -f "$d/env" ]; then set -a; . "$d/env"; set +a; fi
 if [ -f "$d/mask.sed" ]; then
@@ -44,15 +50,19 @@ fi
 finish "$rc"
 """
 
-# One exec per wake-up reports every watched job and file: exit codes (or -), and for what still runs, log sizes.
+# One look per wake-up reports every watched job and file: exit codes (or -), and for what still runs, log sizes.
+# Transports run it as remote_runner.probe (Python, no process); this bash version serves a box without python3.
 PROBE = """#!/usr/bin/env bash
 # Written by agentops: wait (bounded) for a job to end, then report state. Args: SECONDS [run:NAME | job:NAME | file:PATH]...
 # run:NAME is a job not yet seen ending, job:NAME one whose exit code is known (reported, never waited for).
 t=$1; shift
+# A job's exit code: rc.tmp first, then rc (the wrapper renames one to the other, so one of them has it), and only a
+# whole line (read fails without the newline); - while it runs.
+rc_of() {{ rc=; {{ read -r rc < "{jobs}/$1/rc.tmp" || read -r rc < "{jobs}/$1/rc"; }} 2>/dev/null || rc=-; }}
 # Open the wake-up FIFO first: a job that ends from now on writes to it and ends the read below at once; one that
-# ended before left its exit code, looked at next (rc is written before the wake-up).
+# ended before left its exit code, looked at next (it is written before the wake-up).
 fifo=0; if [ -p {wake_path} ]; then exec 9<>{wake_path}; fifo=1; fi
-for item in "$@"; do case $item in run:*) [ -f "{jobs}/${{item#run:}}/rc" ] && t=0;; esac; done
+for item in "$@"; do case $item in run:*) rc_of "${{item#run:}}"; [ "$rc" != - ] && t=0;; esac; done
 if [ "$t" != 0 ]; then
   # read: 0 woken, >128 timed out; anything else (a bash without fractional -t) must not turn into a busy loop.
   r=1; [ $fifo = 1 ] && {{ read -r -t "$t" -n 1 -u 9 _; r=$?; }}
@@ -61,23 +71,30 @@ fi
 logs=(); live=0
 for item in "$@"; do
   case $item in
-    run:*|job:*) n=${{item#*:}}; rc=-; [ -f "{jobs}/$n/rc" ] && read -r rc < "{jobs}/$n/rc"; rc=${{rc:--}}
-      echo "R $n $rc"; [ "$rc" = - ] && {{ live=1; logs+=("{jobs}/$n/log"); }};;
+    run:*|job:*) n=${{item#*:}}; rc_of "$n"; echo "R $n $rc"
+      if [ "$rc" = - ]; then live=1; logs+=("{jobs}/$n/log"); elif [ ! -s "{jobs}/$n/log" ]; then echo "S 0 {jobs}/$n/log"; fi;;
     file:*) logs+=("${{item#file:}}");;
   esac
 done
-# Windows and log sizes matter only for jobs still running (the follower of an ended job reads its log to the end),
-# and each costs a process: a probe that sees jobs end runs none.
+# Windows and log sizes matter only for jobs still running (the follower of an ended job reads its log to the end,
+# skipping that when the test above saw it empty), and each costs a process: a probe that sees jobs end runs none.
 [ $live = 1 ] && {tmux} list-windows -t {session} -F 'W #{{window_name}}' 2>/dev/null
 [ ${{#logs[@]}} -gt 0 ] && stat -c 'S %s %n' -- "${{logs[@]}}" 2>/dev/null
 exit 0
 """
 
 
+class JobError(AgentOpsError):
+    """The target could not host a run or start a job (tmux missing or refusing, a directory not writable)."""
+
+    code = "job_error"
+
+
 class Tmux:
     """tmux command lines for one server (the default one, or a private `-L` socket)."""
 
     def __init__(self, socket: str | None) -> None:
+        self.socket = socket
         self.prefix = "tmux" + (f" -L {shlex.quote(socket)}" if socket else "")
 
     def cmd(self, *args: str) -> str:
@@ -161,27 +178,23 @@ def prepare_run(transport: Transport, layout: RunLayout) -> None:
     )
     result = transport.exec(script, timeout=30)
     if not result.ok:
-        raise RuntimeError(f"cannot create tmux session {layout.session}: {result.stderr.decode(errors='replace').strip()}")
+        raise JobError(f"cannot create tmux session {layout.session}: {result.stderr.decode(errors='replace').strip()}")
 
 
 def start_job(transport: Transport, layout: RunLayout, spec: JobSpec) -> JobHandle:
-    """Write the job's files and start its window, in one exec; a repeated call starts nothing twice."""
+    """Write the job's files and open its window; a repeated call runs nothing twice (the wrapper's guard)."""
     handle = JobHandle(spec.name, layout.job_dir(spec.name))
-    d = shlex.quote(handle.job_dir)
-    # Builtins where they serve (every process costs ~1-2 ms): tar creates the job's directory itself, and
-    # noclobber's exclusive create is atomic, so a retried exec (after a reconnect) never starts the job twice.
-    start = (
-        f"set -e; tar -x -C {shlex.quote(layout.jobs_dir)} -f -; set -C; "
-        f"if {{ : > {d}/.started; }} 2>/dev/null; then "
-        f"{layout.tmux.cmd('new-window', '-d', '-t', layout.session + ':', '-n', spec.name, 'bash ' + handle.job_dir + '/run.sh')}; fi"
-    )
-    result = transport.exec(start, stdin=_bundle(layout, spec, handle), timeout=30)
+    transport.put_files({f"{handle.job_dir}/{name}": file for name, file in _files(layout, spec, handle).items()})
+    # argv, not a shell command: tmux execs bash itself, one shell less per job.
+    result = transport.tmux(layout.tmux.socket, ["new-window", "-d", "-t", layout.session + ":", "-n", spec.name,
+                                                 "bash", f"{handle.job_dir}/run.sh"], timeout=30)
     if not result.ok:
-        raise RuntimeError(f"cannot start job {spec.name}: {result.stderr.decode(errors='replace').strip()}")
+        raise JobError(f"cannot start job {spec.name}: {result.stderr.decode(errors='replace').strip()}")
     return handle
 
 
-def _bundle(layout: RunLayout, spec: JobSpec, handle: JobHandle) -> bytes:
+def _files(layout: RunLayout, spec: JobSpec, handle: JobHandle) -> dict[str, tuple[bytes, int]]:
+    """The job directory's files: script, wrapper and, for secrets, a mode-600 env file and mask."""
     cwd = spec.cwd
     if cwd is None:
         cd = 'cd "$HOME"'
@@ -190,21 +203,13 @@ def _bundle(layout: RunLayout, spec: JobSpec, handle: JobHandle) -> bytes:
     else:
         cd = f"cd -- {shlex.quote(cwd)}"
     wrapper = WRAPPER.format(job_dir=shlex.quote(handle.job_dir), wake=layout.wake_command(), cd=cd)
-    files = {"script.sh": (spec.script.encode(), 0o700), "run.sh": (wrapper.encode(), 0o700)}
+    files = {"script.sh": (spec.script.encode(), 0o700)}
     if spec.env:
         files["env"] = (env_file(spec.env), 0o600)
     if spec.mask_values:
         files["mask.sed"] = (sed_mask_script(spec.mask_values), 0o600)
-    buf, now = io.BytesIO(), int(time.time())
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        top = tarfile.TarInfo(spec.name)  # extracted in the jobs directory: the job's directory comes first
-        top.type, top.mode, top.mtime = tarfile.DIRTYPE, 0o755, now
-        tar.addfile(top)
-        for name, (data, mode) in files.items():
-            info = tarfile.TarInfo(f"{spec.name}/{name}")
-            info.size, info.mode, info.mtime = len(data), mode, now
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
+    files["run.sh"] = (wrapper.encode(), 0o700)
+    return files
 
 
 def kill_job(transport: Transport, layout: RunLayout, handle: JobHandle) -> None:
@@ -224,6 +229,17 @@ def kill_session(transport: Transport, layout: RunLayout) -> None:
     transport.exec(f"{layout.tmux.cmd('kill-session', '-t', layout.session)} 2>/dev/null; true", timeout=30)
 
 
+def probe_request(layout: RunLayout, wait_s: float, jobs: list[str], files: list[str],
+                  ended: Collection[str] = ()) -> ProbeRequest:
+    """What probe() asks the transport: PROBE's arguments, and PROBE itself as a command line for the fallback."""
+    wait = f"{wait_s:.3f}" if wait_s >= 0.001 else "0"
+    items = tuple(f"{'job' if j in ended else 'run'}:{j}" for j in jobs) + tuple(f"file:{f}" for f in files)
+    args = " ".join(shlex.quote(a) for a in [wait, *items])
+    return ProbeRequest(wait_s=float(wait), wake_fifo=layout.wake_path, jobs_dir=layout.jobs_dir, items=items,
+                        tmux_socket=layout.tmux.socket, session=layout.session,
+                        script=f"bash {shlex.quote(layout.run_dir)}/probe.sh {args}")
+
+
 @dataclass
 class Snapshot:
     """What one probe saw: live windows, exit codes of jobs, sizes of logs (by path)."""
@@ -232,7 +248,8 @@ class Snapshot:
     windows: set[str] = field(default_factory=set)
     rcs: dict[str, int | None] = field(default_factory=dict)
     sizes: dict[str, int] = field(default_factory=dict)
-    at: float = 0.0
+    at: float = 0.0  # when the answer came (monotonic)
+    sent: float = 0.0  # when the probe was sent: it cannot have seen a window made after this
 
 
 def probe(transport: Transport, layout: RunLayout, wait_s: float, jobs: list[str], files: list[str],
@@ -242,12 +259,11 @@ def probe(transport: Transport, layout: RunLayout, wait_s: float, jobs: list[str
     `ended`: those of `jobs` already seen ending; they are reported but not waited for (if any other
     job has already ended, nothing waits).
     """
-    wait = f"{wait_s:.3f}" if wait_s >= 0.001 else "0"
-    items = [f"{'job' if j in ended else 'run'}:{j}" for j in jobs] + [f"file:{f}" for f in files]
-    args = " ".join(shlex.quote(a) for a in [wait, *items])
-    result = transport.exec(f"bash {shlex.quote(layout.run_dir)}/probe.sh {args}", timeout=wait_s + 30)
-    snap = Snapshot(at=time.monotonic())
-    for line in result.text().splitlines():
+    request = probe_request(layout, wait_s, jobs, files, ended)
+    sent = time.monotonic()
+    report = transport.probe(request)
+    snap = Snapshot(at=time.monotonic(), sent=sent)
+    for line in report.splitlines():
         tag, _, rest = line.partition(" ")
         if tag == "W":
             snap.windows.add(rest)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from agent_ops.errors import TransportError
 from agent_ops.jobs import RunLayout, Snapshot, probe
@@ -39,9 +41,12 @@ class Monitor:
         self._thread.start()
 
     def stop(self) -> None:
+        """End the thread (if it ever started: a run whose preparation failed never starts it)."""
         with self._cond:
             self._stopped = True
             self._cond.notify_all()
+        if self._thread.ident is None:
+            return
         try:  # wake a probe blocked on the FIFO so the thread ends promptly
             self.transport.exec(f"{self.layout.wake_command()}; true", timeout=10)
         except TransportError:
@@ -65,6 +70,15 @@ class Monitor:
                     counter[key] -= 1
                     if counter[key] == 0:
                         del counter[key]
+
+    @contextmanager
+    def watching(self, *, job: str | None = None, file: str | None = None) -> Iterator[None]:
+        """watch() for the duration of a `with` block."""
+        self.watch(job=job, file=file)
+        try:
+            yield
+        finally:
+            self.unwatch(job=job, file=file)
 
     def wait_next(self, seq: int, timeout: float) -> Snapshot:
         """The first snapshot newer than `seq`, or the latest one after `timeout` seconds."""

@@ -146,19 +146,24 @@ def _run(sctx: StepContext, step: RunStep, attempt: int, reattach: bool) -> Step
         step_id=step.id, attempt=attempt, script=step.command, cwd=step.cwd,
         env={**run.runbook.env, **step.env, **run.env_overrides, **run.secrets}, mask_values=list(run.secrets.values()),
     )
-    if reattach:
-        handle = JobHandle(spec.name, run.layout.job_dir(spec.name))
-        run.event("job_reattached", step.id, f"re-attached to job {spec.name}")
-    else:
-        handle = start_job(run.transport, run.layout, spec)
-        run.journal.start_attempt(run.run_id, step.id, attempt, job_dir=handle.job_dir, window=spec.name)
-        run.event("job_started", step.id, f"job {spec.name} started in tmux window {run.layout.session}:{spec.name}")
-    sctx.handles[step.id] = handle
-    if step.background:
-        sctx.started(step.id)
-    watch = LogWatch(fail_on=step.fail_on, stall_after=step.stall_after)
-    verdict, rc, size = _follow(sctx, step.id, handle, watch, Deadline(step.timeout), stop_on_pass=False,
-                                keep_running=step.keep_running)
+    # Watched before it starts: the probe that will see it end is on its way while it starts (a round trip less).
+    seq = sctx.monitor.latest.seq
+    with sctx.monitor.watching(job=spec.name):
+        if reattach:
+            handle = JobHandle(spec.name, run.layout.job_dir(spec.name))
+            run.event("job_reattached", step.id, f"re-attached to job {spec.name}")
+        else:
+            handle = start_job(run.transport, run.layout, spec)
+        started = time.monotonic()
+        if not reattach:
+            run.journal.start_attempt(run.run_id, step.id, attempt, job_dir=handle.job_dir, window=spec.name)
+            run.event("job_started", step.id, f"job {spec.name} started in tmux window {run.layout.session}:{spec.name}")
+        sctx.handles[step.id] = handle
+        if step.background:
+            sctx.started(step.id)
+        watch = LogWatch(fail_on=step.fail_on, stall_after=step.stall_after)
+        verdict, rc, size = _follow(sctx, step.id, handle, watch, Deadline(step.timeout), stop_on_pass=False,
+                                    keep_running=step.keep_running, seq=seq, started=started)
     if verdict is None:  # the controller stops following; the job runs on
         return StepOutcome("started", f"job {handle.name} left running (tmux {run.layout.session}:{handle.name})")
     if rc is None:
@@ -175,43 +180,46 @@ def _run(sctx: StepContext, step: RunStep, attempt: int, reattach: bool) -> Step
 
 
 def _follow(sctx: StepContext, step_id: str, handle: JobHandle, watch: LogWatch, deadline: Deadline, *,
-            stop_on_pass: bool, keep_running: bool = False) -> tuple[Verdict | None, int | None, int]:
+            stop_on_pass: bool, keep_running: bool = False, seq: int | None = None,
+            started: float = 0.0) -> tuple[Verdict | None, int | None, int]:
     """Follow a job's log by offset until it ends, the watch decides, or the deadline passes.
 
+    The caller watches the job on the monitor. `seq`: the snapshots after it count (default: from
+    the next one on); `started`: when the job's window was known to exist (monotonic), so that a
+    probe sent before then, which could not see the window, never declares the job lost.
     Returns (verdict, rc, bytes read); verdict None means the controller stopped following
     (run finished or cancelled) while the job runs on.
     """
     run, monitor = sctx.run, sctx.monitor
-    monitor.watch(job=handle.name)
-    t0, offset, seq, last_write = time.monotonic(), 0, monitor.latest.seq, 0.0
-    try:
-        while True:
-            snap = monitor.wait_next(seq, WAKE_S)
-            seq = snap.seq
-            now = time.monotonic() - t0
-            if handle.name in snap.rcs:  # this probe included our job: its facts are current
-                offset = _read_new(run, handle.log, offset, snap.sizes.get(handle.log, 0), watch, now)
-                rc = snap.rcs[handle.name]
-                if rc is not None:
-                    offset = _read_new(run, handle.log, offset, None, watch, now)
-                    watch.end_of_log(now)
-                    _journal_progress(run, step_id, watch, now, force=True)
-                    return watch.verdict(now, ended=True) or Verdict(True, "job ended"), rc, offset
-                if handle.name not in snap.windows and run.transport.stat(handle.rc_path) is None:
-                    return Verdict(False, "job lost: its tmux window is gone and it left no exit code", kind="lost"), None, offset
-            verdict = watch.verdict(now)
-            if verdict is not None and (not verdict.passed or stop_on_pass):
+    t0, offset, last_write = time.monotonic(), 0, 0.0
+    seq = monitor.latest.seq if seq is None else seq
+    while True:
+        snap = monitor.wait_next(seq, WAKE_S)
+        seq = snap.seq
+        now = time.monotonic() - t0
+        if handle.name in snap.rcs:  # this probe included our job: its facts are current
+            rc = snap.rcs[handle.name]
+            # A running job's log is read up to the size the probe saw; an ended job's to its end,
+            # unless the probe saw it empty (then there is nothing to read).
+            end = snap.sizes.get(handle.log, 0 if rc is None else None)
+            offset = _read_new(run, handle.log, offset, end, watch, now)
+            if rc is not None:
+                watch.end_of_log(now)
                 _journal_progress(run, step_id, watch, now, force=True)
-                return verdict, None, offset
-            if deadline.passed():
-                return Verdict(False, "step timeout reached", kind="deadline"), None, offset
-            if sctx.stop_flag.is_set():
-                return None, None, offset
-            if time.monotonic() - last_write > JOURNAL_EVERY_S:
-                last_write = time.monotonic()
-                _journal_progress(run, step_id, watch, now)
-    finally:
-        monitor.unwatch(job=handle.name)
+                return watch.verdict(now, ended=True) or Verdict(True, "job ended"), rc, offset
+            if snap.sent >= started and handle.name not in snap.windows and run.transport.stat(handle.rc_path) is None:
+                return Verdict(False, "job lost: its tmux window is gone and it left no exit code", kind="lost"), None, offset
+        verdict = watch.verdict(now)
+        if verdict is not None and (not verdict.passed or stop_on_pass):
+            _journal_progress(run, step_id, watch, now, force=True)
+            return verdict, None, offset
+        if deadline.passed():
+            return Verdict(False, "step timeout reached", kind="deadline"), None, offset
+        if sctx.stop_flag.is_set():
+            return None, None, offset
+        if time.monotonic() - last_write > JOURNAL_EVERY_S:
+            last_write = time.monotonic()
+            _journal_progress(run, step_id, watch, now)
 
 
 def _read_new(run: RunContext, path: str, offset: int, size: int | None, watch: LogWatch, now: float) -> int:
@@ -248,7 +256,8 @@ def _gate(sctx: StepContext, step: GateStep) -> StepOutcome:
         return StepOutcome("failed", f"gate: job {step.job!r} has not started")
     while True:
         watch = _watch_for(step)  # fresh deadlines for each attempt of the job
-        verdict, rc, _ = _follow(sctx, step.id, handle, watch, Deadline(step.deadline_s + 5), stop_on_pass=True)
+        with sctx.monitor.watching(job=handle.name):
+            verdict, rc, _ = _follow(sctx, step.id, handle, watch, Deadline(step.deadline_s + 5), stop_on_pass=True)
         if verdict is None:
             return StepOutcome("cancelled", "stopped")
         if verdict.passed and rc not in (None, 0):

@@ -21,7 +21,7 @@ def _require_sshd() -> None:
 
 @pytest.fixture(scope="session")
 def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SSHServer]:
-    """A private sshd shared by the session; tests that stop it use `make_sshd` instead."""
+    """A private sshd shared by the session (sessions get a clean HOME, see SSHServer); tests that stop it use `make_sshd`."""
     _require_sshd()
     server = SSHServer(tmp_path_factory.mktemp("sshd"))
     server.start()
@@ -31,12 +31,12 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SSHServer]:
 
 @pytest.fixture
 def make_sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., SSHServer]]:
-    """Factory for private sshd servers (optionally with extra sshd_config lines), stopped after the test."""
+    """Factory for private sshd servers (extra sshd_config lines, a HOME for sessions), stopped after the test."""
     _require_sshd()
     servers: list[SSHServer] = []
 
-    def make(*extra_config: str) -> SSHServer:
-        server = SSHServer(tmp_path_factory.mktemp("sshd"), extra_config)
+    def make(*extra_config: str, home: Path | None = None) -> SSHServer:
+        server = SSHServer(tmp_path_factory.mktemp("sshd"), extra_config, home)
         servers.append(server)
         server.start()
         return server

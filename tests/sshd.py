@@ -26,13 +26,23 @@ def sshd_available() -> bool:
 
 
 class SSHServer:
-    """One private sshd: its keys, config and log live in `root`; stop() and start() keep the port."""
+    """One private sshd: its keys, config and log live in `root`; stop() and start() keep the port.
+
+    Sessions get `home` as their HOME (and SFTP's starting directory, so the transport's home()
+    agrees with `$HOME` and `~`): by default an empty directory under `root`. Why not the user's
+    own: sshd's non-interactive bash sources ~/.bashrc, and root's here runs `pyenv init`, whose
+    rehash lock (~/.pyenv/shims/.pyenv-shim) can stall a login shell for many seconds when tests
+    run side by side; the remote runner's 30 s start timeout then fires and the test fails for a
+    reason that is not ours. Tests about ~/.bashrc give a `home` with the .bashrc they need.
+    """
 
     host = "127.0.0.1"
 
-    def __init__(self, root: Path, extra_config: Iterable[str] = ()) -> None:
+    def __init__(self, root: Path, extra_config: Iterable[str] = (), home: Path | None = None) -> None:
         self.root = root
         self.user = getpass.getuser()
+        self.home = home or root / "home"
+        self.home.mkdir(exist_ok=True)
         self.port = _free_port()
         self.host_key = root / "host_ed25519"
         self.identity = root / "client_ed25519"
@@ -123,7 +133,8 @@ class SSHServer:
             "PrintMotd no",
             "PrintLastLog no",
             "LogLevel INFO",
-            f"Subsystem sftp {SFTP_SERVER}",
+            f"SetEnv HOME={self.home}",
+            f"Subsystem sftp {SFTP_SERVER} -d {self.home}",
             *extra,
         ]
         return "\n".join(lines) + "\n"

@@ -165,11 +165,13 @@ def test_stat(transport: Transport, scratch: Path) -> None:
 
 
 def test_home_and_tilde_expansion(transport: Transport) -> None:
-    assert transport.home() == os.path.expanduser("~")
+    # home() is the $HOME a command on the target sees (the test sshd gives sessions a HOME of its own).
+    home = transport.exec('printf %s "$HOME"').text()
+    assert transport.home() == home and os.path.isabs(home)
     name = f".agentops-test-{uuid.uuid4().hex[:8]}"
     try:
         transport.put(f"~/{name}/x", b"hi", mode=0o600)
-        assert Path(os.path.expanduser(f"~/{name}/x")).read_bytes() == b"hi"
+        assert Path(home, name, "x").read_bytes() == b"hi"
         assert transport.get(f"~/{name}/x") == b"hi"
         assert transport.read_from(f"~/{name}/x", 1) == b"i"
         found = transport.stat(f"~/{name}")
@@ -203,7 +205,7 @@ def noisy_sshd(make_sshd, tmp_path: Path) -> SSHServer:
         'echo "noise from bashrc"; echo "noise on stderr" >&2\n'
         "export AGENTOPS_BASHRC_RUNS=$((AGENTOPS_BASHRC_RUNS + 1))\n"
     )
-    return make_sshd(f"SetEnv HOME={home}")
+    return make_sshd(home=home)
 
 
 @pytest.fixture(params=["runner", "channel-per-exec"])

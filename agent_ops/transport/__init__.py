@@ -1,7 +1,7 @@
 """Transports: the one place where agentops talks to a machine."""
 from __future__ import annotations
 
-from agent_ops.transport.base import EXEC_TIMEOUT_RC, ExecResult, FileStat, Transport
+from agent_ops.transport.base import EXEC_TIMEOUT_RC, ExecResult, FileStat, ProbeRequest, Transport
 from agent_ops.transport.local import LocalTransport
 from agent_ops.transport.ssh import SSHConfig, SSHTransport
 from agent_ops.transport.target import TargetSpec, TargetSpecError, connect, load_inventory, parse_target
@@ -11,6 +11,7 @@ __all__ = [
     "ExecResult",
     "FileStat",
     "LocalTransport",
+    "ProbeRequest",
     "SSHConfig",
     "SSHTransport",
     "TargetSpec",

@@ -1,13 +1,17 @@
 """The narrow I/O boundary: everything above a Transport cannot tell localhost from a rented box.
 
-A Transport does I/O only: run a bash snippet, move bytes, read a file from an
-offset, stat a path. Policy (retries of steps, polling, gates) lives above it.
+A Transport does I/O only: run a bash snippet or a tmux command, move bytes, read a
+file from an offset, stat a path. Policy (retries of steps, polling, gates) lives above it.
+tmux and the monitor's probe have methods of their own because they are the hot path of
+every job: a transport keeps a control-mode tmux client open (`remote_runner.TmuxControl`)
+and runs the probe in Python next to it, so neither costs a process on the target, where
+an exec costs a bash (and a tmux client) each time.
 Foreign exceptions (OSError, paramiko.SSHException, socket.timeout) are turned
 into `TransportError` here, once.
 
-Every exec the layers above send is idempotent by construction (a job start is
-guarded by `mkdir`, waits and reads change nothing), so a transport may retry an
-exec once after reconnecting.
+Every exec and tmux command the layers above send is idempotent by construction (a
+job's wrapper runs only once, however often its window is opened; waits and reads
+change nothing), so a transport may retry one once after reconnecting.
 
 Paths given to put/get/read_from/stat may start with `~/`; the transport expands
 it against the target user's home directory.
@@ -15,6 +19,7 @@ it against the target user's home directory.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 
@@ -48,9 +53,26 @@ class FileStat:
 EXEC_TIMEOUT_RC = 124
 
 
+@dataclass(frozen=True)
+class ProbeRequest:
+    """One look at a run's jobs: wait (bounded) on the run's wake-up FIFO, then report exit codes and sizes.
+
+    jobs.py's PROBE says what it means and what the report holds; `script` is that probe as a bash
+    command line, for a target where the transport cannot run it natively.
+    """
+
+    wait_s: float
+    wake_fifo: str
+    jobs_dir: str
+    items: tuple[str, ...]  # "run:NAME" (waited for), "job:NAME" (already ended), "file:PATH"
+    tmux_socket: str | None
+    session: str
+    script: str
+
+
 @runtime_checkable
 class Transport(Protocol):
-    """exec / put / get / read_from / stat / close — nothing else crosses the boundary."""
+    """exec / tmux / probe / put / put_files / get / read_from / stat / close — nothing else crosses the boundary."""
 
     #: "local" or "ssh://user@host:port": shown to people, stored in the journal.
     name: str
@@ -63,12 +85,29 @@ class Transport(Protocol):
         """
         ...
 
+    def tmux(self, socket: str | None, args: Sequence[str], *, timeout: float | None = None) -> ExecResult:
+        """Run `tmux [-L socket] ARGS...` on the target (no shell: ARGS go to tmux as they are).
+
+        rc 0 and the command's output, or rc != 0 and tmux's error on stderr; EXEC_TIMEOUT_RC if
+        no answer came within `timeout`.
+        """
+        ...
+
+    def probe(self, request: ProbeRequest) -> str:
+        """The probe's report (lines `R name rc|-`, `W window`, `S size path`), with no process on the target where
+        the transport can (remote_runner.probe), else by running `request.script`."""
+        ...
+
     def put(self, path: str, data: bytes, *, mode: int = 0o644) -> None:
         """Write `data` to `path` atomically (temp file + rename), creating parent directories.
 
         The file is created with `mode` from the start (a secret file is never world-readable,
         not even for a moment).
         """
+        ...
+
+    def put_files(self, files: Mapping[str, tuple[bytes, int]]) -> None:
+        """put() each `path: (data, mode)` in order; one round trip for small files where the transport can."""
         ...
 
     def get(self, path: str) -> bytes:

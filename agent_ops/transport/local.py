@@ -6,11 +6,14 @@ import signal
 import stat
 import subprocess
 import tempfile
-from collections.abc import Iterator
+import threading
+from dataclasses import asdict
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 from agent_ops.errors import TransportError
-from agent_ops.transport.base import EXEC_TIMEOUT_RC, ExecResult, FileStat
+from agent_ops.transport.base import EXEC_TIMEOUT_RC, ExecResult, FileStat, ProbeRequest
+from agent_ops.transport.remote_runner import TmuxControl, probe
 
 # --norc/--noprofile: the same shell a remote exec gets, so scripts behave alike on both.
 BASH = ["bash", "--norc", "--noprofile", "-c"]
@@ -36,6 +39,8 @@ class LocalTransport:
 
     def __init__(self) -> None:
         self._home = os.path.expanduser("~")
+        self._lock = threading.Lock()
+        self._tmux: dict[str | None, TmuxControl] = {}  # the same control-mode clients the remote runner keeps
 
     def home(self) -> str:
         return self._home
@@ -66,10 +71,24 @@ class LocalTransport:
             return ExecResult(EXEC_TIMEOUT_RC, *_drain_killed(proc))
         return ExecResult(proc.returncode, out, err)
 
+    def tmux(self, socket: str | None, args: Sequence[str], *, timeout: float | None = None) -> ExecResult:
+        return ExecResult(*self._control(socket).run(list(args), timeout))
+
+    def probe(self, request: ProbeRequest) -> str:
+        return probe(asdict(request), self._control(request.tmux_socket).run)
+
+    def _control(self, socket: str | None) -> TmuxControl:
+        with self._lock:
+            return self._tmux.setdefault(socket, TmuxControl(socket))
+
     def put(self, path: str, data: bytes, *, mode: int = 0o644) -> None:
         path = self._path(path)
         with _file_errors("put", path):
             self._put(path, data, mode)
+
+    def put_files(self, files: Mapping[str, tuple[bytes, int]]) -> None:
+        for path, (data, mode) in files.items():
+            self.put(path, data, mode=mode)
 
     def _put(self, path: str, data: bytes, mode: int) -> None:
         parent = os.path.dirname(path) or "."
@@ -106,7 +125,10 @@ class LocalTransport:
         return FileStat(size=st.st_size, mtime=st.st_mtime, is_dir=stat.S_ISDIR(st.st_mode), mode=st.st_mode & 0o7777)
 
     def close(self) -> None:
-        pass
+        with self._lock:
+            controls, self._tmux = list(self._tmux.values()), {}
+        for control in controls:
+            control.close()
 
 
 def _drain_killed(proc: subprocess.Popen[bytes]) -> tuple[bytes, bytes]:

@@ -10,6 +10,7 @@ send is idempotent, see base.py). Host-key and authentication failures are never
 from __future__ import annotations
 
 import base64
+import dataclasses
 import functools
 import getpass
 import inspect
@@ -30,6 +31,7 @@ import uuid
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from typing import Any, Callable, NoReturn, Protocol, TypeVar
 
 import paramiko
@@ -40,7 +42,7 @@ from paramiko.sftp_file import SFTPFile
 
 from agent_ops.errors import AgentOpsError, HostKeyError, TransportError
 from agent_ops.transport import remote_runner
-from agent_ops.transport.base import EXEC_TIMEOUT_RC, ExecResult, FileStat
+from agent_ops.transport.base import EXEC_TIMEOUT_RC, ExecResult, FileStat, ProbeRequest
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -53,6 +55,8 @@ ANSWER_GRACE_S = 30.0
 RUNNER_HELLO_TIMEOUT_S = 30.0
 # Reads up to one SFTP request in size go out as one request; larger ones are pipelined.
 SFTP_CHUNK = 32768
+# Files up to this size are written by the remote runner (one round trip); larger ones stream over SFTP.
+RUNNER_PUT_MAX = 1 << 20
 # Longest pause between reconnect attempts.
 MAX_BACKOFF_S = 4.0
 # A peer that stops acknowledging our data (box gone, NAT entry dropped) is declared dead
@@ -123,10 +127,22 @@ class SSHTransport:
         """Run `script` with `bash --norc --noprofile -c`; rc EXEC_TIMEOUT_RC if it ran past `timeout`."""
         return self._call("exec", lambda conn: conn.execs.run(script, stdin, timeout))
 
+    def tmux(self, socket: str | None, args: Sequence[str], *, timeout: float | None = None) -> ExecResult:
+        """`tmux [-L socket] ARGS...` through the runner's control-mode client (no process on the box)."""
+        return self._call("tmux", lambda conn: conn.execs.tmux(socket, list(args), timeout))
+
+    def probe(self, request: ProbeRequest) -> str:
+        """The monitor's probe, in the runner (no process on the box); without a runner, request.script."""
+        return self._call("probe", lambda conn: conn.execs.probe(request))
+
     def put(self, path: str, data: bytes, *, mode: int = 0o644) -> None:
         """Write `data` atomically (temp file created with `mode`, then rename), making parents."""
-        path = self._path(path)
-        self._call(f"put {path}", lambda conn: conn.with_sftp(_put, path, data, mode))
+        self.put_files({path: (data, mode)})
+
+    def put_files(self, files: Mapping[str, tuple[bytes, int]]) -> None:
+        """put() for each file, in order; small ones together in one round trip."""
+        files = {self._path(path): spec for path, spec in files.items()}
+        self._call(f"put {', '.join(files)}", lambda conn: conn.put_files(files))
 
     def get(self, path: str) -> bytes:
         """A whole (small) file; FileNotFoundError if it is missing."""
@@ -392,6 +408,8 @@ def _append_known_host(path: str, hostname: str, key: paramiko.PKey) -> None:
 
 class _ExecPath(Protocol):
     def run(self, script: str, stdin: bytes | None, timeout: float | None) -> ExecResult: ...
+    def tmux(self, socket: str | None, args: list[str], timeout: float | None) -> ExecResult: ...
+    def probe(self, request: ProbeRequest) -> str: ...
     def alive(self) -> bool: ...
     def close(self) -> None: ...
 
@@ -424,6 +442,14 @@ class _Connection:
     def alive(self) -> bool:
         transport = self.client.get_transport()
         return transport is not None and transport.is_active() and self.execs.alive()
+
+    def put_files(self, files: Mapping[str, tuple[bytes, int]]) -> None:
+        """Small files through the runner (one round trip, no process); large ones, or without a runner, over SFTP."""
+        if isinstance(self.execs, _RunnerClient) and sum(len(data) for data, _ in files.values()) <= RUNNER_PUT_MAX:
+            self.execs.put_files(files)
+            return
+        for path, (data, mode) in files.items():
+            self.with_sftp(_put, path, data, mode)
 
     def with_sftp(self, fn: Callable[..., T], *args: Any) -> T:
         """Call fn(sftp, *args) holding the SFTP lock: paramiko's SFTP file handles are not thread-safe."""
@@ -516,11 +542,25 @@ class _RunnerClient:
         return self._lost is None
 
     def run(self, script: str, stdin: bytes | None, timeout: float | None) -> ExecResult:
+        return self._result(self._ask({"script": script, "stdin": _b64(stdin), "timeout": timeout}, timeout))
+
+    def tmux(self, socket: str | None, args: list[str], timeout: float | None) -> ExecResult:
+        return self._result(self._ask({"op": "tmux", "socket": socket, "args": args, "timeout": timeout}, timeout))
+
+    def probe(self, request: ProbeRequest) -> str:
+        fields = {k: v for k, v in dataclasses.asdict(request).items() if k != "script"}
+        return self._result(self._ask({"op": "probe", **fields}, request.wait_s + 30)).text()
+
+    def put_files(self, files: Mapping[str, tuple[bytes, int]]) -> None:
+        listed = [[path, _b64(data), mode] for path, (data, mode) in files.items()]
+        self._ask({"op": "put", "files": listed}, 0.0)  # local writes on the box: answered at once
+
+    def _ask(self, request: dict[str, Any], timeout: float | None) -> dict[str, Any]:
+        """Send one request and wait for its answer (an error answer raises TransportError)."""
         rid, answer = self._expect()
-        request = {"id": rid, "script": script, "stdin": _b64(stdin), "timeout": timeout}
         patience = None if timeout is None else timeout + ANSWER_GRACE_S
         try:
-            self._send(request)
+            self._send({"id": rid, **request})
             reply = answer.result(patience)
         except FutureTimeout:
             raise _ConnectionLost(f"the remote runner did not answer within {patience:.0f} s") from None
@@ -529,6 +569,10 @@ class _RunnerClient:
                 self._waiting.pop(rid, None)
         if "error" in reply:
             raise TransportError(str(reply["error"]))
+        return reply
+
+    @staticmethod
+    def _result(reply: dict[str, Any]) -> ExecResult:
         return ExecResult(int(reply["rc"]), base64.b64decode(reply["stdout"]), base64.b64decode(reply["stderr"]))
 
     def close(self) -> None:
@@ -601,6 +645,13 @@ class _ChannelPerExec:
 
     def close(self) -> None:
         pass  # the channels close with each call; the connection closes with the client
+
+    def tmux(self, socket: str | None, args: list[str], timeout: float | None) -> ExecResult:
+        prefix = ["tmux", *(["-L", socket] if socket else [])]
+        return self.run(shlex.join([*prefix, *args]), None, timeout)
+
+    def probe(self, request: ProbeRequest) -> str:
+        return self.run(request.script, None, request.wait_s + 30).text()
 
     def run(self, script: str, stdin: bytes | None, timeout: float | None) -> ExecResult:
         # The login shell still reads bashrc here, once per call, and its noise lands in our streams:

@@ -35,6 +35,7 @@ import argparse
 import json
 import os
 import platform
+import pwd
 import shutil
 import sqlite3
 import statistics
@@ -212,7 +213,7 @@ def journal_timing(db_path: Path, run_id: str) -> dict[str, Any]:
     for i, (sid, s_start, s_end, _) in enumerate(rows):
         job = events.get(("job_started", sid))
         if job is not None and s_start is not None and s_end is not None:
-            start_ms.append((job - s_start) * 1000)  # journal writes + the start exec (files and tmux window)
+            start_ms.append((job - s_start) * 1000)  # journal writes + the start (job files, tmux window)
             finish_ms.append((s_end - job) * 1000)  # the job itself, the probe that sees its end, log read, journal
         if i and rows[i - 1][2] is not None and s_start is not None:
             gap_ms.append((s_start - rows[i - 1][2]) * 1000)  # driver -> scheduler -> next driver
@@ -282,7 +283,7 @@ def print_table(summary: dict[str, Any], steps: int, repeat: int, ssh_ms: float 
     if a:
         print(f"agentops executor only (journal timestamps, no interpreter/imports/connect): "
               f"{a['executor_per_step_ms']:.1f} ms per step, 1-step run {a['executor_t1_s'] * 1000:.0f} ms")
-        print(f"agentops per step, median: start (journal + start exec) {a['step_start_ms']:.1f} ms, "
+        print(f"agentops per step, median: start (journal + job files + tmux window) {a['step_start_ms']:.1f} ms, "
               f"finish (job + probe + log read + journal) {a['step_finish_ms']:.1f} ms, "
               f"hand-off to the next step {a['handoff_ms']:.1f} ms")
     if ssh_ms is not None:
@@ -319,8 +320,8 @@ def profile_agentops(bench: Bench, steps: int, out_dir: Path) -> dict[str, Any]:
 
         setattr(module, name, wrapper)
 
-    timed(step_mod, "start_job", "start_job exec")
-    timed(monitor, "probe", "probe exec (incl. wait for the signal)")
+    timed(step_mod, "start_job", "start_job (job files + tmux window)")
+    timed(monitor, "probe", "probe (incl. the wait for the job's end)")
     timed(step_mod, "_read_new", "log read (SFTP)")
     timed(step_mod, "_journal_progress", "journal: progress write")
     loaded = load_runbook(bench.runbooks.get(steps) or write_runbook(bench.root / f"runbook-{steps}.yaml", steps))
@@ -365,7 +366,7 @@ def main() -> int:
     parser.add_argument("--no-ansible", action="store_true", help="agentops only (quick iteration)")
     parser.add_argument("--python3", default="/usr/bin/python3", help="Ansible's interpreter on the target")
     parser.add_argument("--clean-home", action="store_true",
-                        help="sshd gives sessions HOME=<empty dir> (SetEnv), so no ~/.bashrc runs: Ansible's best case")
+                        help="sshd gives sessions an empty HOME (SetEnv), so no ~/.bashrc runs: Ansible's best case")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (keys, runbooks, journal)")
     args = parser.parse_args()
     if args.steps < 2:
@@ -378,11 +379,9 @@ def main() -> int:
 
     root = Path(tempfile.mkdtemp(prefix="agentops-bench-executor-"))
     (root / "sshd").mkdir()
-    extra = []
-    if args.clean_home:
-        (root / "empty-home").mkdir()
-        extra.append(f"SetEnv HOME={root / 'empty-home'}")
-    server = SSHServer(root / "sshd", extra)
+    # --clean-home: an empty HOME (tests/sshd.py's default); otherwise the user's own, ~/.bashrc and all.
+    home = root / "empty-home" if args.clean_home else Path(pwd.getpwuid(os.getuid()).pw_dir)
+    server = SSHServer(root / "sshd", home=home)
     server.start()
     bench = Bench(root, server, args.python3)
     samples: list[Sample] = []
