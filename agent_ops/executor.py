@@ -261,6 +261,12 @@ class Executor:
                     ctx.journal.set_step(ctx.run_id, sid, state="cancelled", message=f"not run: {error}")
         left = [sid for sid, st in self.state.items() if st == "started"]
         note = f"; left running: {', '.join(left)}" if left else ""
+        if not left:
+            # Every job has ended (their output is in the job logs): the empty session would only pile up on the box.
+            try:
+                kill_session(ctx.transport, ctx.layout)
+            except Exception:  # noqa: BLE001 -- best effort: an unreachable box must not change the run's verdict
+                pass
         counts: dict[str, int] = {}
         for st in self.state.values():
             counts[st] = counts.get(st, 0) + 1

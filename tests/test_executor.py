@@ -202,6 +202,16 @@ def test_retry_succeeds_on_the_second_attempt(box: Box) -> None:
         (1, 1, "failed"), (2, 0, "succeeded")]
     assert len(events(run.journal, run.run_id, "step_retry")) == 1
     assert lines(box.scratch / "counter") == ["attempt", "attempt"]
+    # Every job ended, so the run's tmux session went with the run (nothing piles up on the box), and
+    # status no longer offers to attach to it.
+    assert box.tmux("has-session", "-t", f"agentops-{run.run_id}").returncode != 0
+    assert agentops_status(box, run.run_id)["attach"] is None
+
+
+def agentops_status(box: Box, run_id: str) -> dict:
+    proc = agentops(box, "status", run_id, "--json")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
 
 
 def test_needs_waits_for_a_background_job_to_start_and_after_for_it_to_exit(box: Box) -> None:
