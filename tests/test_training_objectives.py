@@ -227,3 +227,13 @@ def test_ppo_ratio_guard_zeroes_the_update() -> None:
     out.loss.backward()
     assert torch.equal(logp_new.grad, torch.zeros(2))
     assert not ppo_clipped_loss(logp_new, torch.zeros(2), torch.ones(2), ratio_guard=None).guarded
+
+
+def test_profile_kernel_shares_split_kernel_time_by_name() -> None:
+    from training.profiling import kernel_shares
+
+    rows = [("sm90_xmma_gemm_bf16bf16_bf16f32", 600.0), ("nvjet_tst_128x256", 100.0),
+            ("pytorch_flash::flash_fwd_kernel", 200.0), ("triton_poi_fused_add_mul_0", 100.0)]
+    shares = kernel_shares(rows)
+    assert shares["kernel_s"] == pytest.approx(1000.0 / 1e6)  # device times are in microseconds
+    assert (shares["matmul"], shares["attention"], shares["other"]) == pytest.approx((0.7, 0.2, 0.1))

@@ -213,6 +213,8 @@ class RuntimeConfig(Strict):
     max_nonfinite_steps: int = Field(5, ge=1)
     timing_warmup_steps: int = Field(5, ge=0, description="steps left out of the throughput figures (compile, warm-up)")
     tf32: bool = True
+    profile_steps: int = Field(0, ge=0, description="profile this many steps on rank 0 (training/profiling.py); 0: off")
+    profile_start: int = Field(20, ge=0, description="first profiled step (after compile and warm-up)")
 
 
 class TrainConfig(Strict):

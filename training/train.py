@@ -82,6 +82,7 @@ def train_loop(run: Run) -> int:
 
     from training.distributed import gradient_sync
     from training.objectives import hybrid_loss, retention_loss
+    from training.profiling import StepProfiler
     from training.progress import craft_line, skip_line, step_line, stop_nonfinite_line
     from training.schedules import lr_at, weight_at
     from training.throughput import StepTimer
@@ -90,8 +91,10 @@ def train_loop(run: Run) -> int:
     accum, layer = cfg.optim.grad_accum, cfg.craft.anchor_layer if run.craft else None
     params = [p for p in run.policy.parameters() if p.requires_grad]
     timer = StepTimer(warmup=min(cfg.runtime.timing_warmup_steps, max(cfg.max_steps - st.step - 1, 0)))
+    profiler = StepProfiler(cfg.runtime.profile_steps, cfg.runtime.profile_start, Path(cfg.out_dir), ctx.is_main, log)
     while st.step < cfg.max_steps:
         step = st.step
+        profiler.before(step)
         lr = fault_lr(lr_at(step, cfg.optim.lr, cfg.schedule, cfg.max_steps), step, cfg, log)
         for group in run.optimizer.param_groups:
             group["lr"] = lr
@@ -136,6 +139,7 @@ def train_loop(run: Run) -> int:
         if craft is not None and cfg.craft.dual:
             st.lam = craft.lambda_after
         seconds = timer.stop()
+        profiler.after(step)
         st.step += 1
         if not finite:
             log(skip_line(step, step_loss, gn, st.nonfinite_total, cfg.runtime.max_nonfinite_steps))

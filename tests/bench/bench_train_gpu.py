@@ -142,6 +142,14 @@ def overrides(args: argparse.Namespace, cache: Path, stats: Path, out: Path) -> 
     return sets
 
 
+def our_sets(args: argparse.Namespace) -> list[str]:
+    """--set values for our trainer only."""
+    if not args.profile:
+        return []
+    start = max(args.warmup, args.steps - args.profile - 2)  # late in the run: compiled and warm
+    return [f"runtime.profile_steps={args.profile}", f"runtime.profile_start={start}"]
+
+
 def run_ours(config: Path, sets: list[str], out: Path, timeout: int) -> dict[str, Any]:
     """python -m training.train under torchrun (1 process); its summary.json."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
@@ -180,6 +188,9 @@ def _run(cmd: list[str], out: Path, result: Path, timeout: int, name: str) -> di
     figures = json.loads(result.read_text())
     figures.update(wall_s=wall, log=str(log))
     print(f"[bench] {name}: " + " ".join(line for line in tail if "[train] throughput" in line), flush=True)
+    for line in log.read_text(errors="replace").splitlines():
+        if line.startswith("[profile]"):
+            print(f"[bench] {name}: {line}", flush=True)
     return figures
 
 
@@ -340,6 +351,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=None, help="per-GPU batch (default: the config's)")
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: the config's)")
     p.add_argument("--no-compile", action="store_true", help="ours without torch.compile")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="also profile N of our steps (torch.profiler; <out>/profile.txt; those steps run slower)")
     p.add_argument("--trainer-compile", action="store_true", help="Trainer with torch_compile=True")
     p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "agentops-bench")
     p.add_argument("--timeout", type=int, default=420, help="seconds per contender")
@@ -366,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = args.work / "runs" / time.strftime("%Y-%m-%d_%H-%M-%S")
     results: dict[str, Any] = {"config": str(config.relative_to(ROOT)), "steps": args.steps, "warmup": args.warmup,
                                "goals": GOALS}
-    results["ours"] = run_ours(config, overrides(args, cache, stats, runs / "ours"), runs / "ours", args.timeout)
+    results["ours"] = run_ours(config, overrides(args, cache, stats, runs / "ours") + our_sets(args), runs / "ours", args.timeout)
     results["trainer"] = run_trainer(config, overrides(args, cache, stats, runs / "trainer"), runs / "trainer", args)
     code = report(results, args.tiny)
     print(json.dumps(results, indent=2))
