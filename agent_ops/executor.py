@@ -124,6 +124,7 @@ class Executor:
         self.ctx = ctx
         self.runbook = ctx.runbook
         self.deps = dependencies(self.runbook.steps)
+        self.after = {s.id: frozenset(s.after) for s in self.runbook.steps}  # deps that must have finished, not just started
         self.state: dict[str, str] = {s.id: "pending" for s in self.runbook.steps}
         self.handles: dict[str, Any] = {}  # step id -> current JobHandle (gates follow them)
         self.monitor = Monitor(ctx.transport, ctx.layout, Backoff(self.runbook.poll))
@@ -205,7 +206,7 @@ class Executor:
                 kill_job(self.ctx.transport, self.ctx.layout, handle)
 
     def _ready(self, sid: str) -> bool:
-        after = self.runbook.step(sid).after  # these must have finished, not merely started
+        after = self.after[sid]
         return all(self.state[d] in (("succeeded", "skipped") if d in after else ("succeeded", "skipped", "started"))
                    for d in self.deps[sid])
 

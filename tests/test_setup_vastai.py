@@ -191,7 +191,8 @@ def target(sshd, tmp_path: Path):
     subprocess.run(["tmux", "-L", sock, "kill-server"], check=False, capture_output=True)
 
 
-def _run(tmp_path: Path, target: TargetSpec, values: dict[str, object], monkeypatch: pytest.MonkeyPatch):
+def _run_to_success(tmp_path: Path, target: TargetSpec, values: dict[str, object], monkeypatch: pytest.MonkeyPatch):
+    """Run the runbook, assert it succeeded (else show every step that did not), return (status, steps by id)."""
     monkeypatch.setenv("WANDB_API_KEY", WANDB_KEY)
     loaded = load_runbook(RUNBOOK)
     journal = Journal(tmp_path / "home" / "journal.db")
@@ -201,7 +202,10 @@ def _run(tmp_path: Path, target: TargetSpec, values: dict[str, object], monkeypa
         final = Executor(ctx).execute()
     finally:
         ctx.transport.close()
-    return final, run_status(journal, ctx.run_id)
+    status = run_status(journal, ctx.run_id)
+    problems = {s.id: (s.state, s.message) for s in status.steps if s.state not in ("succeeded", "skipped", "running")}
+    assert final == "succeeded", json.dumps(problems, indent=1)
+    return status, {s.id: s for s in status.steps}
 
 
 def _assert_secret_kept(tmp_path: Path, status, box_workdir: Path) -> None:
@@ -222,10 +226,7 @@ def _assert_secret_kept(tmp_path: Path, status, box_workdir: Path) -> None:
 def test_setup_vastai_ae_every_step_check_and_gate(remote, target: TargetSpec, tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     ws = tmp_path / "ws"
-    final, status = _run(tmp_path, target, _vars(remote, ws, "ae"), monkeypatch)
-    steps = {s.id: s for s in status.steps}
-    problems = {s.id: (s.state, s.message) for s in status.steps if s.state not in ("succeeded", "skipped", "running")}
-    assert final == "succeeded", json.dumps(problems, indent=1)
+    status, steps = _run_to_success(tmp_path, target, _vars(remote, ws, "ae"), monkeypatch)
 
     # Skipped: the VLM gate (mode ae) and the gsutil install (the stand-in is on hand); the training
     # job is left running; everything else ran and succeeded on its first attempt.
@@ -275,10 +276,7 @@ def test_setup_vastai_ae_every_step_check_and_gate(remote, target: TargetSpec, t
 def test_setup_vastai_vlm_gates_and_oom_remedy(remote, target: TargetSpec, tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     ws = tmp_path / "ws"
-    final, status = _run(tmp_path, target, _vars(remote, ws, "vlm"), monkeypatch)
-    steps = {s.id: s for s in status.steps}
-    problems = {s.id: (s.state, s.message) for s in status.steps if s.state not in ("succeeded", "skipped", "running")}
-    assert final == "succeeded", json.dumps(problems, indent=1)
+    status, steps = _run_to_success(tmp_path, target, _vars(remote, ws, "vlm"), monkeypatch)
     assert steps["gate_ae"].state == "skipped" and steps["gate_vlm"].state == "succeeded"
 
     # Seed issue 7: the stand-in trainer dies at batch 16 (the config's value); the catalog's
@@ -311,9 +309,7 @@ def test_setup_vastai_system_torchrun_is_replaced_by_the_venvs(remote, target: T
     # system-torchrun-no-venv entry sets the runbook's `torchrun` variable back to .venv/bin/torchrun.
     ws = tmp_path / "ws"
     values = {**_vars(remote, ws, "ae"), "torchrun": str(remote["bin"] / "torchrun-system")}
-    final, status = _run(tmp_path, target, values, monkeypatch)
-    steps = {s.id: s for s in status.steps}
-    assert final == "succeeded", {s.id: s.message for s in status.steps if s.state == "failed"}
+    status, steps = _run_to_success(tmp_path, target, values, monkeypatch)
     [remedy] = status.remedies
     assert (remedy.step_id, remedy.issue_id, remedy.result) == ("train", "system-torchrun-no-venv", "succeeded")
     assert any("No module named 'safetensors'" in line for line in remedy.matched_lines)
