@@ -244,6 +244,23 @@ def test_fsdp_trains_checkpoints_and_resumes_exactly(data: dict, tmp_path: Path)
     assert all(m["loss"] == ref[m["step"]] for m in got)
 
 
+def test_block_compiled_training_matches_eager_and_its_checkpoints_need_no_compile(data: dict, tmp_path: Path) -> None:
+    # runtime.compile with the default scope compiles each transformer block in place (the GPU
+    # reference config's path): same losses as eager, and parameter names without `_orig_mod.`.
+    sets = ("max_steps=6", "log_every=1", "checkpoint.save_every=3", "wandb.mode=disabled")
+    compiled = train(data, tmp_path / "compiled", *sets, "runtime.compile=true")
+    # 1 SigLIP encoder layer + 2 Qwen2 decoder layers in the tiny config.
+    assert "[train] compile: 3 transformer blocks (torch.compile each)" in gate_lines(compiled.stdout)
+    train(data, tmp_path / "eager", *sets)
+    eager_losses = [(m["step"], m["loss"]) for m in metrics(tmp_path / "eager")]
+    compiled_losses = [(m["step"], m["loss"]) for m in metrics(tmp_path / "compiled")]
+    assert [s for s, _ in compiled_losses] == list(range(6))
+    assert [c for _, c in compiled_losses] == pytest.approx([e for _, e in eager_losses], rel=1e-4)
+    resumed = tmp_path / "resumed-eager"
+    train(data, resumed, *sets, resume=str(tmp_path / "compiled" / "checkpoint-000003"))
+    assert [m["step"] for m in metrics(resumed)] == [3, 4, 5]
+
+
 def test_flow_matching_and_next_token_ce_objectives_train(data: dict, tmp_path: Path) -> None:
     extra = {"flow_matching": ["runtime.cuda_alloc_conf=expandable_segments:True"],
              "next_token_ce": ["optim.grad_accum=2", "data.batch_size=4"]}

@@ -207,6 +207,11 @@ class RuntimeConfig(Strict):
     parallel: Literal["ddp", "fsdp"] = "ddp"
     precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU")
     compile: bool = False
+    # blocks: each transformer block compiled on its own (one graph, reused by every block of a shape).
+    # The whole model under torch.compile makes transformers (torch < 2.14) build an explicit causal
+    # mask instead of SDPA's is_causal, which also forces key/value heads to be repeated for GQA: the
+    # slower attention path (tests/bench/bench_attention.py). Blocks keep the eager mask skip.
+    compile_scope: Literal["blocks", "model"] = Field("blocks", description="what runtime.compile compiles")
     cuda_alloc_conf: str | None = Field(None, description="PYTORCH_CUDA_ALLOC_CONF, set before CUDA initialises")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads per process")
     find_unused_parameters: bool = False

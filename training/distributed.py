@@ -16,6 +16,7 @@ import torch.distributed as dist
 from torch import nn
 
 from training.config import RuntimeConfig
+from training.policy import transformer_blocks
 
 
 @dataclass(frozen=True)
@@ -81,16 +82,6 @@ def init_distributed(runtime: RuntimeConfig) -> DistContext:
     return DistContext(rank, world_size, local_rank, device, backend)
 
 
-def _fsdp_units(policy: nn.Module) -> list[nn.Module]:
-    """Transformer blocks to shard one by one, so only one block's full weights exist at a time."""
-    units: list[nn.Module] = []
-    for module in policy.modules():
-        if isinstance(module, nn.ModuleList) and len(module) > 0 and all(
-                any(isinstance(m, nn.Linear) for m in block.modules()) for block in module):
-            units.extend(module)
-    return units
-
-
 def wrap_model(policy: nn.Module, ctx: DistContext, runtime: RuntimeConfig, bf16: bool, manual_sync: bool) -> nn.Module:
     """The module the loop calls: the policy itself, DDP around it, or the policy sharded in place by FSDP2.
 
@@ -103,7 +94,7 @@ def wrap_model(policy: nn.Module, ctx: DistContext, runtime: RuntimeConfig, bf16
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
-        for unit in _fsdp_units(policy):
+        for unit in transformer_blocks(policy):  # one block's full weights at a time
             fully_shard(unit, mp_policy=mp)
         fully_shard(policy, mp_policy=mp)
         return policy

@@ -323,6 +323,32 @@ def build_policy(cfg: ModelConfig, spec: PolicySpec, instructions: list[str]) ->
     return policy, table, report
 
 
+def transformer_blocks(policy: nn.Module) -> list[nn.Module]:
+    """The repeated blocks (elements of ModuleLists holding Linear layers): FSDP's and compile's units."""
+    units: list[nn.Module] = []
+    for module in policy.modules():
+        if isinstance(module, nn.ModuleList) and len(module) > 0 and all(
+                any(isinstance(m, nn.Linear) for m in block.modules()) for block in module):
+            units.extend(module)
+    return units
+
+
+def compile_blocks(policy: nn.Module) -> int:
+    """Compile each transformer block in place; the number compiled.
+
+    ``nn.Module.compile`` keeps parameter names (no ``_orig_mod.`` prefix), so
+    checkpoints stay loadable without compile. Blocks of one class share one
+    graph (dynamo inlines nn.Modules, so it does not specialise on the instance).
+    The glue around them (embeddings, masks, rotary tables, heads) stays eager:
+    transformers then skips the causal mask and SDPA runs with ``is_causal`` and
+    ``enable_gqa``, and the rotary cos/sin are computed once, not per block.
+    """
+    blocks = transformer_blocks(policy)
+    for block in blocks:
+        block.compile()
+    return len(blocks)
+
+
 def parameter_counts(policy: nn.Module) -> tuple[int, int]:
     """(total, trainable) parameters, tied tensors counted once."""
     seen: dict[int, nn.Parameter] = {id(p): p for p in policy.parameters()}

@@ -92,6 +92,12 @@ def train_loop(run: Run) -> int:
     params = [p for p in run.policy.parameters() if p.requires_grad]
     timer = StepTimer(warmup=min(cfg.runtime.timing_warmup_steps, max(cfg.max_steps - st.step - 1, 0)))
     profiler = StepProfiler(cfg.runtime.profile_steps, cfg.runtime.profile_start, Path(cfg.out_dir), ctx.is_main, log)
+    # Fused AdamW can skip a non-finite update and apply the clip factor inside its kernel, so the update
+    # is queued before the host reads the loss, and the next batch is copied while it runs: the one host
+    # sync per step then leaves the GPU a queue, not an idle gap. (CRaFT combines its gradients on the
+    # host; FSDP's sharded parameters take the plain path.)
+    on_device = run.optimizer.defaults.get("fused") and run.craft is None and cfg.runtime.parallel != "fsdp"
+    pending: dict[str, Any] | None = None  # the next step's first micro-batch, already on the device
     while st.step < cfg.max_steps:
         step = st.step
         profiler.before(step)
@@ -103,7 +109,7 @@ def train_loop(run: Run) -> int:
         loss_sum, logs_sum = torch.zeros((), device=ctx.device), {}
         for micro in range(accum):
             t0 = time.perf_counter()
-            batch = prepare_batch(next(run.batches), run)
+            batch, pending = (pending, None) if pending is not None else (prepare_batch(next(run.batches), run), None)
             timer.waited(time.perf_counter() - t0)
             # Only the last micro-batch all-reduces: the others would pay a collective for nothing.
             with gradient_sync(run.model, micro == accum - 1):
@@ -122,17 +128,27 @@ def train_loop(run: Run) -> int:
             for key, value in out.logs.items():
                 logs_sum[key] = logs_sum.get(key, 0.0) + value / accum
         craft = run.craft.finish(run.craft.lam(st.lam)) if run.craft else None
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm or float("inf"))
-        norm = (grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm).detach().float()
+        if on_device:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]).detach().float()
+        else:
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm or float("inf"))
+            norm = (grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm).detach().float()
         # One small all-reduce and one host sync per step: a NaN loss on any rank (whose gradient can be
         # finite: |x - nan| has a zero subgradient) or a non-finite norm makes every rank skip together.
         summed = ctx.all_reduce_sum(torch.stack([loss_sum.float(), norm.to(loss_sum.device)]))
+        if on_device:
+            queue_update(run.optimizer, summed, norm, cfg.optim.max_grad_norm)
+            if st.step + 1 < cfg.max_steps and (st.step + 1) % cfg.checkpoint.save_every:
+                # Not before a checkpoint: the saved data cursor and noise RNG must not run a batch ahead.
+                t0 = time.perf_counter()
+                pending = prepare_batch(next(run.batches), run)
+                timer.waited(time.perf_counter() - t0)
         total, norm_sum, gn = torch.cat([summed, norm.view(1).to(summed.device)]).tolist()
         step_loss = total / ctx.world_size
         finite = math.isfinite(total) and math.isfinite(norm_sum)
-        if finite:
+        if finite and not on_device:
             run.optimizer.step()
-        else:
+        elif not finite:
             st.nonfinite_total += 1
             st.nonfinite_since_save += 1
         run.optimizer.zero_grad(set_to_none=True)
@@ -177,6 +193,26 @@ def train_loop(run: Run) -> int:
     log(f"[train] done step={st.step} final_loss={st.last_loss:.4f}")
     report_throughput(run, timer)
     return 0
+
+
+def queue_update(optimizer: Any, summed: Any, norm: Any, max_norm: float | None) -> None:
+    """Queue fused AdamW's step without reading anything on the host.
+
+    ``found_inf`` (a non-finite loss sum or norm) makes the kernel leave weights,
+    moments and step counts as they were; ``grad_scale`` divides the gradients
+    by max(norm / max_norm, 1), the same factor ``clip_grad_norm_`` multiplies
+    by, applied in the kernel instead of a separate pass over every gradient.
+    These are the attributes ``torch.amp.GradScaler`` sets on fused optimizers.
+    """
+    import torch
+
+    optimizer.found_inf = (~torch.isfinite(summed).all()).float()  # 0-dim, as the step counts are
+    scale = None
+    if max_norm:
+        scale = torch.clamp((norm + 1e-6) / max_norm, min=1.0)  # clip_grad_norm_'s 1e-6
+        scale = torch.nan_to_num(scale, nan=1.0, posinf=1.0)  # the step is skipped then anyway
+    optimizer.grad_scale = scale
+    optimizer.step()
 
 
 def fault_lr(lr: float, step: int, cfg: TrainConfig, log: Any) -> float:
@@ -342,7 +378,7 @@ def setup(cfg: TrainConfig, ctx: Any, log: Any, resume: str | None) -> Run:
     from training.checkpoint import check_compatible, read_rank_state, read_trainer_state, restore_rng, restore_state
     from training.craft import CraftGradients
     from training.distributed import wrap_model
-    from training.policy import PolicySpec, build_policy, parameter_counts
+    from training.policy import PolicySpec, build_policy, compile_blocks, parameter_counts
     from training.progress import batch_line, data_line, params_line, weights_line
     from training.sampler import SamplerState
     from training.throughput import policy_flops
@@ -410,8 +446,10 @@ def setup(cfg: TrainConfig, ctx: Any, log: Any, resume: str | None) -> Run:
     if cfg.watchdog.enabled:
         for line in watchdog.armed_lines():
             log(line)
-    if cfg.runtime.compile:
+    if cfg.runtime.compile and cfg.runtime.compile_scope == "model":
         model = torch.compile(model)
+    elif cfg.runtime.compile:
+        log(f"[train] compile: {compile_blocks(policy)} transformer blocks (torch.compile each)")
     craft = CraftGradients(list(policy.parameters()), cfg.craft, ctx.world_size) if cfg.craft.enabled else None
     return Run(cfg=cfg, ctx=ctx, policy=policy, model=model, anchor=anchor, optimizer=optimizer, loader=loader,
                batches=iter(loader), tokens=tokens.to(ctx.device), noise=noise, craft=craft, watchdog=watchdog,

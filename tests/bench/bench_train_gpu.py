@@ -16,8 +16,10 @@ What runs, in this order, each contender in its own process:
    statistics, under ``--work`` (default ``$TMPDIR/agentops-bench``; reused by later
    runs). No TensorFlow: GPU boxes do not carry it, and the cache is what training reads;
 2. ours: ``torchrun --standalone --nproc_per_node=1 -m training.train --config
-   training/configs/ref_0p5b_h100.yaml`` (bf16 autocast, fp32 master weights,
-   fused AdamW, torch.compile, uint8 images pinned and copied asynchronously,
+   training/configs/ref_0p5b_h100.yaml`` (batch 64, bf16 autocast, fp32 master
+   weights, torch.compile of each transformer block (SDPA keeps is_causal and
+   GQA), fused AdamW with the clip factor and the non-finite skip applied in its
+   kernel, uint8 images pinned, the next batch copied while the update runs,
    one host sync per step); its ``summary.json`` gives the figures;
 3. baseline: the same policy (same config, same seed, same loss) wrapped for
    ``transformers.Trainer`` with ``bf16=True`` and otherwise default arguments
