@@ -22,7 +22,7 @@ from pydantic import BaseModel, ValidationError
 from agent_ops.errors import RunbookError
 from agent_ops.plan import did_you_mean, graph_problems
 from agent_ops.runbook import Runbook
-from agent_ops.template import FILTERS, located_references, render_tree, walk_strings
+from agent_ops.template import FILTERS, WHOLE_REF, fill_numbers, is_number, located_references, render_tree, walk_strings
 from agent_ops.yaml_lines import LineMap, load_with_lines
 
 # Names every runbook may use without declaring them; filled in by the executor.
@@ -37,6 +37,7 @@ _TYPE_ERRORS = {
     "float_type": "a number", "float_parsing": "a number", "bool_type": "a boolean", "bool_parsing": "a boolean",
     "none_required": "null",
 }
+_NUMBER_ERRORS = ("int_type", "int_parsing", "float_type", "float_parsing")
 _BOUNDS = {"less_than_equal": ("le", "at most"), "less_than": ("lt", "less than"),
            "greater_than_equal": ("ge", "at least"), "greater_than": ("gt", "greater than")}
 
@@ -110,10 +111,14 @@ def load_runbook(name: str | os.PathLike[str]) -> LoadedRunbook:
         raise RunbookError([f"{label}:{lines.line_of(()) or 1}: (top): {what}; a runbook is a mapping with name and steps"])
     report = _Report(label, lines)
     runbook = None
+    # Validated before --var values are known: a field that is one reference to a numeric variable
+    # is checked with the variable's default, and again with the real value when the run renders it.
+    checked = {**fill_numbers({k: v for k, v in data.items() if k not in UNTEMPLATED}, _numeric_defaults(data)),
+               **{k: v for k, v in data.items() if k in UNTEMPLATED}}
     try:
-        runbook = Runbook.model_validate(data)
+        runbook = Runbook.model_validate(checked)
     except ValidationError as exc:
-        _report_validation(report, data, exc.errors())
+        _report_validation(report, checked, exc.errors())
     if runbook is not None:
         for loc, msg in graph_problems(runbook.steps):
             report.add(loc, msg)
@@ -122,6 +127,22 @@ def load_runbook(name: str | os.PathLike[str]) -> LoadedRunbook:
         raise RunbookError(report.problems())
     sha = hashlib.sha256(text.encode()).hexdigest()
     return LoadedRunbook(path=path.resolve(), sha256=sha, runbook=runbook, lines=lines, data=data)
+
+
+def _numeric_defaults(data: dict[str, Any]) -> dict[str, Any]:
+    """Each variable's numeric default (or, for a required one, its first numeric choice), from raw data."""
+    declared = data.get("vars")
+    out: dict[str, Any] = {}
+    for name, spec in (declared.items() if isinstance(declared, dict) else ()):
+        if isinstance(spec, dict):
+            choices = spec.get("choices") if isinstance(spec.get("choices"), list) else []
+            candidates = [spec.get("default")] + ([] if spec.get("default") is not None else choices)
+        else:
+            candidates = [spec]
+        number = next((c for c in candidates if is_number(c)), None)
+        if number is not None:
+            out[name] = number
+    return out
 
 
 def resolve_vars(loaded: LoadedRunbook, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -255,6 +276,9 @@ def _describe(lines: LineMap, data: Any, err: dict[str, Any]) -> tuple[tuple, st
     if kind == "literal_error":
         return loc, f"{_show(value)} is not one of {ctx.get('expected')}"
     if kind in _TYPE_ERRORS:
+        if isinstance(value, str) and WHOLE_REF.match(value) and kind in _NUMBER_ERRORS:
+            return loc, (f"expected {_TYPE_ERRORS[kind]}, got {value!r}: a variable in a numeric field needs a "
+                         f"numeric default (runbooks are checked before --var values are known)")
         return loc, f"expected {_TYPE_ERRORS[kind]}, got {_kind_of(value)}"
     msg = err["msg"]
     return loc, msg[:1].lower() + msg[1:]

@@ -20,9 +20,13 @@ MAX_POLL_S = 30.0
 
 
 class Strict(BaseModel):
-    """Base for every schema object: unknown keys are errors (a typo must not pass silently)."""
+    """Base for every schema object: unknown keys are errors (a typo must not pass silently).
 
-    model_config = ConfigDict(extra="forbid")
+    Numbers are accepted where text is expected (`CUDA_VISIBLE_DEVICES: 0`, or a numeric
+    variable that is a field's whole value), as their decimal text.
+    """
+
+    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
 
 
 class VarSpec(Strict):

@@ -1,4 +1,9 @@
-"""`{{ var }}` templating: shell-quoted in commands by default, verbatim elsewhere or with `| raw`."""
+"""`{{ var }}` templating: shell-quoted in commands by default, verbatim elsewhere or with `| raw`.
+
+A value that is nothing but one reference to a number (`within: "{{ timeout }}"`,
+`equals: "{{ steps }}"`) takes the number itself, outside shell fields, so numeric
+fields and JSON comparisons can follow variables; everything else renders to text.
+"""
 from __future__ import annotations
 
 import re
@@ -6,6 +11,7 @@ import shlex
 from collections.abc import Mapping
 from typing import Any
 
+WHOLE_REF = re.compile(r"^\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}$")
 VAR_REF = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\|\s*([A-Za-z_][A-Za-z0-9_]*)\s*)?\}\}")
 FILTERS = ("raw", "q")
 
@@ -42,14 +48,39 @@ def render(text: str, values: Mapping[str, Any], *, shell: bool) -> str:
     return VAR_REF.sub(one, text)
 
 
+def is_number(value: Any) -> bool:
+    """An int or float, not a bool (YAML's true is no number here)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def number_reference(text: str, values: Mapping[str, Any], field: str | None) -> Any:
+    """The number a value that is exactly one reference to a numeric variable stands for, else None."""
+    match = WHOLE_REF.match(text) if field not in SHELL_FIELDS else None
+    value = values.get(match.group(1)) if match else None
+    return value if is_number(value) else None
+
+
 def render_tree(data: Any, values: Mapping[str, Any], field: str | None = None) -> Any:
     """Render every string in plain data (dicts/lists); the field name decides shell quoting."""
     if isinstance(data, str):
-        return render(data, values, shell=field in SHELL_FIELDS)
+        number = number_reference(data, values, field)
+        return number if number is not None else render(data, values, shell=field in SHELL_FIELDS)
     if isinstance(data, dict):
         return {k: render_tree(v, values, k if isinstance(k, str) else field) for k, v in data.items()}
     if isinstance(data, list):
         return [render_tree(v, values, field) for v in data]
+    return data
+
+
+def fill_numbers(data: Any, values: Mapping[str, Any], field: str | None = None) -> Any:
+    """Only the whole references to numbers replaced (what load-time validation sees); other text untouched."""
+    if isinstance(data, str):
+        number = number_reference(data, values, field)
+        return number if number is not None else data
+    if isinstance(data, dict):
+        return {k: fill_numbers(v, values, k if isinstance(k, str) else field) for k, v in data.items()}
+    if isinstance(data, list):
+        return [fill_numbers(v, values, field) for v in data]
     return data
 
 

@@ -99,9 +99,12 @@ def _clause_matches(op: str, want: str, version: str) -> bool:
 
 
 class CheckBase(BaseModel):
-    """Fields every check kind has; unknown keys are errors (a typo must not pass silently)."""
+    """Fields every check kind has; unknown keys are errors (a typo must not pass silently).
 
-    model_config = ConfigDict(extra="forbid")
+    Numbers are accepted where text is expected, as their decimal text (see agent_ops.runbook.Strict).
+    """
+
+    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
 
     name: str | None = Field(None, description="Human title shown in reports; defaults to the kind and what it checks.")
 
@@ -302,12 +305,6 @@ class DatasetStatsCheck(CheckBase):
         return self.path
 
 
-# Runbooks are validated before their variables are substituted: a numeric field meant to take a
-# variable accepts the bare reference `{{ name }}` then, and must hold a number once it is rendered.
-VAR_REFERENCE = r"^\{\{\s*[A-Za-z_][A-Za-z0-9_]*\s*\}\}$"
-PositiveOrVar = Union[Annotated[float, Field(gt=0)], Annotated[str, Field(pattern=VAR_REFERENCE)]]
-
-
 class ActionUnitsCheck(CheckBase):
     """The std of chosen action dims in a statistics file lies in a band: actions in the wrong units fail.
 
@@ -322,10 +319,8 @@ class ActionUnitsCheck(CheckBase):
     dims: list[Annotated[int, Field(ge=0)]] = Field(
         default_factory=lambda: [0, 1, 2], min_length=1,
         description="Action dims to judge: LIBERO's position x, y, z are 0, 1, 2 (RDT's unified vector: 30, 31, 32).")
-    min: PositiveOrVar = Field(description="Smallest plausible std in `unit`, e.g. 0.005 for LIBERO positions in metres "
-                                           "(a number, or a `{{ var }}` that renders to one).")
-    max: PositiveOrVar = Field(description="Largest plausible std in `unit`, e.g. 0.05 for LIBERO positions in metres "
-                                           "(a number, or a `{{ var }}` that renders to one).")
+    min: float = Field(gt=0, description="Smallest plausible std in `unit`, e.g. 0.005 for LIBERO positions in metres.")
+    max: float = Field(gt=0, description="Largest plausible std in `unit`, e.g. 0.05 for LIBERO positions in metres.")
     unit: str = Field("m", min_length=1, description="The unit the band is in (m, rad, ...); names the likely mistake, e.g. mm.")
     dataset: str | None = Field(None, description="Top-level key to read when the file holds several datasets (e.g. libero_90).")
 
@@ -335,7 +330,7 @@ class ActionUnitsCheck(CheckBase):
 
     @model_validator(mode="after")
     def _band_is_ordered(self) -> ActionUnitsCheck:
-        if isinstance(self.min, float) and isinstance(self.max, float) and self.min >= self.max:
+        if self.min >= self.max:
             raise ValueError(f"min ({self.min:g}) must be below max ({self.max:g})")
         return self
 

@@ -130,12 +130,13 @@ def test_unreadable_statistics_fail_saying_why(tmp_path: Path, doc: dict, fields
     assert result.status == "failed" and reason in result.message
 
 
-def test_the_band_is_a_number_or_a_variable_reference() -> None:
+def test_the_band_is_an_ordered_pair_of_positive_numbers() -> None:
+    # Variables reach it as numbers (a whole-value reference renders to the number: test_runbook_validation).
     with pytest.raises(ValidationError, match="must be below max"):
         CHECK.validate_python({"kind": "action_units", "path": "/s.json", "min": 0.05, "max": 0.005})
     with pytest.raises(ValidationError):
         CHECK.validate_python({"kind": "action_units", "path": "/s.json", "min": "small", "max": 0.05})
-    raw = CHECK.validate_python({"kind": "action_units", "path": "/s.json", "min": "{{ pos_std_min }}", "max": 0.05})
-    assert raw.min == "{{ pos_std_min }}"  # validated before substitution
-    rendered = CHECK.validate_python({"kind": "action_units", "path": "/s.json", "min": "0.005", "max": "0.05"})
-    assert (rendered.min, rendered.max) == (0.005, 0.05)  # the rendered text becomes the number
+    with pytest.raises(ValidationError):
+        CHECK.validate_python({"kind": "action_units", "path": "/s.json", "min": 0, "max": 0.05})
+    check = CHECK.validate_python({"kind": "action_units", "path": "/s.json", "min": 0.005, "max": 0.05})
+    assert (check.min, check.max) == (0.005, 0.05)

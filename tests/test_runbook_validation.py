@@ -784,6 +784,59 @@ def test_non_command_fields_are_not_quoted(tmp_path: Path) -> None:
     assert (check.run, check.regex) == ("test -n 'a b'", "a b")  # a check's `run` is bash too
 
 
+NUMERIC = """
+    name: x
+    vars:
+      steps: 60
+      deadline: {default: 120, description: seconds}
+      label: run
+    steps:
+      - id: a
+        kind: run
+        command: echo {{ steps }}
+        env: {N: "{{ steps }}", GPU: 0}
+      - id: b
+        kind: gate
+        job: a
+        patterns:
+          - {name: "done {{ steps }}", regex: 'done step={{ steps }} ', within: "{{ deadline }}"}
+      - id: c
+        kind: check
+        checks:
+          - {kind: json_field, path: /x.json, field: step, equals: "{{ steps }}", name: "{{ steps }}"}
+          - {kind: json_field, path: /x.json, field: tag, equals: "{{ label }}"}
+    """
+
+
+def test_a_field_that_is_one_reference_to_a_number_takes_the_number(tmp_path: Path) -> None:
+    loaded = load_runbook(write(tmp_path, NUMERIC))
+    runbook = render_runbook(loaded, resolve_vars(loaded, {"steps": "80", "deadline": "30"}))
+    pattern = runbook.step("b").patterns[0]
+    assert (pattern.within, pattern.regex, pattern.name) == (30.0, "done step=80 ", "done 80")
+    number, text = runbook.step("c").checks
+    assert number.equals == 80 and isinstance(number.equals, int)  # JSON's 80, not the string "80"
+    assert number.name == "80" and text.equals == "run"
+    assert runbook.step("a").command == "echo 80"  # shell text stays text
+    assert runbook.step("a").env == {"N": "80", "GPU": "0"}  # env is text; a YAML number too
+
+
+def test_a_number_from_a_variable_is_held_to_the_fields_bounds(tmp_path: Path) -> None:
+    loaded = load_runbook(write(tmp_path, NUMERIC))
+    with pytest.raises(RunbookError) as caught:
+        render_runbook(loaded, resolve_vars(loaded, {"deadline": "-5"}))
+    first = parse(caught.value.problems[0])
+    assert (first["line"], first["path"]) == ("15", "steps.1.patterns.0.within")
+    assert "must be greater than 0 (got -5)" in first["message"] and "after substituting variables" in first["message"]
+
+
+def test_a_variable_without_a_numeric_default_in_a_numeric_field_is_refused_at_load(tmp_path: Path) -> None:
+    found = problems(write(tmp_path, NUMERIC.replace("deadline: {default: 120, description: seconds}",
+                                                            "deadline: {default: null}")))
+    first = parse(found[0])
+    assert (first["line"], first["path"]) == ("15", "steps.1.patterns.0.within")
+    assert "expected a number, got '{{ deadline }}': a variable in a numeric field needs a numeric default" in first["message"]
+
+
 # --- plan, shipped runbooks, schema ---------------------------------------------------------------
 
 
