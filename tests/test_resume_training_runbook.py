@@ -127,7 +127,7 @@ def test_the_rollback_fix_is_recorded_with_the_newest_healthy_checkpoint_and_hal
     [remedy] = finished.status.remedies
     assert (remedy.step_id, remedy.attempt, remedy.issue_id, remedy.result) == ("train", 1, "policy-collapse", "succeeded")
     assert any("[watchdog] COLLAPSE metric=loss" in line for line in remedy.matched_lines)
-    assert remedy.fix == [f"rolled back to {chosen}; learning_rate: 0.002 -> 0.001; save_every = 2"]
+    assert remedy.fix == [f"rolled back to {chosen}; learning_rate: 0.002 -> 0.001; save_every: 5 -> 2"]
     assert finished.status.vars["resume_from"] == chosen
     assert finished.status.vars["learning_rate"] == pytest.approx(1e-3)
     assert finished.status.vars["save_every"] == 2
