@@ -136,6 +136,7 @@ def train_loop(run: Run) -> int:
         # One small all-reduce and one host sync per step: a NaN loss on any rank (whose gradient can be
         # finite: |x - nan| has a zero subgradient) or a non-finite norm makes every rank skip together.
         summed = ctx.all_reduce_sum(torch.stack([loss_sum.float(), norm.to(loss_sum.device)]))
+        scalars = HostScalars(torch.cat([summed, norm.view(1).to(summed.device)]))
         if on_device:
             queue_update(run.optimizer, summed, norm, cfg.optim.max_grad_norm)
             if st.step + 1 < cfg.max_steps and (st.step + 1) % cfg.checkpoint.save_every:
@@ -143,7 +144,7 @@ def train_loop(run: Run) -> int:
                 t0 = time.perf_counter()
                 pending = prepare_batch(next(run.batches), run)
                 timer.waited(time.perf_counter() - t0)
-        total, norm_sum, gn = torch.cat([summed, norm.view(1).to(summed.device)]).tolist()
+        total, norm_sum, gn = scalars.get()
         step_loss = total / ctx.world_size
         finite = math.isfinite(total) and math.isfinite(norm_sum)
         if finite and not on_device:
@@ -193,6 +194,33 @@ def train_loop(run: Run) -> int:
     log(f"[train] done step={st.step} final_loss={st.last_loss:.4f}")
     report_throughput(run, timer)
     return 0
+
+
+class HostScalars:
+    """A few device values copied to the host as soon as they exist, read later.
+
+    The copy is queued where the values are computed and an event marks it, so
+    reading waits for that point of the stream only, not for the optimizer step
+    queued after it: the GPU still has the update to run while the host logs
+    and queues the next forward, instead of idling from the sync until then.
+    """
+
+    def __init__(self, values: Any) -> None:
+        import torch
+
+        self.event = None
+        if values.device.type == "cuda":
+            self.values = values.to("cpu", non_blocking=True)  # lands in pinned memory
+            self.event = torch.cuda.Event()
+            self.event.record()
+        else:
+            self.values = values
+
+    def get(self) -> list[float]:
+        """The values (waits for the copy)."""
+        if self.event is not None:
+            self.event.synchronize()
+        return self.values.tolist()
 
 
 def queue_update(optimizer: Any, summed: Any, norm: Any, max_norm: float | None) -> None:
