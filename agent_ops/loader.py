@@ -10,6 +10,7 @@ import os
 import re
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from difflib import get_close_matches
 from importlib import resources
@@ -113,8 +114,7 @@ def load_runbook(name: str | os.PathLike[str]) -> LoadedRunbook:
     runbook = None
     # Validated before --var values are known: a field that is one reference to a numeric variable
     # is checked with the variable's default, and again with the real value when the run renders it.
-    checked = {**fill_numbers({k: v for k, v in data.items() if k not in UNTEMPLATED}, _numeric_defaults(data)),
-               **{k: v for k, v in data.items() if k in UNTEMPLATED}}
+    checked = _templated(data, lambda part: fill_numbers(part, _numeric_defaults(data)))
     try:
         runbook = Runbook.model_validate(checked)
     except ValidationError as exc:
@@ -127,6 +127,12 @@ def load_runbook(name: str | os.PathLike[str]) -> LoadedRunbook:
         raise RunbookError(report.problems())
     sha = hashlib.sha256(text.encode()).hexdigest()
     return LoadedRunbook(path=path.resolve(), sha256=sha, runbook=runbook, lines=lines, data=data)
+
+
+def _templated(data: dict[str, Any], transform: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
+    """The runbook data with ``transform`` applied to its templated part; UNTEMPLATED fields kept verbatim."""
+    return {**transform({k: v for k, v in data.items() if k not in UNTEMPLATED}),
+            **{k: v for k, v in data.items() if k in UNTEMPLATED}}
 
 
 def _numeric_defaults(data: dict[str, Any]) -> dict[str, Any]:
@@ -198,8 +204,7 @@ def coerce(raw: Any, default: Any) -> Any:
 
 def render_runbook(loaded: LoadedRunbook, values: dict[str, Any]) -> Runbook:
     """The runbook with every `{{ var }}` substituted (shell-quoted in commands)."""
-    data = {k: v for k, v in loaded.data.items() if k not in UNTEMPLATED}
-    rendered = {**render_tree(data, values), **{k: v for k, v in loaded.data.items() if k in UNTEMPLATED}}
+    rendered = _templated(loaded.data, lambda part: render_tree(part, values))
     try:
         return Runbook.model_validate(rendered)
     except ValidationError as exc:  # a value made a field invalid (e.g. a regex): report it where it was written

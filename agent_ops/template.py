@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import shlex
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 WHOLE_REF = re.compile(r"^\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}$")
@@ -62,25 +62,32 @@ def number_reference(text: str, values: Mapping[str, Any], field: str | None) ->
 
 def render_tree(data: Any, values: Mapping[str, Any], field: str | None = None) -> Any:
     """Render every string in plain data (dicts/lists); the field name decides shell quoting."""
-    if isinstance(data, str):
-        number = number_reference(data, values, field)
-        return number if number is not None else render(data, values, shell=field in SHELL_FIELDS)
-    if isinstance(data, dict):
-        return {k: render_tree(v, values, k if isinstance(k, str) else field) for k, v in data.items()}
-    if isinstance(data, list):
-        return [render_tree(v, values, field) for v in data]
-    return data
+
+    def leaf(text: str, field: str | None) -> Any:
+        number = number_reference(text, values, field)
+        return number if number is not None else render(text, values, shell=field in SHELL_FIELDS)
+
+    return _map_strings(data, leaf, field)
 
 
 def fill_numbers(data: Any, values: Mapping[str, Any], field: str | None = None) -> Any:
     """Only the whole references to numbers replaced (what load-time validation sees); other text untouched."""
+
+    def leaf(text: str, field: str | None) -> Any:
+        number = number_reference(text, values, field)
+        return number if number is not None else text
+
+    return _map_strings(data, leaf, field)
+
+
+def _map_strings(data: Any, leaf: Callable[[str, str | None], Any], field: str | None) -> Any:
+    """Plain data with every string replaced by leaf(string, name of the field it sits in)."""
     if isinstance(data, str):
-        number = number_reference(data, values, field)
-        return number if number is not None else data
+        return leaf(data, field)
     if isinstance(data, dict):
-        return {k: fill_numbers(v, values, k if isinstance(k, str) else field) for k, v in data.items()}
+        return {k: _map_strings(v, leaf, k if isinstance(k, str) else field) for k, v in data.items()}
     if isinstance(data, list):
-        return [fill_numbers(v, values, field) for v in data]
+        return [_map_strings(v, leaf, field) for v in data]
     return data
 
 

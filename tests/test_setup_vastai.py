@@ -87,22 +87,22 @@ def _git(*args: str, cwd: Path | None = None) -> None:
     subprocess.run(["git", "-c", "protocol.file.allow=always", *args], cwd=cwd, env=env, check=True, capture_output=True)
 
 
+def _one_commit_repo(path: Path, readme: str, message: str) -> Path:
+    """A new repository at path on branch main with one commit holding a README."""
+    path.mkdir()
+    (path / "README.md").write_text(readme + "\n")
+    _git("init", "-q", "-b", "main", cwd=path)
+    _git("add", ".", cwd=path)
+    _git("commit", "-q", "-m", message, cwd=path)
+    return path
+
+
 def _make_repos(root: Path) -> Path:
     """Bare repos: the openpi stand-in (main + pytorch_lora_blackwell) and a submodule; returns openpi's URL."""
-    sub = root / "src-libero"
-    sub.mkdir()
-    (sub / "README.md").write_text("LIBERO stand-in submodule\n")
-    _git("init", "-q", "-b", "main", cwd=sub)
-    _git("add", ".", cwd=sub)
-    _git("commit", "-q", "-m", "libero", cwd=sub)
+    sub = _one_commit_repo(root / "src-libero", "LIBERO stand-in submodule", "libero")
     _git("clone", "-q", "--bare", str(sub), str(root / "libero.git"))
 
-    work = root / "src-openpi"
-    work.mkdir()
-    (work / "README.md").write_text("openpi stand-in\n")
-    _git("init", "-q", "-b", "main", cwd=work)
-    _git("add", ".", cwd=work)
-    _git("commit", "-q", "-m", "main", cwd=work)
+    work = _one_commit_repo(root / "src-openpi", "openpi stand-in", "main")
     _git("checkout", "-q", "-b", "pytorch_lora_blackwell", cwd=work)
     shutil.copytree(STANDINS / "openpi", work, dirs_exist_ok=True)
     _git("submodule", "add", "-q", str(root / "libero.git"), "third_party/libero", cwd=work)
