@@ -1,4 +1,4 @@
-"""Judge checks through a Transport: the same check verifies this machine or a rented box.
+"""Judge checks through a CheckTarget: the same check verifies this machine or a rented box.
 
 Everything wrong with the checked thing (missing file, bad JSON, truncated
 checkpoint, wrong version) becomes a failed CheckResult whose message says what
@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator, Literal
 
 from pydantic import BaseModel, Field
 
-from agent_ops.transport.base import EXEC_TIMEOUT_RC, Transport
+from checks.target import EXEC_TIMEOUT_RC, CheckTarget
 from checks.action_units import LayoutError, action_spread, outside_band, unit_hint
 from checks.kinds import (
     VERSION_TOKEN,
@@ -71,7 +71,7 @@ class CheckFailed(Exception):
         self.details = details
 
 
-def evaluate(check: Check, transport: Transport) -> CheckResult:
+def evaluate(check: Check, transport: CheckTarget) -> CheckResult:
     """Judge one check on the target behind `transport`; TransportError propagates, all else is a verdict."""
     try:
         return _EVALUATORS[type(check)](check, transport)
@@ -81,7 +81,7 @@ def evaluate(check: Check, transport: Transport) -> CheckResult:
         return _result(check, "failed", str(exc), {})
 
 
-def evaluate_all(checks: list[Check], transport: Transport) -> list[CheckResult]:
+def evaluate_all(checks: list[Check], transport: CheckTarget) -> list[CheckResult]:
     """Judge every check in order; a failure does not stop the rest (all are reported)."""
     return [evaluate(check, transport) for check in checks]
 
@@ -97,7 +97,7 @@ def _passed(check: CheckBase, message: str, **details: Any) -> CheckResult:
 # --- path_exists -------------------------------------------------------------------------------
 
 
-def _path_exists(check: PathExistsCheck, transport: Transport) -> CheckResult:
+def _path_exists(check: PathExistsCheck, transport: CheckTarget) -> CheckResult:
     st = transport.stat(check.path)
     if st is None:
         raise CheckFailed(f"{check.path}: expected to exist, not found", exists=False)
@@ -125,7 +125,7 @@ print(json.dumps({"count": len(names), "names": names[:shown]}))
 """
 
 
-def list_files(transport: Transport, directory: str, pattern: str, shown: int = NAMES_SHOWN) -> tuple[int, list[str]]:
+def list_files(transport: CheckTarget, directory: str, pattern: str, shown: int = NAMES_SHOWN) -> tuple[int, list[str]]:
     """Count regular files under `directory` matching `pattern` on the target; return the count and the first names."""
     argv = ["python3", "-c", _LIST_FILES, _on_target(transport, directory), pattern, str(shown)]
     res = transport.exec(" ".join(shlex.quote(a) for a in argv), timeout=LISTING_TIMEOUT_S)
@@ -142,7 +142,7 @@ def list_files(transport: Transport, directory: str, pattern: str, shown: int = 
     return listing["count"], listing["names"]
 
 
-def _file_count(check: FileCountCheck, transport: Transport) -> CheckResult:
+def _file_count(check: FileCountCheck, transport: CheckTarget) -> CheckResult:
     found, names = list_files(transport, check.dir, check.glob)
     expected = _bounds_text(check.count, check.min, check.max)
     details = {"count": found, "names": names}
@@ -200,7 +200,7 @@ def resolve_field(document: Any, dotted: str) -> Any:
     return value
 
 
-def _json_field(check: JsonFieldCheck, transport: Transport) -> CheckResult:
+def _json_field(check: JsonFieldCheck, transport: CheckTarget) -> CheckResult:
     document = _load_json(transport, check.path)
     where = f"{check.path}: {check.field}"
     try:
@@ -218,7 +218,7 @@ def _json_field(check: JsonFieldCheck, transport: Transport) -> CheckResult:
     return _passed(check, f"{where}: {_expectations(check)}, found {_short(value)}", **details)
 
 
-def _load_json(transport: Transport, path: str) -> Any:
+def _load_json(transport: CheckTarget, path: str) -> Any:
     """Read and parse a JSON file on the target, refusing anything over JSON_MAX_BYTES before reading it."""
     data = _read_small(transport, path, JSON_MAX_BYTES)
     try:
@@ -229,7 +229,7 @@ def _load_json(transport: Transport, path: str) -> Any:
         raise CheckFailed(f"{path}: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
 
 
-def _read_small(transport: Transport, path: str, limit: int) -> bytes:
+def _read_small(transport: CheckTarget, path: str, limit: int) -> bytes:
     st = transport.stat(path)
     if st is None:
         raise CheckFailed(f"{path}: no such file")
@@ -334,7 +334,7 @@ def _short(value: Any, limit: int = 120) -> str:
 # --- command -----------------------------------------------------------------------------------
 
 
-def _command(check: CommandCheck, transport: Transport) -> CheckResult:
+def _command(check: CommandCheck, transport: CheckTarget) -> CheckResult:
     started = time.monotonic()
     res = transport.exec(check.run, timeout=check.timeout)
     elapsed = time.monotonic() - started
@@ -373,7 +373,7 @@ def _found_version(match: re.Match[str] | None, output: str) -> str | None:
 # --- safetensors -------------------------------------------------------------------------------
 
 
-def _safetensors(check: SafetensorsCheck, transport: Transport) -> CheckResult:
+def _safetensors(check: SafetensorsCheck, transport: CheckTarget) -> CheckResult:
     st = transport.stat(check.path)
     if st is None:
         raise CheckFailed(f"{check.path}: no such file or directory")
@@ -398,7 +398,7 @@ def _safetensors(check: SafetensorsCheck, transport: Transport) -> CheckResult:
     return _passed(check, f"{check.path}: {_checkpoint_summary(check, count, len(files))}", **details)
 
 
-def _shard_paths(transport: Transport, directory: str) -> list[str]:
+def _shard_paths(transport: CheckTarget, directory: str) -> list[str]:
     """Every *.safetensors file directly in `directory`; a shard the index names but the directory lacks fails."""
     total, names = list_files(transport, directory, "*.safetensors", shown=100_000)
     if not total:
@@ -460,7 +460,7 @@ df -Pk -- "$p"
 _DF_LINE = re.compile(r"\s(\d+)\s+(\d+)\s+(\d+)\s+\d+%\s+(.+)$")
 
 
-def _disk_free(check: DiskFreeCheck, transport: Transport) -> CheckResult:
+def _disk_free(check: DiskFreeCheck, transport: CheckTarget) -> CheckResult:
     res = transport.exec(_DF_SCRIPT.format(path=shlex.quote(_on_target(transport, check.path))), timeout=LISTING_TIMEOUT_S)
     lines = res.stdout.decode("utf-8", "replace").splitlines()
     match = _DF_LINE.search(lines[-1]) if res.rc == 0 and len(lines) >= 3 else None
@@ -503,7 +503,7 @@ def _mib_to_gib(text: str) -> float | None:
     return round(int(text) / 1024, 2) if text.isdigit() else None
 
 
-def _gpu_memory(check: GpuMemoryCheck, transport: Transport) -> CheckResult:
+def _gpu_memory(check: GpuMemoryCheck, transport: CheckTarget) -> CheckResult:
     res = transport.exec(_NVIDIA_SMI, timeout=LISTING_TIMEOUT_S)
     if res.rc == NO_NVIDIA_SMI_RC:
         return _result(check, "skipped", f"expected {check.subject}: nvidia-smi not found on {transport.name}, nothing to check", {})
@@ -524,7 +524,7 @@ def _gpu_memory(check: GpuMemoryCheck, transport: Transport) -> CheckResult:
 # --- shared ------------------------------------------------------------------------------------
 
 
-def _on_target(transport: Transport, path: str) -> str:
+def _on_target(transport: CheckTarget, path: str) -> str:
     """Expand `~` for paths that go into a shell command (put/get/stat expand it themselves)."""
     if path == "~" or path.startswith("~/"):
         return transport.home() + path[1:]
@@ -549,7 +549,7 @@ def _size(n: int) -> str:
 # --- dataset_stats -----------------------------------------------------------------------------
 
 
-def _dataset_stats(check: DatasetStatsCheck, transport: Transport) -> CheckResult:
+def _dataset_stats(check: DatasetStatsCheck, transport: CheckTarget) -> CheckResult:
     # The validator lives in the training core on the box (numpy + json only; no torch or TF import).
     argv = [check.python, "-m", "training.stats_file", _on_target(transport, check.path), "--robot", check.robot, "--json"]
     if check.data:
@@ -570,7 +570,7 @@ def _dataset_stats(check: DatasetStatsCheck, transport: Transport) -> CheckResul
 # --- action_units ------------------------------------------------------------------------------
 
 
-def _action_units(check: ActionUnitsCheck, transport: Transport) -> CheckResult:
+def _action_units(check: ActionUnitsCheck, transport: CheckTarget) -> CheckResult:
     low, high = _rendered_number(check, "min"), _rendered_number(check, "max")
     try:
         spread = action_spread(_load_json(transport, check.path), check.dataset)
@@ -596,7 +596,7 @@ def _rendered_number(check: CheckBase, field: str) -> float:
     return value
 
 
-_EVALUATORS: dict[type, Callable[[Any, Transport], CheckResult]] = {
+_EVALUATORS: dict[type, Callable[[Any, CheckTarget], CheckResult]] = {
     PathExistsCheck: _path_exists,
     FileCountCheck: _file_count,
     JsonFieldCheck: _json_field,

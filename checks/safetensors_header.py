@@ -1,4 +1,4 @@
-"""Read a safetensors file's header through a Transport: tensor names, dtypes and shapes, never the weights.
+"""Read a safetensors file's header through a CheckTarget: tensor names, dtypes and shapes, never the weights.
 
 The format: 8 bytes little-endian u64 N, then N bytes of UTF-8 JSON mapping each
 tensor name to {dtype, shape, data_offsets} (plus an optional `__metadata__`),
@@ -10,7 +10,7 @@ import json
 import struct
 from dataclasses import dataclass, field
 
-from agent_ops.transport.base import Transport
+from checks.target import CheckTarget
 
 # The safetensors library refuses headers above this size; anything larger is not a header.
 MAX_HEADER_BYTES = 100_000_000
@@ -39,7 +39,7 @@ class SafetensorsHeader:
     file_size: int = 0
 
 
-def read_header(transport: Transport, path: str) -> SafetensorsHeader:
+def read_header(transport: CheckTarget, path: str) -> SafetensorsHeader:
     """Parse the header of the safetensors file at `path`; HeaderError if it is missing, truncated or malformed."""
     stat = transport.stat(path)
     if stat is None:
@@ -59,7 +59,7 @@ def read_header(transport: Transport, path: str) -> SafetensorsHeader:
     return SafetensorsHeader(tensors=tensors, metadata=metadata, header_bytes=length, file_size=stat.size)
 
 
-def _header_length(transport: Transport, path: str, file_size: int) -> int:
+def _header_length(transport: CheckTarget, path: str, file_size: int) -> int:
     prefix = transport.read_from(path, 0, 8)
     if len(prefix) < 8:
         raise HeaderError(f"{path}: file is {file_size} bytes, too short for the 8-byte header length")
@@ -73,7 +73,7 @@ def _header_length(transport: Transport, path: str, file_size: int) -> int:
     return length
 
 
-def _read_exactly(transport: Transport, path: str, offset: int, size: int) -> bytes:
+def _read_exactly(transport: CheckTarget, path: str, offset: int, size: int) -> bytes:
     """Read `size` bytes from `offset`, in as many calls as the transport needs (it may return short reads)."""
     chunks: list[bytes] = []
     got = 0

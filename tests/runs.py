@@ -12,15 +12,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from agent_ops.executor import Executor, start_run
-from agent_ops.journal import Journal
-from agent_ops.loader import load_runbook, resolve_vars
-from agent_ops.secrets import read_secrets
+from agent_ops.run.executor import Executor
+from agent_ops.run.context import start_run
+from agent_ops.record.journal import Journal
+from agent_ops.runbook.loader import load_runbook, resolve_vars
+from agent_ops.secret_values import read_secrets
 from agent_ops.transport.target import TargetSpec
 from tests.sshd import SSHServer
 
 RUNBOOKS = Path(__file__).parent / "runbooks"
-CLI = [sys.executable, "-m", "agent_ops.cli"]
+CLI = [sys.executable, "-m", "agent_ops.front.cli"]
 T = TypeVar("T")
 
 

@@ -10,7 +10,7 @@ import typer
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
-from agent_ops.catalog import (
+from agent_ops.known_issues.catalog import (
     CatalogError,
     RenamePath,
     ScaleSpec,
@@ -19,8 +19,8 @@ from agent_ops.catalog import (
     load_catalog,
     shipped_dir,
 )
-from agent_ops.cli_catalog import diagnose_command, known_issues_app
-from agent_ops.diagnose import LogView, diagnose
+from agent_ops.front.cli_catalog import diagnose_command, known_issues_app
+from agent_ops.known_issues.diagnose import LogView, diagnose
 
 NEGATIVE_DIR = shipped_dir() / "_negative"
 OOM_LINE = "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.10 GiB"
@@ -272,14 +272,14 @@ def test_bad_regex_names_file_line_field_and_entry(tmp_path):
     body = "signatures:\n  - regex: 'fine'\n  - regex: ['ok', '(unclosed']\n"
     path = _write(tmp_path, "bad-re.yaml", _entry_yaml("bad-re", body))
     (problem,) = _problems(path)
-    assert problem.startswith(f"{path}:5: signatures.1.regex: part 1: invalid regex '(unclosed': missing ), unterminated subpattern")
+    assert problem.startswith(f"{path}:5: signatures.1.regex.1: part 1: invalid regex '(unclosed': missing ), unterminated subpattern")
     assert problem.endswith("(entry 'bad-re')")
 
 
 def test_unknown_field_and_unknown_action(tmp_path):
     text = _entry_yaml("typo") + "retry:\n  max_attempt: 2\nfix:\n  - action: reboot\n"
     problems = _problems(_write(tmp_path, "typo.yaml", text))
-    assert any(p.startswith(f"{tmp_path / 'typo.yaml'}:12: fix.0: unknown fix action 'reboot'") for p in problems), problems
+    assert any(p.startswith(f"{tmp_path / 'typo.yaml'}:12: fix.0.action: unknown fix action 'reboot'") for p in problems), problems
     assert any(f"{tmp_path / 'typo.yaml'}:10: retry.max_attempt: unknown field 'max_attempt'" in p for p in problems), problems
 
 
@@ -291,7 +291,7 @@ def test_file_name_yaml_errors_and_missing_samples(tmp_path):
     assert broken.startswith(f"{tmp_path / 'broken.yaml'}:") and "(yaml)" in broken
     few = _entry_yaml("few").replace("positive: ['BOOM happened', 'x BOOM happened']", "positive: ['BOOM happened']")
     (problem,) = _problems(_write(tmp_path, "few.yaml", few))
-    assert problem.startswith(f"{tmp_path / 'few.yaml'}:8: samples.positive: List should have at least 2 items")
+    assert problem.startswith(f"{tmp_path / 'few.yaml'}:8: samples.positive: needs at least 2 items (got 1)")
 
 
 # --- CLI --------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import os
 import signal
 import subprocess
 
-from agent_ops.journal import Journal
+from agent_ops.record.journal import Journal
 from tests.runs import RUNBOOKS, Box, agentops, alive, attempts, events, lines, only_run_id, spawn, step, wait_for
 
 

@@ -17,7 +17,7 @@ mcp = pytest.importorskip("mcp")
 from mcp.client.session import ClientSession  # noqa: E402
 from mcp.client.stdio import StdioServerParameters, stdio_client  # noqa: E402
 
-from agent_ops.mcp_server import TOOL_TIMEOUT_S  # noqa: E402
+from agent_ops.front.mcp_server import TOOL_TIMEOUT_S  # noqa: E402
 
 SECRET = "mcp-secret-value-93c1"
 
@@ -59,7 +59,7 @@ def _error(result) -> dict:
 async def _session_run(tmp_path: Path, sock: str) -> dict:
     books = _runbooks(tmp_path)
     env = {**os.environ, "AGENTOPS_HOME": str(tmp_path / "home"), "AGENTOPS_MCP_TIER": "destructive", "MCP_TOKEN": SECRET}
-    params = StdioServerParameters(command=sys.executable, args=["-m", "agent_ops.cli", "mcp"], env=env, cwd=str(tmp_path))
+    params = StdioServerParameters(command=sys.executable, args=["-m", "agent_ops.front.cli", "mcp"], env=env, cwd=str(tmp_path))
     seen: dict = {"texts": []}
     target = {"tmux_socket": sock, "workdir": str(tmp_path / "box")}
     async with stdio_client(params) as (read, write):

@@ -14,17 +14,17 @@ from typing import NamedTuple
 import pytest
 from typer.testing import CliRunner
 
-from agent_ops.cli import app
+from agent_ops.front.cli import app
 from agent_ops.errors import RunbookError
-from agent_ops.loader import (
+from agent_ops.runbook.loader import (
     find_runbook,
     load_runbook,
     render_runbook,
     resolve_vars,
     shipped_runbooks,
 )
-from agent_ops.plan import build_plan
-from agent_ops.runbook import Runbook
+from agent_ops.runbook.plan import build_plan
+from agent_ops.runbook.schema import Runbook
 
 PROBLEM = re.compile(r"^(?P<file>.+?):(?P<line>\d+): (?P<path>\S+): (?P<message>.+)$")
 

@@ -215,7 +215,7 @@ def test_explicit_resume_of_an_incomplete_checkpoint_is_refused(reference: dict,
 
 
 def test_craft_logs_seed_001s_console_line_with_the_conflict_ratio(data: dict, tmp_path: Path) -> None:
-    from agent_ops.diagnose import diagnose
+    from agent_ops.known_issues.diagnose import diagnose
 
     out = tmp_path / "craft"
     proc = train(data, out, "craft.enabled=true", "max_steps=12", "log_every=3", "wandb.mode=disabled",
@@ -283,7 +283,7 @@ def test_flow_matching_and_next_token_ce_objectives_train(data: dict, tmp_path: 
 
 
 def test_non_finite_guard_skips_counts_and_stops_with_a_clear_line(data: dict, tmp_path: Path) -> None:
-    from agent_ops.diagnose import diagnose
+    from agent_ops.known_issues.diagnose import diagnose
 
     cache = tmp_path / "cache"
     shutil.copytree(data["cache"], cache)
@@ -305,7 +305,7 @@ def test_non_finite_guard_skips_counts_and_stops_with_a_clear_line(data: dict, t
 
 def test_collapse_stops_the_run_and_rollback_resumes_from_the_last_healthy_checkpoint(data: dict,
                                                                                      tmp_path: Path) -> None:
-    from agent_ops.diagnose import diagnose
+    from agent_ops.known_issues.diagnose import diagnose
 
     out = tmp_path / "run"
     # The LR jumps x1000 at step 40: the loss spikes and the watchdog must call it.

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 
-from agent_ops.diagnose import diagnose
+from agent_ops.known_issues.diagnose import diagnose
 from training.config import WatchConfig, WatchdogConfig
 from training.watchdog import CollapseWatchdog
 

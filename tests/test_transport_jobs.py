@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from agent_ops.jobs import RunLayout, Tmux, prepare_run, probe_request
+from agent_ops.run.jobs import RunLayout, Tmux, prepare_run, probe_request
 from agent_ops.transport import ProbeRequest, Transport
 from tests.runs import make_box, run_api
 from tests.sshd import SSHServer

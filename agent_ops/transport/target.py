@@ -20,14 +20,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agent_ops.errors import RunbookError
 from agent_ops.transport.base import Transport
 from agent_ops.transport.local import LocalTransport
 from agent_ops.transport.ssh import SSHConfig, SSHTransport
-from agent_ops.yaml_lines import LineMap, load_with_lines
+from agent_ops.yaml_models import LineMap, Report, YamlProblems, read_yaml
 
 LOCAL = "local"
 _NAME = re.compile(r"^[A-Za-z0-9._-]+$")
@@ -83,6 +82,14 @@ class TargetSpec(BaseModel):
             raise ValueError("workdir must not contain newlines or NUL")
         return workdir
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_passwords(cls, data: Any) -> Any:
+        given = [k for k in data if "pass" in str(k).lower()] if isinstance(data, dict) else []
+        if given:
+            raise ValueError(f"{given[0]}: passwords are not supported (key auth only); use identity")
+        return data
+
     @model_validator(mode="after")
     def _ssh_fields_need_ssh(self) -> TargetSpec:
         if self.is_local:
@@ -120,8 +127,9 @@ def parse_target(url: str, **options: Any) -> TargetSpec:
     try:
         return TargetSpec(url=url, **options)
     except ValidationError as exc:
-        problems = [f"target {url!r}: {'.'.join(map(str, loc)) or '(spec)'}: {msg}" for loc, msg in _problems(exc)]
-        raise TargetSpecError(problems) from None
+        report = Report(f"target {url!r}", None, TargetSpec)
+        report.add_errors({"url": url, **options}, exc.errors())
+        raise TargetSpecError(report.problems()) from None
 
 
 def load_inventory(path: str | os.PathLike[str]) -> dict[str, TargetSpec]:
@@ -188,36 +196,16 @@ def _inventory_entry(
     try:
         return TargetSpec.model_validate(fields), []
     except ValidationError as exc:
-        problems = []
-        for loc, msg in _problems(exc):
-            line = lines.line_of(("hosts", name, *loc)) or 1
-            field = ".".join(str(p) for p in ("hosts", name, *loc))
-            problems.append(f"{label}:{line}: {field}: {msg}")
-        return None, problems
-
-
-def _problems(exc: ValidationError) -> list[tuple[tuple[Any, ...], str]]:
-    """(location, message) pairs from a pydantic error, in words a person reads."""
-    out: list[tuple[tuple[Any, ...], str]] = []
-    for err in exc.errors():
-        loc = tuple(err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = f"unknown field {loc[-1]!r}" + (" (passwords are not supported; use identity)" if "pass" in str(loc[-1]) else "")
-        out.append((loc, msg))
-    return out
+        report = Report(label, lines, TargetSpec, prefix=("hosts", name))
+        report.add_errors(fields, exc.errors())
+        return None, report.problems()
 
 
 def _read_yaml(label: str) -> tuple[Any, LineMap]:
     try:
-        text = Path(label).read_text(encoding="utf-8")
+        data, lines, _ = read_yaml(label, label)
     except FileNotFoundError:
         raise TargetSpecError([f"{label}: no such inventory file"]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TargetSpecError([f"{label}: cannot read: {exc}"]) from None
-    try:
-        return load_with_lines(text, label)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else 1
-        raise TargetSpecError([f"{label}:{line}: (yaml): {getattr(exc, 'problem', None) or exc}"]) from None
+    except YamlProblems as exc:
+        raise TargetSpecError(exc.problems) from None
+    return data, lines

@@ -131,7 +131,7 @@ class Bench:
     def agentops(self, steps: int) -> Sample:
         runbook = self.runbooks.setdefault(steps, write_runbook(self.root / f"runbook-{steps}.yaml", steps))
         env = {**os.environ, "AGENTOPS_HOME": str(self.home)}
-        cmd = [sys.executable, "-m", "agent_ops.cli", "run", str(runbook), "--target", "bench",
+        cmd = [sys.executable, "-m", "agent_ops.front.cli", "run", str(runbook), "--target", "bench",
                "--inventory", str(self.inventory), "--json"]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, env=env, cwd=ROOT, check=False, capture_output=True, text=True)
@@ -298,12 +298,13 @@ def profile_agentops(bench: Bench, steps: int, out_dir: Path) -> dict[str, Any]:
     import cProfile
     import pstats
 
-    from agent_ops import monitor
-    from agent_ops import steps as step_mod
-    from agent_ops.executor import Executor, start_run
-    from agent_ops.journal import Journal
-    from agent_ops.loader import load_runbook, resolve_vars
-    from agent_ops.secrets import read_secrets
+    from agent_ops.run import monitor
+    from agent_ops.run import steps as step_mod
+    from agent_ops.run.executor import Executor
+    from agent_ops.run.context import start_run
+    from agent_ops.record.journal import Journal
+    from agent_ops.runbook.loader import load_runbook, resolve_vars
+    from agent_ops.secret_values import read_secrets
     from agent_ops.transport.target import load_inventory
 
     calls: dict[str, list[float]] = {}

@@ -14,9 +14,9 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from agent_ops.secrets import Masker
+from agent_ops.secret_values import Masker
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -92,8 +92,13 @@ CREATE TABLE IF NOT EXISTS remedies (
 CREATE INDEX IF NOT EXISTS events_run ON events (run_id, id);
 """
 
-TERMINAL_RUN_STATES = ("succeeded", "failed", "cancelled")
-TERMINAL_STEP_STATES = ("succeeded", "failed", "skipped", "cancelled")
+RunState = Literal["pending", "running", "succeeded", "failed", "cancelling", "cancelled", "interrupted"]
+# "started": a background job is up (its dependents may go); "cancelled" also means "not run".
+StepState = Literal["pending", "running", "started", "succeeded", "failed", "skipped", "cancelled"]
+
+TERMINAL_RUN_STATES: tuple[RunState, ...] = ("succeeded", "failed", "cancelled")
+TERMINAL_STEP_STATES: tuple[StepState, ...] = ("succeeded", "failed", "skipped", "cancelled")
+DONE_OK: tuple[StepState, ...] = ("succeeded", "skipped")  # what a dependent waits for
 
 
 def journal_home() -> Path:

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from agent_ops.errors import TransportError
-from agent_ops.jobs import RunLayout, Snapshot, probe
-from agent_ops.poll import Backoff
+from agent_ops.run.jobs import RunLayout, Snapshot, probe
+from agent_ops.run.poll import Backoff
 from agent_ops.transport.base import Transport
 
 

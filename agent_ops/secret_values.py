@@ -30,9 +30,6 @@ class Masker:
     def mask(self, text: str) -> str:
         return text if self._rx is None else self._rx.sub(MASK, text)
 
-    def mask_bytes(self, data: bytes) -> bytes:
-        return data if self._rx is None else self.mask(data.decode("utf-8", "replace")).encode()
-
 
 def read_secrets(names: Iterable[str], environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """The values of the named secrets from the environment; all missing names are reported at once."""

@@ -17,14 +17,14 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from agent_ops.catalog import (
+from agent_ops.known_issues.catalog import (
     Catalog,
     CatalogError,
     KnownIssue,
     default_catalog,
     load_catalog,
 )
-from agent_ops.diagnose import DEFAULT_TAIL, Diagnosis, diagnose
+from agent_ops.known_issues.diagnose import DEFAULT_TAIL, Diagnosis, diagnose
 
 known_issues_app = typer.Typer(help="The known-issue catalog: failures agentops recognises and fixes.", no_args_is_help=True)
 

@@ -10,19 +10,18 @@ from __future__ import annotations
 import json
 import sys
 import time
-from pathlib import Path
 from typing import Any, Optional
 
 import typer
 from rich.console import Console
 
-from agent_ops.cli_catalog import diagnose_command, known_issues_app
+from agent_ops.front.cli_catalog import diagnose_command, known_issues_app
 from agent_ops.errors import AgentOpsError, RunbookError, TransportError
-from agent_ops.journal import TERMINAL_RUN_STATES, Journal
-from agent_ops.loader import load_runbook, resolve_vars
-from agent_ops.runbook import Runbook
-from agent_ops.secrets import MissingSecret, read_secrets
-from agent_ops import ops
+from agent_ops.record.journal import Journal
+from agent_ops.runbook.loader import load_runbook, resolve_vars
+from agent_ops.runbook.schema import Runbook
+from agent_ops.secret_values import MissingSecret, read_secrets
+from agent_ops.front import service as ops
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, rich_markup_mode=None)
 app.add_typer(known_issues_app, name="known-issues", help="The known-issue catalog.")
@@ -170,7 +169,7 @@ def run(
     as_json: bool = JsonOpt,
 ) -> None:
     """Run a runbook on a target, step by step, in tmux; the journal records everything."""
-    from agent_ops.executor import start_run
+    from agent_ops.run.context import start_run
 
     loaded, values = _load(file, var, as_json)
     spec = _target(target, identity, inventory, accept_new_host_key, tmux_socket, workdir, as_json)
@@ -203,9 +202,9 @@ def run(
 
 
 def _execute(journal: Journal, as_json: bool, make_ctx) -> None:
-    from agent_ops.executor import Executor
-    from agent_ops.status import run_status
-    from agent_ops.view import LiveView, PlainView, render_status
+    from agent_ops.run.executor import Executor
+    from agent_ops.record.status import run_status
+    from agent_ops.front.live_view import LiveView, PlainView, render_status
 
     plain = PlainView()
     try:
@@ -252,7 +251,7 @@ def _print_reports(runbook, status) -> None:
 @app.command()
 def resume(run_id: str, as_json: bool = JsonOpt) -> None:
     """Finish a run whose controller died: re-attach to its jobs, never re-run a succeeded step."""
-    from agent_ops.executor import resume_run
+    from agent_ops.run.context import resume_run
 
     journal = _journal()
     try:
@@ -264,7 +263,7 @@ def resume(run_id: str, as_json: bool = JsonOpt) -> None:
 @app.command()
 def cancel(run_id: str, as_json: bool = JsonOpt) -> None:
     """Stop a run's jobs and record it (asks a live controller, or stops the jobs itself)."""
-    from agent_ops.executor import cancel_run
+    from agent_ops.run.context import cancel_run
 
     journal = _journal()
     try:
@@ -280,7 +279,7 @@ def cancel(run_id: str, as_json: bool = JsonOpt) -> None:
 @app.command()
 def status(run_id: Optional[str] = typer.Argument(None, help="Run id (default: the latest)."), as_json: bool = JsonOpt) -> None:
     """A run's state from the journal: steps, attempts, gate progress, remedies."""
-    from agent_ops.view import render_status
+    from agent_ops.front.live_view import render_status
 
     st = _op(as_json, ops.status, _journal(), run_id)
     if as_json:
@@ -316,7 +315,7 @@ def wait(
 @app.command()
 def mcp() -> None:
     """Serve the agentops tools over MCP (stdio) for AI agents; logs go to stderr."""
-    from agent_ops.mcp_server import serve
+    from agent_ops.front.mcp_server import serve
 
     serve()
 
@@ -324,7 +323,7 @@ def mcp() -> None:
 @app.command("list")
 def list_runs(limit: int = typer.Option(20, help="How many runs."), as_json: bool = JsonOpt) -> None:
     """Recent runs, newest first."""
-    from agent_ops.status import run_summaries
+    from agent_ops.record.status import run_summaries
 
     runs = run_summaries(_journal(), limit)
     if as_json:
@@ -344,7 +343,7 @@ def logs(
     offset: int = typer.Option(0, help="Start at this byte offset."),
 ) -> None:
     """Print a run step's job log from the target (by byte offset; --follow polls <= 1 s)."""
-    from agent_ops.secrets import Masker
+    from agent_ops.secret_values import Masker
     from agent_ops.transport.target import TargetSpec, connect
 
     journal = _journal()

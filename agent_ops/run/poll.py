@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from agent_ops.runbook import MAX_POLL_S, PollSpec
+from agent_ops.runbook.schema import MAX_POLL_S, PollSpec
 
 
 @dataclass
@@ -41,13 +41,6 @@ class Deadline:
     def __init__(self, seconds: float | None) -> None:
         self.at = None if seconds is None else time.monotonic() + seconds
 
-    def left(self) -> float | None:
-        return None if self.at is None else max(0.0, self.at - time.monotonic())
-
     def passed(self) -> bool:
         return self.at is not None and time.monotonic() >= self.at
 
-    def clip(self, interval: float) -> float:
-        """`interval`, shortened so a wait never sleeps past the deadline."""
-        left = self.left()
-        return interval if left is None else max(0.0, min(interval, left))

@@ -1,6 +1,6 @@
 """`agentops mcp`: the CLI's operations as MCP tools over stdio, for AI agents.
 
-Each tool maps one to one onto a CLI operation (agent_ops.ops) and returns the same pydantic
+Each tool maps one to one onto a CLI operation (agent_ops.front.service) and returns the same pydantic
 model, so clients get JSON Schemas and structured content. Runs start detached (the id comes
 back at once); `wait` and every other tool return within 30 s. Errors are structured: the
 tool result is an error whose text is JSON `{"code", "message", "problems"}` — never a
@@ -17,15 +17,14 @@ import json
 import logging
 import os
 import sys
-from typing import Any
 
 from pydantic import BaseModel, Field
 
-from agent_ops import ops
-from agent_ops.catalog import KnownIssue, default_catalog
-from agent_ops.diagnose import Diagnosis, diagnose
-from agent_ops.journal import Journal
-from agent_ops.status import RunStatus
+from agent_ops.front import service as ops
+from agent_ops.known_issues.catalog import KnownIssue, default_catalog
+from agent_ops.known_issues.diagnose import Diagnosis, diagnose
+from agent_ops.record.journal import Journal
+from agent_ops.record.status import RunStatus
 
 log = logging.getLogger("agentops.mcp")
 TIERS = ("readonly", "mutating", "destructive")

@@ -6,19 +6,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from checks.evaluate import evaluate, evaluate_all
 
-from agent_ops.gates import LogWatch, Verdict
-from agent_ops.jobs import JobHandle, JobSpec, kill_job, start_job
-from agent_ops.poll import Deadline
-from agent_ops.remedy import explain, log_tail, remediate
-from agent_ops.runbook import CheckStep, GateStep, GetStep, PutStep, RunStep
+from agent_ops.run.logwatch import LogWatch, Verdict
+from agent_ops.run.jobs import JobHandle, JobSpec, kill_job, start_job
+from agent_ops.run.poll import Deadline
+from agent_ops.run.remedy import explain, log_tail, remediate
+from agent_ops.runbook.schema import CheckStep, GateStep, GetStep, PutStep, RunStep, Step
 
-if TYPE_CHECKING:
-    from agent_ops.executor import RunContext
-    from agent_ops.monitor import Monitor
+from agent_ops.record.journal import DONE_OK, TERMINAL_STEP_STATES, StepState
+from agent_ops.run.context import RunContext
+from agent_ops.run.monitor import Monitor
 
 READ_CHUNK = 4 << 20  # a log is followed in chunks; a burst of output never loads whole into memory
 WAKE_S = 1.0  # drivers re-judge deadlines at least this often even when the box is quiet
@@ -29,14 +29,14 @@ JOURNAL_EVERY_S = 0.5  # progress and last-line writes to the journal are thrott
 class StepOutcome:
     """How a step (or one attempt) ended."""
 
-    state: str  # succeeded | failed | skipped | cancelled | started (left running)
+    state: StepState  # succeeded | failed | skipped | cancelled | started (left running)
     message: str
     log_tail: str = ""
     log_path: str | None = None  # the log a diagnosis reads (a job's, or the job a gate watched)
 
     @property
     def ok(self) -> bool:
-        return self.state in ("succeeded", "skipped", "started")
+        return self.state in (*DONE_OK, "started")
 
 
 @dataclass
@@ -50,7 +50,7 @@ class StepContext:
     started: Callable[[str], None]
 
 
-def drive_step(sctx: StepContext, step: Any) -> StepOutcome:
+def drive_step(sctx: StepContext, step: Step) -> StepOutcome:
     """Skip check, then attempts up to 1 + retries; every transition goes to the journal."""
     run, journal = sctx.run, sctx.run.journal
     journal.set_step(run.run_id, step.id, state="running", started=time.time(), message=None)
@@ -98,7 +98,7 @@ def _cancelling(sctx: StepContext) -> bool:
     return row is not None and row["state"] in ("cancelling", "cancelled")
 
 
-def _end(sctx: StepContext, step: Any, outcome: StepOutcome) -> StepOutcome:
+def _end(sctx: StepContext, step: Step, outcome: StepOutcome) -> StepOutcome:
     run = sctx.run
     if outcome.state == "started":
         run.journal.set_step(run.run_id, step.id, message=outcome.message)
@@ -109,7 +109,7 @@ def _end(sctx: StepContext, step: Any, outcome: StepOutcome) -> StepOutcome:
     return outcome
 
 
-def _earlier_attempts(sctx: StepContext, step: Any) -> tuple[int | None, int]:
+def _earlier_attempts(sctx: StepContext, step: Step) -> tuple[int | None, int]:
     """On resume: the attempt whose job may still be alive (re-attach, not restart) and the last attempt number."""
     if not sctx.run.resumed:
         return None, 0
@@ -119,7 +119,7 @@ def _earlier_attempts(sctx: StepContext, step: Any) -> tuple[int | None, int]:
     return (live[-1]["attempt"] if live else None), last
 
 
-def _attempt(sctx: StepContext, step: Any, attempt: int, reattach: bool) -> StepOutcome:
+def _attempt(sctx: StepContext, step: Step, attempt: int, reattach: bool) -> StepOutcome:
     if isinstance(step, RunStep):
         return _run(sctx, step, attempt, reattach)
     sctx.run.journal.start_attempt(sctx.run.run_id, step.id, attempt, job_dir=None, window=None)
@@ -163,7 +163,7 @@ def _run(sctx: StepContext, step: RunStep, attempt: int, reattach: bool) -> Step
             sctx.started(step.id)
         watch = LogWatch(fail_on=step.fail_on, stall_after=step.stall_after)
         verdict, rc, size = _follow(sctx, step.id, handle, watch, Deadline(step.timeout), stop_on_pass=False,
-                                    keep_running=step.keep_running, seq=seq, started=started)
+                                    seq=seq, started=started)
     if verdict is None:  # the controller stops following; the job runs on
         return StepOutcome("started", f"job {handle.name} left running (tmux {run.layout.session}:{handle.name})")
     if rc is None:
@@ -180,7 +180,7 @@ def _run(sctx: StepContext, step: RunStep, attempt: int, reattach: bool) -> Step
 
 
 def _follow(sctx: StepContext, step_id: str, handle: JobHandle, watch: LogWatch, deadline: Deadline, *,
-            stop_on_pass: bool, keep_running: bool = False, seq: int | None = None,
+            stop_on_pass: bool, seq: int | None = None,
             started: float = 0.0) -> tuple[Verdict | None, int | None, int]:
     """Follow a job's log by offset until it ends, the watch decides, or the deadline passes.
 
@@ -205,13 +205,13 @@ def _follow(sctx: StepContext, step_id: str, handle: JobHandle, watch: LogWatch,
             offset = _read_new(run, handle.log, offset, end, watch, now)
             if rc is not None:
                 watch.end_of_log(now)
-                _journal_progress(run, step_id, watch, now, force=True)
+                _journal_progress(run, step_id, watch, now)
                 return watch.verdict(now, ended=True) or Verdict(True, "job ended"), rc, offset
             if snap.sent >= started and handle.name not in snap.windows and run.transport.stat(handle.rc_path) is None:
                 return Verdict(False, "job lost: its tmux window is gone and it left no exit code", kind="lost"), None, offset
         verdict = watch.verdict(now)
         if verdict is not None and (not verdict.passed or stop_on_pass):
-            _journal_progress(run, step_id, watch, now, force=True)
+            _journal_progress(run, step_id, watch, now)
             return verdict, None, offset
         if deadline.passed():
             return Verdict(False, "step timeout reached", kind="deadline"), None, offset
@@ -237,7 +237,7 @@ def _read_new(run: RunContext, path: str, offset: int, size: int | None, watch: 
     return offset
 
 
-def _journal_progress(run: RunContext, step_id: str, watch: LogWatch, now: float, force: bool = False) -> None:
+def _journal_progress(run: RunContext, step_id: str, watch: LogWatch, now: float) -> None:
     fields: dict[str, Any] = {"last_line": watch.last_line, "tail": list(watch.tail)}
     if watch.judges_success:
         fields["progress"] = watch.progress(now)
@@ -289,7 +289,7 @@ def _next_attempt(sctx: StepContext, job: str, old: JobHandle) -> JobHandle | No
         if current is not None and current != old:
             return current
         row = next((s for s in sctx.run.journal.steps(sctx.run.run_id) if s["step_id"] == job), None)
-        if row is None or row["state"] in ("succeeded", "failed", "cancelled", "skipped"):
+        if row is None or row["state"] in TERMINAL_STEP_STATES:
             return None  # the job step is over: no new attempt will come
         time.sleep(0.25)
     return None
@@ -313,7 +313,7 @@ def _follow_file(sctx: StepContext, step: GateStep, watch: LogWatch) -> Verdict:
                 offset = _read_new(run, step.file, offset, size, watch, now)
             verdict = watch.verdict(now)
             if verdict is not None:
-                _journal_progress(run, step.id, watch, now, force=True)
+                _journal_progress(run, step.id, watch, now)
                 return verdict
             if sctx.stop_flag.is_set():
                 return Verdict(False, "stopped")

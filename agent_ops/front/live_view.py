@@ -11,8 +11,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from agent_ops.journal import Journal
-from agent_ops.status import RunStatus, run_status
+from agent_ops.record.journal import Journal
+from agent_ops.record.status import RunStatus, run_status
 
 STATE_STYLE = {
     "pending": "dim", "running": "cyan", "started": "cyan", "succeeded": "green", "skipped": "yellow",

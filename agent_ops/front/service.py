@@ -9,17 +9,16 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field
 
 from agent_ops.errors import AgentOpsError, RunbookError
-from agent_ops.journal import TERMINAL_RUN_STATES, Journal
-from agent_ops.loader import load_runbook, render_runbook, resolve_vars
-from agent_ops.plan import build_plan
-from agent_ops.runbook import MAX_POLL_S
-from agent_ops.status import RunStatus, run_status
+from agent_ops.record.journal import TERMINAL_RUN_STATES, Journal
+from agent_ops.runbook.loader import BUILTIN_VARS, builtin_values, load_runbook, render_runbook, resolve_vars
+from agent_ops.runbook.plan import build_plan
+from agent_ops.runbook.schema import MAX_POLL_S
+from agent_ops.record.status import RunStatus, run_status
 
 MAX_BLOCK_S = MAX_POLL_S  # no operation blocks longer than this (seed 003, rule 1)
 DETACH_READY_S = 15.0
@@ -107,7 +106,7 @@ def validate(file: str) -> ValidateResult:
 
 def plan(file: str, overrides: dict[str, str]) -> PlanResult:
     loaded, values = _load(file, overrides)
-    builtins = {k: f"<{k}>" for k in ("run_id", "run_dir", "runbook_dir", "artifacts_dir")}
+    builtins = builtin_values(**{k: f"<{k}>" for k in BUILTIN_VARS})
     runbook = render_runbook(loaded, {**values, **builtins})
     steps = {s.id: s for s in runbook.steps}
     waves = [[PlanStep(id=sid, kind=steps[sid].kind, needs=steps[sid].needs, after=steps[sid].after,
@@ -131,7 +130,7 @@ def start_detached(file: str, overrides: dict[str, str], target_args: list[str],
     missing = [n for n in loaded.runbook.secrets if not os.environ.get(n)]
     if missing:
         raise OpError("missing_secret", f"secrets missing from the environment: {', '.join(missing)}")
-    from agent_ops.executor import new_run_id
+    from agent_ops.run.context import new_run_id
 
     run_id = new_run_id()
     argv = ["run", str(loaded.path), "--run-id", run_id, *target_args]
@@ -142,7 +141,7 @@ def start_detached(file: str, overrides: dict[str, str], target_args: list[str],
 
 def resume_detached(run_id: str, journal: Journal) -> StartResult:
     """`agentops resume RUN` in the background; returns once the new controller has taken the run."""
-    from agent_ops.status import controller_alive
+    from agent_ops.record.status import controller_alive
 
     row = journal.run(run_id)
     if row is None:
@@ -162,7 +161,7 @@ def _spawn(journal: Journal, run_id: str, cli_args: list[str], ready) -> StartRe
     env = {**os.environ, "AGENTOPS_HOME": str(journal.path.parent)}
     with open(log, "ab") as fh:
         # A new session: the run survives the caller (a shell, an MCP server) exiting.
-        proc = subprocess.Popen([sys.executable, "-m", "agent_ops.cli", *cli_args], stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen([sys.executable, "-m", "agent_ops.front.cli", *cli_args], stdin=subprocess.DEVNULL,
                                 stdout=fh, stderr=fh, start_new_session=True, env=env)
     deadline = time.monotonic() + DETACH_READY_S
     while time.monotonic() < deadline:
@@ -213,7 +212,7 @@ def wait(journal: Journal, run_id: str, timeout: float = MAX_BLOCK_S) -> WaitRes
 
 
 def cancel(journal: Journal, run_id: str) -> str:
-    from agent_ops.executor import RunStateError, cancel_run
+    from agent_ops.run.context import RunStateError, cancel_run
 
     try:
         return cancel_run(journal, run_id)
@@ -224,7 +223,7 @@ def cancel(journal: Journal, run_id: str) -> str:
 def tail(journal: Journal, run_id: str, step_id: str, *, lines: int | None = 50, offset: int | None = None,
          limit: int = 64 << 10) -> TailResult:
     """A step's job log: the last `lines` lines, or `limit` bytes from `offset` (a cursor for the next call)."""
-    from agent_ops.secrets import Masker
+    from agent_ops.secret_values import Masker
     from agent_ops.transport.target import TargetSpec, connect
 
     row = journal.run(run_id)

@@ -10,7 +10,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent_ops.runbook import GatePattern, MetricSpec
+from agent_ops.runbook.schema import GatePattern, MetricSpec
 
 MAX_LINE = 400  # a matched line is stored for status output; keep it short
 TAIL_LINES = 20

@@ -10,18 +10,18 @@ import re
 import shlex
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from agent_ops.catalog import (
-    Escalate, KnownIssue, RecreateSession, RenamePath, RollbackCheckpoint, RunCommands, ScaleVar, SetEnv, SetVar,
+from agent_ops.known_issues.catalog import (
+    Escalate, FixAction, KnownIssue, RecreateSession, RenamePath, RollbackCheckpoint, RunCommands, ScaleVar, SetEnv, SetVar,
     WaitRetry, default_catalog,
 )
-from agent_ops.diagnose import diagnose
-from agent_ops.jobs import kill_session, prepare_run
-from agent_ops.template import render
+from agent_ops.known_issues.diagnose import diagnose
+from agent_ops.run.jobs import kill_session, prepare_run
+from agent_ops.runbook.schema import Step
+from agent_ops.runbook.template import render
 
-if TYPE_CHECKING:
-    from agent_ops.executor import RunContext
+from agent_ops.run.context import RunContext
 
 TAIL_BYTES = 64 << 10  # diagnosis reads only the end of a log: the failure is there, and logs can be GBs
 
@@ -49,7 +49,7 @@ def log_tail(run: RunContext, path: str | None) -> str:
     return run.masker.mask(data.decode("utf-8", "replace"))
 
 
-def explain(run: RunContext, step: Any, text: str) -> RemedyResult:
+def explain(run: RunContext, step: Step, text: str) -> RemedyResult:
     """Diagnosis only (gates, checks: retrying them cannot fix a job): the known issue, cause and advice."""
     match, near = _best(run, step, text)
     if match is None:
@@ -58,7 +58,7 @@ def explain(run: RunContext, step: Any, text: str) -> RemedyResult:
     return RemedyResult("diagnosed", f"looks like known issue {issue.id} ({issue.title}): {issue.cause.strip()}")
 
 
-def _best(run: RunContext, step: Any, text: str):
+def _best(run: RunContext, step: Step, text: str):
     result = diagnose(text, tags=step.tags or None)
     if not result.matches:
         near = ", ".join(f"{c.issue_id} ({c.score:.2f})" for c in result.nearest[:3]) or "none"
@@ -70,7 +70,7 @@ def _best(run: RunContext, step: Any, text: str):
     return match, ""
 
 
-def remediate(run: RunContext, step: Any, attempt: int, text: str) -> RemedyResult:
+def remediate(run: RunContext, step: Step, attempt: int, text: str) -> RemedyResult:
     """Diagnose `text` (a failed job's log tail) and, for a known issue with budget left, apply its fix."""
     match, near = _best(run, step, text)
     if match is None:
@@ -95,7 +95,7 @@ def remediate(run: RunContext, step: Any, attempt: int, text: str) -> RemedyResu
     return RemedyResult("applied", f"{issue.id}: " + "; ".join(applied))
 
 
-def _stop(run: RunContext, step: Any, attempt: int, issue: KnownIssue, lines: list[str], result: str, why: str) -> RemedyResult:
+def _stop(run: RunContext, step: Step, attempt: int, issue: KnownIssue, lines: list[str], result: str, why: str) -> RemedyResult:
     run.journal.remedy(run.run_id, step.id, attempt, issue_id=issue.id, matched_lines=lines, fix={"escalate": why},
                        result=result)
     run.event(f"remedy_{result}", step.id, f"{issue.id}: {why}")
@@ -107,7 +107,7 @@ def _escalation(issue: KnownIssue) -> str:
     return " ".join(p.strip() for p in parts) or f"cause: {issue.cause.strip()}"
 
 
-def apply_fix(run: RunContext, action: Any) -> str:
+def apply_fix(run: RunContext, action: FixAction) -> str:
     """Apply one fix action; returns what was done, in words (for the journal)."""
     if isinstance(action, SetEnv):
         run.env_overrides[action.name] = action.value

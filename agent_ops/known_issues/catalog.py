@@ -4,7 +4,7 @@ An entry says how a failure shows in a step's log (`signatures`), why it happens
 (`cause`), what the executor does about it (`fix` actions, then a retry within
 `retry`) and what a person must do when that is not enough (`escalate`). Each entry
 embeds log samples, so the file documents itself and the test suite proves the
-matcher finds it (and nothing in the healthy samples of `known_issues/_negative/`).
+matcher finds it (and nothing in the healthy samples of `data/_negative/`).
 
 Deliberately not an entry: seed 003's "AE at ~14 s/step". It is the normal speed
 (batch 144, 3.6B parameters, 10,000 steps in 40-45 h); an entry could only "fix"
@@ -24,11 +24,9 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -40,7 +38,7 @@ from pydantic import (
 )
 
 from agent_ops.errors import AgentOpsError
-from agent_ops.yaml_lines import LineMap, load_with_lines
+from agent_ops.yaml_models import LineMap, Report, YamlProblems, read_yaml
 
 ISSUE_ID = r"^[a-z0-9]+(?:-[a-z0-9]+)*$"
 VAR_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -177,7 +175,11 @@ class ScaleSpec(Strict):
 
 
 
-class SetEnv(Strict):
+class FixBase(Strict):
+    """One fix action; `action` names which (the union's tag)."""
+
+
+class SetEnv(FixBase):
     """Set an environment variable for the step's next attempts."""
 
     action: Literal["set_env"]
@@ -188,7 +190,7 @@ class SetEnv(Strict):
         return f"set_env {self.name}={self.value}"
 
 
-class SetVar(Strict):
+class SetVar(FixBase):
     """Set a runbook variable to a fixed value for the retry."""
 
     action: Literal["set_var"]
@@ -208,7 +210,7 @@ class ScaleVar(ScaleSpec):
         return f"scale_var {self.describe()}"
 
 
-class RunCommands(Strict):
+class RunCommands(FixBase):
     """Run commands on the box (as a job, like a step), in order; the first failure ends the fix."""
 
     action: Literal["run"]
@@ -223,7 +225,7 @@ class RunCommands(Strict):
         return f"run{where}: {first}{more}"
 
 
-class RenamePath(Strict):
+class RenamePath(FixBase):
     """Rename a path whose name breaks a library (seed 000's `output_2025-10-02||12:35:19`) and retarget its var."""
 
     action: Literal["rename_path"]
@@ -248,7 +250,7 @@ class RenamePath(Strict):
         return f"rename_path {self.var}: /{self.pattern}/ -> {self.replacement!r}" + (f" {self.map}" if self.map else "")
 
 
-class RollbackCheckpoint(Strict):
+class RollbackCheckpoint(FixBase):
     """Restart from the newest checkpoint that passed its checks, with changed variables (seed 000's collapse)."""
 
     action: Literal["rollback_checkpoint"]
@@ -265,7 +267,7 @@ class RollbackCheckpoint(Strict):
         return f"rollback_checkpoint newest {self.glob} with {self.healthy_marker} in {self.dir_var} -> {self.resume_var}{tail}"
 
 
-class RecreateSession(Strict):
+class RecreateSession(FixBase):
     """Kill the step's tmux session and start a fresh one before the retry (seed 003 issue 5)."""
 
     action: Literal["recreate_session"]
@@ -274,7 +276,7 @@ class RecreateSession(Strict):
         return "recreate_session"
 
 
-class WaitRetry(Strict):
+class WaitRetry(FixBase):
     """Wait, then retry: for transient failures (network, a lock held by another process)."""
 
     action: Literal["wait_retry"]
@@ -285,7 +287,7 @@ class WaitRetry(Strict):
         return f"wait_retry {self.delay_s:g}s (at most {self.max}x)"
 
 
-class Escalate(Strict):
+class Escalate(FixBase):
     """Stop and hand the diagnosis to a person with what they should do."""
 
     action: Literal["escalate"]
@@ -376,8 +378,8 @@ class Catalog:
 
 
 def shipped_dir() -> Path:
-    """The `checks/known_issues` directory shipped in the package."""
-    return Path(str(resources.files("checks") / "known_issues"))
+    """The catalog's YAML entries, shipped beside this loader (`agent_ops/known_issues/data`)."""
+    return Path(__file__).with_name("data")
 
 
 def catalog_schema() -> dict[str, Any]:
@@ -423,35 +425,21 @@ def _catalog_files(paths: list[Path]) -> list[Path]:
 
 
 def _load_file(path: Path) -> tuple[KnownIssue | None, LineMap, list[str]]:
-    lines = LineMap()
     try:
-        data, lines = load_with_lines(path.read_text(encoding="utf-8"), str(path))
-    except (OSError, UnicodeDecodeError) as exc:
-        return None, lines, [f"{path}: cannot read: {exc}"]
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        return None, lines, [f"{path}:{mark.line + 1 if mark else 1}: (yaml): {getattr(exc, 'problem', None) or exc}"]
+        data, lines, _ = read_yaml(path, str(path))
+    except FileNotFoundError:
+        return None, LineMap(), [f"{path}: no such file"]
+    except YamlProblems as exc:
+        return None, LineMap(), exc.problems
     if not isinstance(data, dict):
         return None, lines, [f"{path}:1: (top): a known issue must be a mapping with id, title, signatures, ..."]
     try:
         issue = KnownIssue.model_validate(data)
     except ValidationError as exc:
         entry = f" (entry {data['id']!r})" if isinstance(data.get("id"), str) else ""
-        return None, lines, [_problem(path, lines, err) + entry for err in exc.errors()]
+        report = Report(str(path), lines, KnownIssue)
+        report.add_errors(data, exc.errors(), entry)
+        return None, lines, report.problems()
     if path.suffix == ".yaml" and path.stem != issue.id:
         return None, lines, [f"{path}:{lines.line_of(('id',)) or 1}: id: {issue.id!r} must match the file name ({path.stem}.yaml)"]
     return issue, lines, []
-
-
-def _problem(path: Path, lines: LineMap, err: Any) -> str:
-    loc = tuple(err["loc"])
-    msg = str(err["msg"]).removeprefix("Value error, ")
-    if err["type"] == "extra_forbidden":
-        msg = f"unknown field {loc[-1]!r}"
-    elif err["type"] == "union_tag_invalid":
-        tag = err.get("ctx", {}).get("tag")
-        msg = f"unknown fix action {tag!r}; expected one of {err.get('ctx', {}).get('expected_tags')}"
-    parts = [str(p) for p in lines.clean_loc(loc)]
-    if err["type"] == "missing" and loc:
-        parts.append(str(loc[-1]))
-    return f"{path}:{lines.line_of(loc) or 1}: {'.'.join(parts) or '(top)'}: {msg}"

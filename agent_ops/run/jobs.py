@@ -26,7 +26,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from agent_ops.errors import AgentOpsError
-from agent_ops.secrets import env_file, sed_mask_script
+from agent_ops.secret_values import env_file, sed_mask_script
 from agent_ops.transport.base import ProbeRequest, Transport
 
 WRAPPER = """#!/usr/bin/env bash

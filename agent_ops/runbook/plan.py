@@ -1,11 +1,11 @@
 """Steps with `needs` form a DAG; the plan is its waves (steps in a wave may run at once)."""
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from difflib import get_close_matches
 
-from agent_ops.runbook import GateStep, Step
+from agent_ops.runbook.schema import GateStep, Step
+from agent_ops.yaml_models import did_you_mean
 
 Problem = tuple[tuple, str]  # (location in the runbook data, message)
 
@@ -60,12 +60,6 @@ def _edge_loc(steps: Sequence[Step], src: str, dst: str) -> tuple:
     if dst in step.after:
         return ("steps", i, "after", step.after.index(dst))
     return ("steps", i, "job")
-
-
-def did_you_mean(name: str, known: Iterable[str]) -> str:
-    """` (did you mean 'x'?)` for the closest known name, or an empty string."""
-    close = get_close_matches(name, [str(k) for k in known], n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _edges(step: Step) -> list[str]:

@@ -18,7 +18,7 @@ from functools import cached_property
 
 from pydantic import BaseModel, Field
 
-from agent_ops.catalog import Catalog, KnownIssue, Signature, default_catalog
+from agent_ops.known_issues.catalog import Catalog, KnownIssue, Signature, default_catalog
 
 DEFAULT_TAIL = 400
 MAX_SHOWN_LINES = 8  # matched lines reported per entry

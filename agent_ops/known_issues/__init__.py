@@ -1,0 +1,1 @@
+"""The known-issue catalog (entries as YAML data beside their loader) and diagnosis of a log against it."""

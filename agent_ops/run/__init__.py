@@ -1,0 +1,1 @@
+"""Driving a run: its context, the scheduler, step drivers, tmux jobs, the monitor, log watching and remedies."""
