@@ -110,4 +110,4 @@ def unit_hint(spread: ActionSpread, bad: list[tuple[int, float]], low: float, hi
 def _within_unit_interval(spread: ActionSpread, dims: list[int]) -> bool:
     if spread.low is None or spread.high is None:
         return False
-    return all(-1.0 <= spread.low[d] and spread.high[d] <= 1.0 for d in dims)
+    return all(spread.low[d] >= -1.0 and spread.high[d] <= 1.0 for d in dims)

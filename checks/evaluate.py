@@ -13,11 +13,11 @@ import re
 import shlex
 import time
 from collections import Counter
-from typing import Any, Callable, Iterator, Literal
+from collections.abc import Callable, Iterator
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from checks.target import EXEC_TIMEOUT_RC, CheckTarget
 from checks.action_units import LayoutError, action_spread, outside_band, unit_hint
 from checks.kinds import (
     VERSION_TOKEN,
@@ -35,6 +35,7 @@ from checks.kinds import (
     version_matches,
 )
 from checks.safetensors_header import HeaderError, TensorInfo, read_header
+from checks.target import EXEC_TIMEOUT_RC, CheckTarget
 
 # JSON checks read the whole file; stats and index files are KBs, a multi-GB "JSON" is a mistake to report.
 JSON_MAX_BYTES = 16 << 20
@@ -87,7 +88,7 @@ def evaluate_all(checks: list[Check], transport: CheckTarget) -> list[CheckResul
 
 
 def _result(check: CheckBase, status: Status, message: str, details: dict[str, Any]) -> CheckResult:
-    return CheckResult(kind=getattr(check, "kind"), name=check.title, status=status, message=message, details=details)
+    return CheckResult(kind=check.kind, name=check.title, status=status, message=message, details=details)
 
 
 def _passed(check: CheckBase, message: str, **details: Any) -> CheckResult:

@@ -116,7 +116,7 @@ class CheckBase(BaseModel):
     @property
     def title(self) -> str:
         """The name to show: `name`, or the kind and its subject."""
-        return self.name or f"{getattr(self, 'kind')} {self.subject}".strip()
+        return self.name or f"{self.kind} {self.subject}".strip()
 
 
 class PathExistsCheck(CheckBase):

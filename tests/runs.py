@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from agent_ops.run.executor import Executor
-from agent_ops.run.context import start_run
 from agent_ops.record.journal import Journal
+from agent_ops.run.context import start_run
+from agent_ops.run.executor import Executor
 from agent_ops.runbook.loader import load_runbook, resolve_vars
 from agent_ops.secret_values import read_secrets
 from agent_ops.transport.target import TargetSpec

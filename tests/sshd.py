@@ -88,7 +88,7 @@ class SSHServer:
     def start(self) -> None:
         """Start sshd on this server's port and wait until it accepts connections."""
         os.makedirs("/run/sshd", exist_ok=True)  # sshd refuses to start without its privsep directory
-        log = open(self.log_path, "ab")
+        log = open(self.log_path, "ab")  # noqa: SIM115 -- closed by the `with` below, after Popen took the fd
         with log:
             self._proc = subprocess.Popen(
                 [SSHD, "-f", str(self.config_path), "-D", "-e"], stdin=subprocess.DEVNULL, stdout=log, stderr=log

@@ -10,6 +10,7 @@ import typer
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
+from agent_ops.front.cli_catalog import diagnose_command, known_issues_app
 from agent_ops.known_issues.catalog import (
     CatalogError,
     RenamePath,
@@ -19,7 +20,6 @@ from agent_ops.known_issues.catalog import (
     load_catalog,
     shipped_dir,
 )
-from agent_ops.front.cli_catalog import diagnose_command, known_issues_app
 from agent_ops.known_issues.diagnose import LogView, diagnose
 
 NEGATIVE_DIR = shipped_dir() / "_negative"

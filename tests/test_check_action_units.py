@@ -48,7 +48,7 @@ def write(tmp_path: Path, doc: dict, name: str = "dataset_statistics.json") -> P
 def test_synth_writes_positions_in_metres_millimetres_or_normalised() -> None:
     metres, millimetres, normalised = synth_actions("m"), synth_actions("mm"), synth_actions("normalized")
     std = metres[:, :3].std(0)
-    assert np.all((0.014 / 2 < std) & (std < 0.014 * 2)), std  # seed 002: ~0.014 m
+    assert np.all((std > 0.014 / 2) & (std < 0.014 * 2)), std  # seed 002: ~0.014 m
     np.testing.assert_allclose(millimetres[:, :3], 1000 * metres[:, :3], rtol=1e-6)
     np.testing.assert_allclose(metres[:, 3:6], 0.5 * normalised[:, 3:6], rtol=1e-6)  # radians
     assert set(np.unique(metres[:, 6])) == {0.0, 1.0} and set(np.unique(normalised[:, 6])) == {-1.0, 1.0}

@@ -14,8 +14,7 @@ from pydantic import TypeAdapter, ValidationError
 from agent_ops.errors import TransportError
 from agent_ops.transport.base import ExecResult, FileStat, Transport
 from agent_ops.transport.local import LocalTransport
-from checks import Check, CheckResult, evaluate, evaluate_all, parse_gpus, read_header, version_matches
-from checks import kinds
+from checks import Check, CheckResult, evaluate, evaluate_all, kinds, parse_gpus, read_header, version_matches
 
 CHECK = TypeAdapter(Check)
 
@@ -465,7 +464,10 @@ def test_disk_free(transport: Transport, tmp_path: Path) -> None:
     assert short.message.startswith(f"{tmp_path / 'models' / 'pi05_base_jax'}: expected >= 1e+09 GiB free, found ")
 
 
-@pytest.mark.skipif(any(os.access(os.path.join(d, "nvidia-smi"), os.X_OK) for d in os.environ.get("PATH", "").split(os.pathsep)), reason="this machine has nvidia-smi")
+HAS_NVIDIA_SMI = any(os.access(os.path.join(d, "nvidia-smi"), os.X_OK) for d in os.environ.get("PATH", "").split(os.pathsep))
+
+
+@pytest.mark.skipif(HAS_NVIDIA_SMI, reason="this machine has nvidia-smi")
 def test_gpu_memory_is_skipped_without_nvidia_smi(transport: Transport) -> None:
     result = judge(transport, kind="gpu_memory", min_gb=90, count=2)
     assert result.status == "skipped"

@@ -29,10 +29,10 @@ from pathlib import Path
 
 import pytest
 
-from agent_ops.run.executor import Executor
-from agent_ops.run.context import start_run
-from agent_ops.runbook.loader import load_runbook, resolve_vars
 from agent_ops.record.status import RunStatus, run_status
+from agent_ops.run.context import start_run
+from agent_ops.run.executor import Executor
+from agent_ops.runbook.loader import load_runbook, resolve_vars
 from tests.runs import CLI, Box, events, make_box
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -18,11 +18,23 @@ from pathlib import Path
 import pytest
 
 from agent_ops.errors import RunbookError
-from agent_ops.runbook.loader import load_runbook
 from agent_ops.run.poll import Backoff
+from agent_ops.runbook.loader import load_runbook
 from agent_ops.runbook.schema import MAX_POLL_S, PollSpec
 from tests.runs import (
-    CLI, RUNBOOKS, Box, PsSampler, agentops, alive, attempts, events, lines, make_box, run_api, step, wait_for,
+    CLI,
+    RUNBOOKS,
+    Box,
+    PsSampler,
+    agentops,
+    alive,
+    attempts,
+    events,
+    lines,
+    make_box,
+    run_api,
+    step,
+    wait_for,
 )
 
 # Characters that sed, the shell and regexes treat specially, so masking is tested on more than letters.

@@ -62,54 +62,53 @@ async def _session_run(tmp_path: Path, sock: str) -> dict:
     params = StdioServerParameters(command=sys.executable, args=["-m", "agent_ops.front.cli", "mcp"], env=env, cwd=str(tmp_path))
     seen: dict = {"texts": []}
     target = {"tmux_socket": sock, "workdir": str(tmp_path / "box")}
-    async with stdio_client(params) as (read, write):
-        async with ClientSession(read, write) as session:
-            await session.initialize()
+    async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
+        await session.initialize()
 
-            async def call(name: str, args: dict):
-                result = await session.call_tool(name, args)
-                seen["texts"].append(json.dumps(result.structured_content) + "".join(getattr(c, "text", "") for c in result.content))
-                return result
+        async def call(name: str, args: dict):
+            result = await session.call_tool(name, args)
+            seen["texts"].append(json.dumps(result.structured_content) + "".join(getattr(c, "text", "") for c in result.content))
+            return result
 
-            tools = {t.name: t for t in (await session.list_tools()).tools}
-            seen["tools"] = sorted(tools)
-            seen["wait_schema"] = tools["wait"].input_schema["properties"]["timeout_s"]
+        tools = {t.name: t for t in (await session.list_tools()).tools}
+        seen["tools"] = sorted(tools)
+        seen["wait_schema"] = tools["wait"].input_schema["properties"]["timeout_s"]
 
-            seen["validate"] = _data(await call("validate", {"files": [str(books["bad"])]}))
-            seen["unknown"] = _error(await call("status", {"run_id": "no-such-run"}))
-            seen["too_long"] = (await call("wait", {"run_id": "x", "timeout_s": 31})).is_error
+        seen["validate"] = _data(await call("validate", {"files": [str(books["bad"])]}))
+        seen["unknown"] = _error(await call("status", {"run_id": "no-such-run"}))
+        seen["too_long"] = (await call("wait", {"run_id": "x", "timeout_s": 31})).is_error
 
-            started = _data(await call("start_run", {"file": str(books["good"]), **target}))
-            run_id = started["run_id"]
-            deadline = time.monotonic() + 90
-            waits = []
-            while time.monotonic() < deadline:
-                t0 = time.monotonic()
-                w = _data(await call("wait", {"run_id": run_id, "timeout_s": 5}))
-                waits.append(time.monotonic() - t0)
-                if w["status"]["state"] in ("succeeded", "failed", "cancelled"):
-                    break
-            seen["final"] = _data(await call("status", {"run_id": run_id}))
-            seen["waits"] = waits
-            seen["tail"] = _data(await call("tail", {"run_id": run_id, "step_id": "hello", "lines": 10}))
-            seen["diagnosis"] = _data(await call("diagnose_log", {
-                "text": "[rank0]: ValueError: API key must be 40 characters long, yours was 86"}))
-            seen["issue"] = _data(await call("known_issue", {"issue_id": "wandb-key-86-chars"}))
+        started = _data(await call("start_run", {"file": str(books["good"]), **target}))
+        run_id = started["run_id"]
+        deadline = time.monotonic() + 90
+        waits = []
+        while time.monotonic() < deadline:
+            t0 = time.monotonic()
+            w = _data(await call("wait", {"run_id": run_id, "timeout_s": 5}))
+            waits.append(time.monotonic() - t0)
+            if w["status"]["state"] in ("succeeded", "failed", "cancelled"):
+                break
+        seen["final"] = _data(await call("status", {"run_id": run_id}))
+        seen["waits"] = waits
+        seen["tail"] = _data(await call("tail", {"run_id": run_id, "step_id": "hello", "lines": 10}))
+        seen["diagnosis"] = _data(await call("diagnose_log", {
+            "text": "[rank0]: ValueError: API key must be 40 characters long, yours was 86"}))
+        seen["issue"] = _data(await call("known_issue", {"issue_id": "wandb-key-86-chars"}))
 
-            slow = _data(await call("start_run", {"file": str(books["slow"]), **target}))
-            for _ in range(50):
-                st = _data(await call("status", {"run_id": slow["run_id"]}))
-                if st["steps"][0]["state"] == "running":
-                    break
-                await asyncio.sleep(0.2)
-            seen["cancel"] = _data(await call("cancel", {"run_id": slow["run_id"]}))
-            for _ in range(100):
-                st = _data(await call("status", {"run_id": slow["run_id"]}))
-                if st["state"] == "cancelled":
-                    break
-                await asyncio.sleep(0.2)
-            seen["cancelled"] = st
-            seen["again"] = _error(await call("cancel", {"run_id": slow["run_id"]}))
+        slow = _data(await call("start_run", {"file": str(books["slow"]), **target}))
+        for _ in range(50):
+            st = _data(await call("status", {"run_id": slow["run_id"]}))
+            if st["steps"][0]["state"] == "running":
+                break
+            await asyncio.sleep(0.2)
+        seen["cancel"] = _data(await call("cancel", {"run_id": slow["run_id"]}))
+        for _ in range(100):
+            st = _data(await call("status", {"run_id": slow["run_id"]}))
+            if st["state"] == "cancelled":
+                break
+            await asyncio.sleep(0.2)
+        seen["cancelled"] = st
+        seen["again"] = _error(await call("cancel", {"run_id": slow["run_id"]}))
     return seen
 
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from agent_ops.run.executor import Executor
-from agent_ops.run.context import start_run
 from agent_ops.record.journal import Journal
-from agent_ops.runbook.loader import load_runbook, resolve_vars
 from agent_ops.record.status import run_status
+from agent_ops.run.context import start_run
+from agent_ops.run.executor import Executor
+from agent_ops.runbook.loader import load_runbook, resolve_vars
 from agent_ops.transport.target import TargetSpec
 
 OOM_LINE = "[rank1]: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 15.68 GiB. GPU 1 has a total capacity of 94.97 GiB"

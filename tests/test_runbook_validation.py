@@ -14,8 +14,8 @@ from typing import NamedTuple
 import pytest
 from typer.testing import CliRunner
 
-from agent_ops.front.cli import app
 from agent_ops.errors import RunbookError
+from agent_ops.front.cli import app
 from agent_ops.runbook.loader import (
     find_runbook,
     load_runbook,

@@ -55,12 +55,12 @@ from pathlib import Path
 
 import pytest
 
-from agent_ops.run.executor import Executor
-from agent_ops.run.context import start_run
 from agent_ops.record.journal import Journal
+from agent_ops.record.status import run_status
+from agent_ops.run.context import start_run
+from agent_ops.run.executor import Executor
 from agent_ops.runbook.loader import load_runbook, resolve_vars
 from agent_ops.secret_values import read_secrets
-from agent_ops.record.status import run_status
 from agent_ops.transport.local import LocalTransport
 from agent_ops.transport.target import TargetSpec
 from checks.safetensors_header import read_header

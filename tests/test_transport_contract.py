@@ -29,7 +29,6 @@ from agent_ops.transport import (
 )
 from tests.sshd import SSHServer
 
-
 # --- exec --------------------------------------------------------------------------------------
 
 

@@ -10,18 +10,18 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.console import Console
 
-from agent_ops.front.cli_catalog import diagnose_command, known_issues_app
 from agent_ops.errors import AgentOpsError, RunbookError, TransportError
+from agent_ops.front import service as ops
+from agent_ops.front.cli_catalog import diagnose_command, known_issues_app
 from agent_ops.record.journal import Journal
 from agent_ops.runbook.loader import load_runbook, resolve_vars
 from agent_ops.runbook.schema import Runbook
 from agent_ops.secret_values import MissingSecret, read_secrets
-from agent_ops.front import service as ops
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, rich_markup_mode=None)
 app.add_typer(known_issues_app, name="known-issues", help="The known-issue catalog.")
@@ -108,12 +108,12 @@ def _load(file: str, var: list[str] | None, as_json: bool):
         if not as_json:
             for p in exc.problems:
                 err.print(p, style="red", markup=False, highlight=False)
-            raise typer.Exit(EXIT_INPUT)
+            raise typer.Exit(EXIT_INPUT) from None
         _fail(EXIT_INPUT, f"{file}: invalid runbook", as_json, exc.code, exc.problems)
 
 
 @app.command()
-def plan(file: str, var: Optional[list[str]] = VarOpt, as_json: bool = JsonOpt) -> None:
+def plan(file: str, var: list[str] | None = VarOpt, as_json: bool = JsonOpt) -> None:
     """Print the DAG in waves (steps in one wave may run at once), with variables resolved."""
     doc = _op(as_json, ops.plan, file, _parse_vars(var, as_json))
     if as_json:
@@ -155,17 +155,17 @@ def schema() -> None:
 @app.command()
 def run(
     file: str = typer.Argument(..., help="A runbook file, or the name of one shipped with agentops."),
-    var: Optional[list[str]] = VarOpt,
+    var: list[str] | None = VarOpt,
     target: str = typer.Option("local", "--target", "-t", help="local, ssh://user@host:port, or a host of --inventory."),
-    identity: Optional[str] = typer.Option(None, "--identity", "-i", help="SSH private key."),
-    inventory: Optional[str] = typer.Option(None, "--inventory", help="YAML file of named hosts."),
+    identity: str | None = typer.Option(None, "--identity", "-i", help="SSH private key."),
+    inventory: str | None = typer.Option(None, "--inventory", help="YAML file of named hosts."),
     accept_new_host_key: bool = typer.Option(False, "--accept-new-host-key", help="Trust an unknown host key and record it."),
-    tmux_socket: Optional[str] = typer.Option(None, "--tmux-socket", help="Private tmux server (-L name) for the jobs."),
-    workdir: Optional[str] = typer.Option(None, "--workdir", help="Directory on the target for job files."),
-    known_hosts: Optional[str] = typer.Option(None, "--known-hosts", help="known_hosts file (default ~/.ssh/known_hosts)."),
+    tmux_socket: str | None = typer.Option(None, "--tmux-socket", help="Private tmux server (-L name) for the jobs."),
+    workdir: str | None = typer.Option(None, "--workdir", help="Directory on the target for job files."),
+    known_hosts: str | None = typer.Option(None, "--known-hosts", help="known_hosts file (default ~/.ssh/known_hosts)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan with every var resolved; run nothing."),
     detach: bool = typer.Option(False, "--detach", "-d", help="Start the run in the background; print its id at once."),
-    run_id: Optional[str] = typer.Option(None, "--run-id", hidden=True, help="Use this run id (set by --detach)."),
+    run_id: str | None = typer.Option(None, "--run-id", hidden=True, help="Use this run id (set by --detach)."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Run a runbook on a target, step by step, in tmux; the journal records everything."""
@@ -202,9 +202,9 @@ def run(
 
 
 def _execute(journal: Journal, as_json: bool, make_ctx) -> None:
-    from agent_ops.run.executor import Executor
-    from agent_ops.record.status import run_status
     from agent_ops.front.live_view import LiveView, PlainView, render_status
+    from agent_ops.record.status import run_status
+    from agent_ops.run.executor import Executor
 
     plain = PlainView()
     try:
@@ -222,7 +222,7 @@ def _execute(journal: Journal, as_json: bool, make_ctx) -> None:
     except KeyboardInterrupt:
         journal.set_run(ctx.run_id, state="interrupted", message="controller interrupted; `agentops resume` continues")
         err.print(f"interrupted; jobs keep running. Continue with: agentops resume {ctx.run_id}")
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
     finally:
         if view:
             view.close()
@@ -277,7 +277,7 @@ def cancel(run_id: str, as_json: bool = JsonOpt) -> None:
 
 
 @app.command()
-def status(run_id: Optional[str] = typer.Argument(None, help="Run id (default: the latest)."), as_json: bool = JsonOpt) -> None:
+def status(run_id: str | None = typer.Argument(None, help="Run id (default: the latest)."), as_json: bool = JsonOpt) -> None:
     """A run's state from the journal: steps, attempts, gate progress, remedies."""
     from agent_ops.front.live_view import render_status
 
@@ -338,7 +338,7 @@ def list_runs(limit: int = typer.Option(20, help="How many runs."), as_json: boo
 def logs(
     run_id: str,
     step: str,
-    attempt: Optional[int] = typer.Option(None, help="Attempt number (default: the latest)."),
+    attempt: int | None = typer.Option(None, help="Attempt number (default: the latest)."),
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new output until the job ends."),
     offset: int = typer.Option(0, help="Start at this byte offset."),
 ) -> None:

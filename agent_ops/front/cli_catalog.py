@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from pydantic import BaseModel, Field, TypeAdapter
@@ -53,7 +52,7 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _catalog(path: Optional[Path]) -> Catalog:
+def _catalog(path: Path | None) -> Catalog:
     try:
         return load_catalog([path]) if path is not None else default_catalog()
     except CatalogError as exc:
@@ -62,9 +61,9 @@ def _catalog(path: Optional[Path]) -> Catalog:
 
 @known_issues_app.command("list")
 def list_issues(
-    tag: Optional[str] = typer.Option(None, "--tag", help="Only entries that apply to a step with this tag."),
+    tag: str | None = typer.Option(None, "--tag", help="Only entries that apply to a step with this tag."),
     as_json: bool = JSON_OPTION,
-    catalog: Optional[Path] = CATALOG_OPTION,
+    catalog: Path | None = CATALOG_OPTION,
 ) -> None:
     """List the known issues."""
     issues = _catalog(catalog).applicable([tag] if tag else None)
@@ -86,7 +85,7 @@ def list_issues(
 def show_issue(
     issue_id: str = typer.Argument(..., help="Entry id, e.g. vlm-cuda-oom-batch16."),
     as_json: bool = JSON_OPTION,
-    catalog: Optional[Path] = CATALOG_OPTION,
+    catalog: Path | None = CATALOG_OPTION,
 ) -> None:
     """Show one known issue: signatures, cause, fix, retry, samples."""
     try:
@@ -101,10 +100,10 @@ def show_issue(
 
 def diagnose_command(
     logfile: str = typer.Argument(..., help="Log file to diagnose; `-` reads stdin."),
-    tags: Optional[str] = typer.Option(None, "--tags", help="Comma-separated step tags (e.g. train,install); default: every entry."),
+    tags: str | None = typer.Option(None, "--tags", help="Comma-separated step tags (e.g. train,install); default: every entry."),
     tail: int = typer.Option(DEFAULT_TAIL, "--tail", min=0, help="Lines from the end to examine; 0 = the whole log."),
     as_json: bool = JSON_OPTION,
-    catalog: Optional[Path] = CATALOG_OPTION,
+    catalog: Path | None = CATALOG_OPTION,
 ) -> None:
     """Match a log against the known-issue catalog (exit 0: known issue, 1: none, 2: bad input)."""
     text = _read_log(logfile)

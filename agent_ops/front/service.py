@@ -15,10 +15,10 @@ from pydantic import BaseModel, Field
 
 from agent_ops.errors import AgentOpsError, RunbookError
 from agent_ops.record.journal import TERMINAL_RUN_STATES, Journal
+from agent_ops.record.status import RunStatus, run_status
 from agent_ops.runbook.loader import BUILTIN_VARS, builtin_values, load_runbook, render_runbook, resolve_vars
 from agent_ops.runbook.plan import build_plan
 from agent_ops.runbook.schema import MAX_POLL_S
-from agent_ops.record.status import RunStatus, run_status
 
 MAX_BLOCK_S = MAX_POLL_S  # no operation blocks longer than this (seed 003, rule 1)
 DETACH_READY_S = 15.0
@@ -113,7 +113,7 @@ def plan(file: str, overrides: dict[str, str]) -> PlanResult:
                          command=getattr(steps[sid], "command", None))
               for sid in wave] for wave in build_plan(runbook.steps).waves]
     return PlanResult(runbook=runbook.name, file=str(loaded.path), vars=values,
-                      secrets={n: "***" for n in runbook.secrets}, waves=waves)
+                      secrets=dict.fromkeys(runbook.secrets, "***"), waves=waves)
 
 
 def _load(file: str, overrides: dict[str, str]):

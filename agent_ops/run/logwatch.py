@@ -189,7 +189,10 @@ class LogWatch:
             if now > m.spec.within:
                 return Verdict(False, f"metric {m.spec.name}: {len(m.values)}/{m.spec.count} values within {m.spec.within:g}s", kind="deadline")
         if ended and self.judges_success:
-            what = f"pattern {self.patterns[pending].spec.name or self.patterns[pending].spec.regex!r}" if pending is not None else f"metric {waiting_metrics[0].spec.name}"
+            if pending is not None:
+                what = f"pattern {self.patterns[pending].spec.name or self.patterns[pending].spec.regex!r}"
+            else:
+                what = f"metric {waiting_metrics[0].spec.name}"
             return Verdict(False, f"the log ended before {what} was satisfied", kind="eof")
         if self.stall_after is not None and not ended and now - self._last_growth > self.stall_after:
             return Verdict(False, f"log stalled: no output for {now - self._last_growth:.0f}s (limit {self.stall_after:g}s)", kind="stall")

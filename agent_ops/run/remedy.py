@@ -13,15 +13,24 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent_ops.known_issues.catalog import (
-    Escalate, FixAction, KnownIssue, RecreateSession, RenamePath, RollbackCheckpoint, RunCommands, ScaleVar, SetEnv, SetVar,
-    WaitRetry, default_catalog,
+    Escalate,
+    FixAction,
+    KnownIssue,
+    RecreateSession,
+    RenamePath,
+    RollbackCheckpoint,
+    RunCommands,
+    ScaleVar,
+    SetEnv,
+    SetVar,
+    WaitRetry,
+    default_catalog,
 )
 from agent_ops.known_issues.diagnose import diagnose
+from agent_ops.run.context import RunContext
 from agent_ops.run.jobs import kill_session, prepare_run
 from agent_ops.runbook.schema import Step
 from agent_ops.runbook.template import render
-
-from agent_ops.run.context import RunContext
 
 TAIL_BYTES = 64 << 10  # diagnosis reads only the end of a log: the failure is there, and logs can be GBs
 

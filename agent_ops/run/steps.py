@@ -8,17 +8,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from checks.evaluate import evaluate, evaluate_all
-
-from agent_ops.run.logwatch import LogWatch, Verdict
+from agent_ops.record.journal import DONE_OK, TERMINAL_STEP_STATES, StepState
+from agent_ops.run.context import RunContext
 from agent_ops.run.jobs import JobHandle, JobSpec, kill_job, start_job
+from agent_ops.run.logwatch import LogWatch, Verdict
+from agent_ops.run.monitor import Monitor
 from agent_ops.run.poll import Deadline
 from agent_ops.run.remedy import explain, log_tail, remediate
 from agent_ops.runbook.schema import CheckStep, GateStep, GetStep, PutStep, RunStep, Step
-
-from agent_ops.record.journal import DONE_OK, TERMINAL_STEP_STATES, StepState
-from agent_ops.run.context import RunContext
-from agent_ops.run.monitor import Monitor
+from checks.evaluate import evaluate, evaluate_all
 
 READ_CHUNK = 4 << 20  # a log is followed in chunks; a burst of output never loads whole into memory
 WAKE_S = 1.0  # drivers re-judge deadlines at least this often even when the box is quiet

@@ -7,9 +7,9 @@ import stat
 import subprocess
 import tempfile
 import threading
-from dataclasses import asdict
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import asdict
 
 from agent_ops.errors import TransportError
 from agent_ops.transport.base import EXEC_TIMEOUT_RC, ExecResult, FileStat, ProbeRequest

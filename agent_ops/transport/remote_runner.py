@@ -365,7 +365,7 @@ class TmuxControl:
                     out = []
                 elif line.startswith(b"%exit"):
                     raise EOFError("the tmux control client exited")
-            elif line.startswith(b"%end ") or line.startswith(b"%error "):
+            elif line.startswith((b"%end ", b"%error ")):
                 text = b"".join(x + b"\n" for x in out)
                 return (0, text, b"") if line.startswith(b"%end ") else (1, b"", text)
             else:

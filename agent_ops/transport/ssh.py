@@ -28,11 +28,11 @@ import struct
 import threading
 import time
 import uuid
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from collections.abc import Mapping, Sequence
-from typing import Any, Callable, NoReturn, Protocol, TypeVar
+from typing import Any, NoReturn, Protocol, TypeVar
 
 import paramiko
 import tenacity
@@ -515,7 +515,7 @@ def _read_until(channel: paramiko.Channel, marker: bytes, timeout: float) -> byt
         channel.settimeout(remaining)
         try:
             chunk = channel.recv(65536)
-        except socket.timeout:
+        except TimeoutError:
             break
         if not chunk:
             break

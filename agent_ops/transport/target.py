@@ -76,7 +76,7 @@ class TargetSpec(BaseModel):
     @classmethod
     def _check_workdir(cls, workdir: str) -> str:
         # Relative paths would depend on the working directory, which differs between transports.
-        if not (workdir.startswith("/") or workdir == "~" or workdir.startswith("~/")):
+        if not (workdir.startswith(("/", "~/")) or workdir == "~"):
             raise ValueError("workdir must be absolute or start with ~/")
         if any(c in workdir for c in "\n\0"):
             raise ValueError("workdir must not contain newlines or NUL")

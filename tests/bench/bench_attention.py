@@ -32,8 +32,9 @@ import json
 import os
 import statistics
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -66,7 +67,7 @@ def _time(fn: Callable[[], None], iters: int, warmup: int) -> float:
 
 def _inputs(batch: int, shape: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     b, h, kv, t, d = batch * shape["batch_factor"], shape["heads"], shape["kv_heads"], shape["seq"], shape["head_dim"]
-    make = lambda heads: torch.randn(b, heads, t, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)  # noqa: E731
+    make = lambda heads: torch.randn(b, heads, t, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     q, k, v = make(h), make(kv), make(kv)
     return q, k, v, torch.randn(b, h, t, d, device="cuda", dtype=torch.bfloat16)
 
@@ -118,14 +119,14 @@ def measure(batch: int, name: str, shape: dict[str, Any], iters: int, warmup: in
     rows = []
     q, k, v, grad = _inputs(batch, shape)
     for label, fn in variants:
-        def step() -> None:
+        def step(fn=fn) -> None:  # bound now: the closure must not see the next variant
             out = fn(q, k, v)
             out.backward(grad)
             q.grad = k.grad = v.grad = None
         try:
             ms = _time(step, iters, warmup)
             rows.append({"shape": name, "variant": label, "ms": ms, "tflops": flops / ms / 1e9})
-        except Exception as exc:  # noqa: BLE001 - a backend refusing a shape is a result to report
+        except Exception as exc:
             rows.append({"shape": name, "variant": label, "error": f"{type(exc).__name__}: {str(exc)[:160]}"})
     base = rows[0].get("ms")
     for row in rows:

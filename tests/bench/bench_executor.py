@@ -50,7 +50,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tests.sshd import SSHServer, sshd_available
+from tests.sshd import SSHServer, sshd_available  # noqa: E402 -- after the sys.path line above
 
 GOAL_RATIO = 10.0  # issue 2: agentops per step at most 1/10 of Ansible's
 ANSIBLE_REFERENCE_MS = 180.0  # ../shared/DESIGN.md: Ansible with pipelining, trivial task, this machine
@@ -298,11 +298,11 @@ def profile_agentops(bench: Bench, steps: int, out_dir: Path) -> dict[str, Any]:
     import cProfile
     import pstats
 
+    from agent_ops.record.journal import Journal
     from agent_ops.run import monitor
     from agent_ops.run import steps as step_mod
-    from agent_ops.run.executor import Executor
     from agent_ops.run.context import start_run
-    from agent_ops.record.journal import Journal
+    from agent_ops.run.executor import Executor
     from agent_ops.runbook.loader import load_runbook, resolve_vars
     from agent_ops.secret_values import read_secrets
     from agent_ops.transport.target import load_inventory

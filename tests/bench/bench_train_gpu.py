@@ -257,18 +257,18 @@ def trainer_contender(config: str, sets: list[str], result: str, warmup: int, co
             torch.cuda.synchronize()
 
     class Timer(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kwargs):  # noqa: ANN001, ANN003
+        def on_step_begin(self, args, state, control, **kwargs):
             if state.global_step == warmup:
                 sync()
                 timing["t0"] = time.perf_counter()
 
-        def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN003
+        def on_step_end(self, args, state, control, **kwargs):
             if state.global_step == args.max_steps:
                 sync()
                 timing["t1"] = time.perf_counter()
 
     class TimedTrainer(Trainer):
-        def get_batch_samples(self, *args, **kwargs):  # noqa: ANN002, ANN003  (signature varies by version)
+        def get_batch_samples(self, *args, **kwargs):
             start = time.perf_counter()
             out = super().get_batch_samples(*args, **kwargs)
             if self.state.global_step >= warmup:
