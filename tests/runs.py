@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from agent_ops.record.journal import Journal
+from agent_ops.record.journal import AttemptRow, EventRow, Journal, StepRow
 from agent_ops.run.context import start_run
 from agent_ops.run.executor import Executor
 from agent_ops.runbook.loader import load_runbook, resolve_vars
@@ -127,20 +127,20 @@ def only_run_id(journal: Journal) -> str | None:
     """The id of the journal's single run, once it exists."""
     runs = journal.runs()
     assert len(runs) <= 1, "the test's private journal should hold one run"
-    return runs[0]["id"] if runs else None
+    return runs[0].id if runs else None
 
 
-def step(journal: Journal, run_id: str, step_id: str) -> dict[str, Any]:
+def step(journal: Journal, run_id: str, step_id: str) -> StepRow:
     """One step's journal row."""
-    return next(s for s in journal.steps(run_id) if s["step_id"] == step_id)
+    return next(s for s in journal.steps(run_id) if s.step_id == step_id)
 
 
-def attempts(journal: Journal, run_id: str, step_id: str) -> list[dict[str, Any]]:
+def attempts(journal: Journal, run_id: str, step_id: str) -> list[AttemptRow]:
     return journal.attempts(run_id, step_id)
 
 
-def events(journal: Journal, run_id: str, kind: str) -> list[dict[str, Any]]:
-    return [e for e in journal.events(run_id, limit=100000) if e["kind"] == kind]
+def events(journal: Journal, run_id: str, kind: str) -> list[EventRow]:
+    return [e for e in journal.events(run_id, limit=100000) if e.kind == kind]
 
 
 def alive(pid: int) -> bool:

@@ -118,7 +118,7 @@ def test_evaluate_per_task_success_rates_table_and_plot(datasets, box: Box, tmp_
     steps = {s.id: s for s in status.steps}
     assert final == "succeeded", {s.id: (s.state, s.message) for s in status.steps if s.state != "succeeded"}
     assert {s.id for s in status.steps if s.state == "skipped"} == {"eval_2", "eval_3"}  # workers=2
-    passed = [e["message"] for e in events(box.journal(), status.id, "check_passed") if e["step_id"] == "units"]
+    passed = [e.message for e in events(box.journal(), status.id, "check_passed") if e.step_id == "units"]
     assert any("libero_synth.action.std within [0.005, 0.05] m: dim 0 = 0.01" in m for m in passed), passed
 
     # The two workers ran at once, each its own share of the tasks.
@@ -160,7 +160,7 @@ def test_data_in_millimetres_fails_the_units_check_before_evaluating(datasets, b
     assert "libero_synth.action.std outside [0.005, 0.05] m: dim 0 = 1" in units.message
     assert "dim 2 = " in units.message and "the actions look like millimetres, not metres" in units.message
     # The dims are right (7 and 8): only the units are wrong.
-    passed = [e["message"] for e in events(box.journal(), status.id, "check_passed") if e["step_id"] == "units"]
+    passed = [e.message for e in events(box.journal(), status.id, "check_passed") if e.step_id == "units"]
     assert len(passed) == 1 and "valid for robot libero" in passed[0]
     # Nothing was evaluated: the workers and the report never ran.
     for step_id in ("eval_0", "report", "fetch_plot"):

@@ -96,15 +96,15 @@ def test_parallel_steps_overlap(contract: ContractRun) -> None:
     [left] = attempts(journal, contract.run_id, "left")
     [right] = attempts(journal, contract.run_id, "right")
     # Each job sleeps 1.5 s; overlapping intervals prove neither waited for the other.
-    assert left["started"] < right["ended"] and right["started"] < left["ended"]
+    assert left.started < right.ended and right.started < left.ended
     rows = {s: step(journal, contract.run_id, s) for s in ("left", "right", "prepare")}
-    assert rows["left"]["started"] < rows["right"]["ended"] and rows["right"]["started"] < rows["left"]["ended"]
-    assert min(rows["left"]["started"], rows["right"]["started"]) >= rows["prepare"]["ended"]  # needs were honoured
+    assert rows["left"].started < rows["right"].ended and rows["right"].started < rows["left"].ended
+    assert min(rows["left"].started, rows["right"].started) >= rows["prepare"].ended  # needs were honoured
 
 
 def test_poll_interval_of_the_contract_run_stays_under_its_cap(contract: ContractRun) -> None:
     [done] = events(contract.box.journal(), contract.run_id, "run_succeeded")
-    assert 0 < done["data"]["max_poll_interval_s"] <= 2.0  # contract.yaml: poll.cap_s 2
+    assert 0 < done.data["max_poll_interval_s"] <= 2.0  # contract.yaml: poll.cap_s 2
 
 
 def test_secret_never_leaks(contract: ContractRun) -> None:
@@ -123,7 +123,7 @@ def test_secret_never_leaks(contract: ContractRun) -> None:
         assert SECRET.encode() not in path.read_bytes(), path
     # The job's log on the box has it masked; its script never had it; the env file is private.
     [attempt] = attempts(journal, run_id, "use_secret")
-    job_dir = Path(attempt["job_dir"])
+    job_dir = Path(attempt.job_dir)
     assert (job_dir / "log").read_text() == "token is ***\n"
     for name in ("script.sh", "run.sh"):
         assert SECRET not in (job_dir / name).read_text()
@@ -148,11 +148,11 @@ def test_gate_ignores_a_line_written_before_it_began(box: Box) -> None:
     run = run_api(box, "gate_file.yaml", {"log": str(log), "new_lines": 0})
     assert run.final == "failed"
     gate = step(run.journal, run.run_id, "ready")
-    assert gate["state"] == "failed"
-    assert "not seen within 2s" in gate["message"]
-    assert gate["progress"]["patterns"][0]["matched"] is False
+    assert gate.state == "failed"
+    assert "not seen within 2s" in gate.message
+    assert gate.progress["patterns"][0]["matched"] is False
     [attempt] = attempts(run.journal, run.run_id, "ready")
-    assert attempt["ended"] - attempt["started"] >= 2.0  # it failed by its deadline, not on the stale line
+    assert attempt.ended - attempt.started >= 2.0  # it failed by its deadline, not on the stale line
 
 
 def test_gate_passes_on_a_line_appended_after_it_began(box: Box) -> None:
@@ -160,7 +160,7 @@ def test_gate_passes_on_a_line_appended_after_it_began(box: Box) -> None:
     log.write_text("booting\nREADY old\n")
     run = run_api(box, "gate_file.yaml", {"log": str(log), "new_lines": 5})
     assert run.final == "succeeded"
-    pattern = step(run.journal, run.run_id, "ready")["progress"]["patterns"][0]
+    pattern = step(run.journal, run.run_id, "ready").progress["patterns"][0]
     assert pattern["matched"] is True
     assert pattern["line"].startswith("READY new "), pattern
 
@@ -169,9 +169,9 @@ def test_gate_never_matches_the_command_text(box: Box) -> None:
     run = run_api(box, "gate_echo.yaml")
     assert run.final == "failed"
     gate = step(run.journal, run.run_id, "marker")
-    assert "the log ended before pattern 'MARKER-7f3' was satisfied" in gate["message"]
+    assert "the log ended before pattern 'MARKER-7f3' was satisfied" in gate.message
     [job] = attempts(run.journal, run.run_id, "quiet")
-    assert job["rc"] == 0 and job["log_size"] == 0  # the script names the pattern; its log never held it
+    assert job.rc == 0 and job.log_size == 0  # the script names the pattern; its log never held it
 
 
 def test_failure_pattern_ends_the_wait_early(box: Box) -> None:
@@ -179,16 +179,16 @@ def test_failure_pattern_ends_the_wait_early(box: Box) -> None:
     assert run.final == "failed"
     journal, run_id = run.journal, run.run_id
     crash = step(journal, run_id, "crash")
-    assert crash["state"] == "failed"
-    assert "failure pattern '^ERROR: ' matched" in crash["message"] and "ERROR: disk on fire" in crash["message"]
+    assert crash.state == "failed"
+    assert "failure pattern '^ERROR: ' matched" in crash.message and "ERROR: disk on fire" in crash.message
     [attempt] = attempts(journal, run_id, "crash")
     # The job would sleep 60 s more: it was judged and killed on its error line (rc: it never exited by itself).
-    assert attempt["rc"] is None and attempt["ended"] - attempt["started"] < 20
+    assert attempt.rc is None and attempt.ended - attempt.started < 20
     gate = step(journal, run_id, "server_up")
-    assert gate["state"] == "failed" and "failure pattern" in gate["message"]
-    assert gate["ended"] - gate["started"] < 20  # its own deadline was 50 s
+    assert gate.state == "failed" and "failure pattern" in gate.message
+    assert gate.ended - gate.started < 20  # its own deadline was 50 s
     row = journal.run(run_id)
-    assert row["ended"] - row["started"] < 30
+    assert row.ended - row.started < 30
     # The failed run stopped both one-minute jobs: no window of theirs is left.
     windows = box.tmux("list-windows", "-a", "-F", "#{window_name}").stdout.split()
     assert "crash-1" not in windows and "server-1" not in windows
@@ -202,15 +202,15 @@ def test_poll_interval_backs_off_to_the_cap_and_never_past_it(box: Box) -> None:
     assert run.final == "succeeded"
     [done] = events(run.journal, run.run_id, "run_succeeded")
     # quiet.yaml: poll.cap_s 0.5 and a job silent for 2 s, long enough for the backoff to reach the cap.
-    assert done["data"]["max_poll_interval_s"] == pytest.approx(0.5)
+    assert done.data["max_poll_interval_s"] == pytest.approx(0.5)
 
 
 def test_retry_succeeds_on_the_second_attempt(box: Box) -> None:
     run = run_api(box, "retry.yaml")
     assert run.final == "succeeded"
     flaky = step(run.journal, run.run_id, "flaky")
-    assert flaky["state"] == "succeeded" and flaky["attempt"] == 2
-    assert [(a["attempt"], a["rc"], a["verdict"]) for a in attempts(run.journal, run.run_id, "flaky")] == [
+    assert flaky.state == "succeeded" and flaky.attempt == 2
+    assert [(a.attempt, a.rc, a.verdict) for a in attempts(run.journal, run.run_id, "flaky")] == [
         (1, 1, "failed"), (2, 0, "succeeded")]
     assert len(events(run.journal, run.run_id, "step_retry")) == 1
     assert lines(box.scratch / "counter") == ["attempt", "attempt"]
@@ -233,7 +233,7 @@ def test_needs_waits_for_a_background_job_to_start_and_after_for_it_to_exit(box:
     with_needs = step(run.journal, run.run_id, "with_needs")
     with_after = step(run.journal, run.run_id, "with_after")
     # From the journal's own timestamps: one started while the job ran, the other once it had ended.
-    assert with_needs["started"] < slow["ended"] <= with_after["started"]
+    assert with_needs.started < slow.ended <= with_after.started
     assert lines(box.scratch / "order") == ["with_needs", "exiting", "with_after"]
 
 

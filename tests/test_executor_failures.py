@@ -11,13 +11,13 @@ from tests.runs import Box, events, run_api
 def _assert_failed_before_any_step(box: Box, run_id: str, final: str, says: str) -> None:
     journal = box.journal()
     row = journal.run(run_id)
-    assert final == "failed" and row["state"] == "failed" and row["ended"] is not None
-    assert says in row["message"], row["message"]
-    assert "cannot join thread" not in row["message"]
+    assert final == "failed" and row.state == "failed" and row.ended is not None
+    assert says in row.message, row.message
+    assert "cannot join thread" not in row.message
     [error] = events(journal, run_id, "run_error")
-    assert says in error["message"]
+    assert says in error.message
     [step] = journal.steps(run_id)
-    assert step["state"] == "cancelled" and step["message"].startswith("not run:"), step
+    assert step.state == "cancelled" and step.message.startswith("not run:"), step
 
 
 def test_workdir_that_cannot_be_created_fails_the_run(box: Box) -> None:

@@ -25,14 +25,14 @@ def _sigkill(proc: subprocess.Popen[str]) -> None:
 
 
 def _job_running(journal: Journal, run_id: str, step_id: str) -> bool:
-    return step(journal, run_id, step_id)["state"] == "running" and any(
-        a["job_dir"] and a["ended"] is None for a in attempts(journal, run_id, step_id))
+    return step(journal, run_id, step_id).state == "running" and any(
+        a.job_dir and a.ended is None for a in attempts(journal, run_id, step_id))
 
 
 def test_sigkill_mid_run_then_resume_finishes_without_rerunning(box: Box) -> None:
     proc, journal, run_id = _start(box, "resume.yaml")
     counter = box.scratch / "counter"
-    wait_for("first to succeed and long's job to run", lambda: step(journal, run_id, "first")["state"] == "succeeded"
+    wait_for("first to succeed and long's job to run", lambda: step(journal, run_id, "first").state == "succeeded"
              and _job_running(journal, run_id, "long") and "long" in lines(counter))
     _sigkill(proc)
     assert proc.returncode == -signal.SIGKILL
@@ -47,12 +47,12 @@ def test_sigkill_mid_run_then_resume_finishes_without_rerunning(box: Box) -> Non
     # Every step's command ran exactly once: the counter and the journal's attempts agree.
     assert lines(counter) == ["first", "long", "last"]
     for sid in ("first", "long", "last"):
-        assert [a["attempt"] for a in attempts(journal, run_id, sid)] == [1], sid
+        assert [a.attempt for a in attempts(journal, run_id, sid)] == [1], sid
     [long_attempt] = attempts(journal, run_id, "long")
-    assert long_attempt["rc"] == 0
+    assert long_attempt.rc == 0
     [reattached] = events(journal, run_id, "job_reattached")
-    assert reattached["step_id"] == "long"
-    assert [e["step_id"] for e in events(journal, run_id, "job_started")] == ["first", "long", "last"]
+    assert reattached.step_id == "long"
+    assert [e.step_id for e in events(journal, run_id, "job_started")] == ["first", "long", "last"]
     assert len(events(journal, run_id, "run_resumed")) == 1
 
 
@@ -85,11 +85,11 @@ def test_cancel_without_a_controller_stops_the_jobs_itself(box: Box) -> None:
 
 def _assert_cancelled(box: Box, journal: Journal, run_id: str, pid: int) -> None:
     row = journal.run(run_id)
-    assert row["state"] == "cancelled" and row["ended"] is not None
-    steps = {s["step_id"]: (s["state"], s["message"]) for s in journal.steps(run_id)}
+    assert row.state == "cancelled" and row.ended is not None
+    steps = {s.step_id: (s.state, s.message) for s in journal.steps(run_id)}
     assert steps == {"forever": ("cancelled", "cancelled"), "never": ("cancelled", "cancelled")}  # not failed, not left running
     assert len(events(journal, run_id, "run_cancelled")) == 1
-    session = row["tmux_session"]
+    session = row.tmux_session
     assert box.tmux("has-session", "-t", session).returncode != 0, "the run's tmux session outlived the cancel"
     wait_for(f"the job's sleep (pid {pid}) to end", lambda: not alive(pid), timeout=10)
     assert lines(box.scratch / "counter") == []  # `never` never ran

@@ -45,11 +45,11 @@ def test_run_finishes_across_an_sshd_restart(make_sshd: Callable[..., SSHServer]
     try:
         journal = box.journal()
         counter = box.scratch / "counter"
-        run_id = wait_for("the run to start", lambda: [r["id"] for r in journal.runs()])[0]
-        wait_for("the job `during` to run", lambda: step(journal, run_id, "during")["state"] == "running"
+        run_id = wait_for("the run to start", lambda: [r.id for r in journal.runs()])[0]
+        wait_for("the job `during` to run", lambda: step(journal, run_id, "during").state == "running"
                  and "during" in lines(counter))
         [job] = attempts(journal, run_id, "during")
-        assert not Path(job["job_dir"], "rc").exists(), "the job ended before the outage began"
+        assert not Path(job.job_dir, "rc").exists(), "the job ended before the outage began"
         logins = _logins(server)
         server.stop()  # every connection drops; the job runs on in tmux
         assert server.stragglers == []
@@ -67,7 +67,7 @@ def test_run_finishes_across_an_sshd_restart(make_sshd: Callable[..., SSHServer]
     # Nothing ran twice: the job started once, was followed to its end across the outage, and the run went on.
     assert lines(counter) == ["before", "during", "after"]
     [during] = attempts(run.journal, run.run_id, "during")
-    assert during["rc"] == 0 and during["attempt"] == 1
+    assert during.rc == 0 and during.attempt == 1
 
 
 def test_unknown_host_key_is_refused_through_the_api(sshd: SSHServer, ssh_box: Box, tmp_path: Path) -> None:

@@ -79,7 +79,7 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> Finished:
     finally:
         ctx.transport.close()
         box.kill_tmux()
-    logs = [Path(a["job_dir"], "log").read_text().splitlines() for a in journal.attempts(ctx.run_id, "train")]
+    logs = [Path(a.job_dir, "log").read_text().splitlines() for a in journal.attempts(ctx.run_id, "train")]
     return Finished(ctx.run_id, run_status(journal, ctx.run_id), journal, box, work / "runs" / "collapse", logs)
 
 
@@ -115,9 +115,9 @@ def test_first_attempt_collapsed_and_was_diagnosed_as_policy_collapse(finished: 
     assert len(collapse) == 1
     assert "[train] stopping after collapse: nothing saved; roll back to the newest HEALTHY checkpoint" in first
     assert not any(line.startswith("[train] done ") for line in first)
-    [diagnosis] = [e for e in events(finished.journal, finished.run_id, "diagnosis") if e["step_id"] == "train"]
-    assert diagnosis["message"].startswith("known issue policy-collapse: ")
-    assert diagnosis["data"]["matched_lines"][0].endswith(collapse[0])
+    [diagnosis] = [e for e in events(finished.journal, finished.run_id, "diagnosis") if e.step_id == "train"]
+    assert diagnosis.message.startswith("known issue policy-collapse: ")
+    assert diagnosis.data["matched_lines"][0].endswith(collapse[0])
 
 
 @e2e
@@ -177,7 +177,7 @@ def test_the_checkpoints_on_disk_tell_the_same_story(finished: Finished) -> None
 def test_the_gate_followed_the_retry_and_matched_the_resumed_run(finished: Finished) -> None:
     gate = next(s for s in finished.status.steps if s.id == "train_gate")
     assert gate.state == "succeeded"
-    assert [e["step_id"] for e in events(finished.journal, finished.run_id, "gate_follows_retry")] == ["train_gate"]
+    assert [e.step_id for e in events(finished.journal, finished.run_id, "gate_follows_retry")] == ["train_gate"]
     patterns = {p["name"]: p for p in gate.progress["patterns"]}
     assert all(p["matched"] for p in patterns.values())
     good, _ = _expected_rollback(finished.logs[0])

@@ -350,16 +350,16 @@ def logs(
     row = journal.run(run_id)
     if row is None:
         _fail(EXIT_STATE, f"unknown run {run_id!r}", False, "unknown_run")
-    attempts = [a for a in journal.attempts(run_id, step) if a["job_dir"]]
+    attempts = [a for a in journal.attempts(run_id, step) if a.job_dir]
     if attempt is not None:
-        attempts = [a for a in attempts if a["attempt"] == attempt]
+        attempts = [a for a in attempts if a.attempt == attempt]
     if not attempts:
         _fail(EXIT_STATE, f"run {run_id} has no job log for step {step!r}", False, "unknown_step")
     chosen = attempts[-1]
-    masker = Masker(v for v in (read_secrets_quiet(row["secret_names"])))
-    transport = connect(TargetSpec.model_validate(row["target"]))
+    masker = Masker(v for v in (read_secrets_quiet(row.secret_names)))
+    transport = connect(TargetSpec.model_validate(row.target))
     try:
-        path = f"{chosen['job_dir']}/log"
+        path = f"{chosen.job_dir}/log"
         while True:
             try:
                 data = transport.read_from(path, offset, 1 << 20)
@@ -370,7 +370,7 @@ def logs(
                 sys.stdout.write(masker.mask(data.decode("utf-8", "replace")))
                 sys.stdout.flush()
                 continue
-            if not follow or transport.stat(f"{chosen['job_dir']}/rc") is not None:
+            if not follow or transport.stat(f"{chosen.job_dir}/rc") is not None:
                 break
             time.sleep(1.0)
     finally:

@@ -146,13 +146,13 @@ def resume_detached(run_id: str, journal: Journal) -> StartResult:
     row = journal.run(run_id)
     if row is None:
         raise OpError("unknown_run", f"unknown run {run_id!r}")
-    if row["state"] in ("succeeded", "cancelled"):
-        raise OpError("run_finished", f"run {run_id} already {row['state']}")
+    if row.state in ("succeeded", "cancelled"):
+        raise OpError("run_finished", f"run {run_id} already {row.state}")
     if controller_alive(row):
-        raise OpError("run_active", f"run {run_id} is still driven by pid {row['controller_pid']}")
-    old_pid = row["controller_pid"]
+        raise OpError("run_active", f"run {run_id} is still driven by pid {row.controller_pid}")
+    old_pid = row.controller_pid
     return _spawn(journal, run_id, ["resume", run_id],
-                  ready=lambda r: r is not None and r["controller_pid"] != old_pid and r["state"] == "running")
+                  ready=lambda r: r is not None and r.controller_pid != old_pid and r.state == "running")
 
 
 def _spawn(journal: Journal, run_id: str, cli_args: list[str], ready) -> StartResult:
@@ -167,12 +167,12 @@ def _spawn(journal: Journal, run_id: str, cli_args: list[str], ready) -> StartRe
     while time.monotonic() < deadline:
         row = journal.run(run_id)
         if ready(row):
-            return StartResult(run_id=run_id, state=row["state"], journal=str(journal.path), controller_pid=proc.pid,
+            return StartResult(run_id=run_id, state=row.state, journal=str(journal.path), controller_pid=proc.pid,
                                controller_log=str(log))
         if proc.poll() is not None:
             row = journal.run(run_id)
-            if row is not None and ready(row) or (row is not None and row["state"] in TERMINAL_RUN_STATES and row["ended"]):
-                return StartResult(run_id=run_id, state=row["state"], journal=str(journal.path), controller_pid=proc.pid,
+            if row is not None and ready(row) or (row is not None and row.state in TERMINAL_RUN_STATES and row.ended):
+                return StartResult(run_id=run_id, state=row.state, journal=str(journal.path), controller_pid=proc.pid,
                                    controller_log=str(log))
             tail = log.read_text(errors="replace")[-2000:]
             raise OpError("start_failed", f"the controller exited with code {proc.returncode}: {tail}")
@@ -229,23 +229,23 @@ def tail(journal: Journal, run_id: str, step_id: str, *, lines: int | None = 50,
     row = journal.run(run_id)
     if row is None:
         raise OpError("unknown_run", f"unknown run {run_id!r}")
-    attempts = [a for a in journal.attempts(run_id, step_id) if a["job_dir"]]
+    attempts = [a for a in journal.attempts(run_id, step_id) if a.job_dir]
     if not attempts:
         raise OpError("unknown_step", f"run {run_id} has no job log for step {step_id!r}")
     att = attempts[-1]
-    masker = Masker(os.environ[n] for n in row["secret_names"] if os.environ.get(n))
-    transport = connect(TargetSpec.model_validate(row["target"]))
+    masker = Masker(os.environ[n] for n in row.secret_names if os.environ.get(n))
+    transport = connect(TargetSpec.model_validate(row.target))
     try:
-        path = f"{att['job_dir']}/log"
+        path = f"{att.job_dir}/log"
         st = transport.stat(path)
         size = st.size if st else 0
         start = offset if offset is not None else max(0, size - limit)
         data = transport.read_from(path, start, limit) if st else b""
-        ended = transport.stat(f"{att['job_dir']}/rc") is not None
+        ended = transport.stat(f"{att.job_dir}/rc") is not None
     finally:
         transport.close()
     text = masker.mask(data.decode("utf-8", "replace"))
     if offset is None and lines is not None:
         text = "\n".join(text.splitlines()[-lines:]) + ("\n" if text.endswith("\n") else "")
-    return TailResult(run_id=run_id, step_id=step_id, attempt=att["attempt"], text=text, offset=start,
+    return TailResult(run_id=run_id, step_id=step_id, attempt=att.attempt, text=text, offset=start,
                       next_offset=start + len(data), ended=ended)

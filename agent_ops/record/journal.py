@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -99,6 +100,94 @@ StepState = Literal["pending", "running", "started", "succeeded", "failed", "ski
 TERMINAL_RUN_STATES: tuple[RunState, ...] = ("succeeded", "failed", "cancelled")
 TERMINAL_STEP_STATES: tuple[StepState, ...] = ("succeeded", "failed", "skipped", "cancelled")
 DONE_OK: tuple[StepState, ...] = ("succeeded", "skipped")  # what a dependent waits for
+
+
+@dataclass(frozen=True)
+class RunRow:
+    """One run as the journal holds it (JSON columns decoded)."""
+
+    id: str
+    runbook_name: str
+    runbook_path: str
+    runbook_sha: str
+    target: dict[str, Any]  # TargetSpec fields
+    vars: dict[str, Any]
+    secret_names: list[str]
+    state: RunState
+    message: str | None
+    tmux_session: str | None
+    run_dir: str | None  # on the target
+    artifacts_dir: str | None  # on the controller
+    controller_pid: int | None
+    controller_host: str | None
+    created: float
+    started: float | None
+    ended: float | None
+    heartbeat: float | None
+
+
+@dataclass(frozen=True)
+class StepRow:
+    """One step of a run: its state and what the newest attempt showed."""
+
+    run_id: str
+    step_id: str
+    kind: str
+    position: int
+    state: StepState
+    attempt: int
+    started: float | None
+    ended: float | None
+    message: str | None
+    last_line: str | None
+    tail: list[str] | None
+    progress: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class AttemptRow:
+    """One attempt of a step: its job, exit code and verdict."""
+
+    run_id: str
+    step_id: str
+    attempt: int
+    job_dir: str | None
+    window: str | None
+    started: float
+    ended: float | None
+    rc: int | None
+    verdict: str | None
+    message: str | None
+    log_size: int | None
+    overrides: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class EventRow:
+    """One event of a run's timeline."""
+
+    id: int
+    run_id: str
+    step_id: str | None
+    ts: float
+    kind: str
+    message: str
+    data: Any
+
+
+@dataclass(frozen=True)
+class RemedyRow:
+    """One known issue that fired on an attempt, and what was done about it."""
+
+    id: int
+    run_id: str
+    step_id: str
+    attempt: int
+    ts: float
+    issue_id: str
+    matched_lines: list[str]
+    fix: Any
+    result: str
 
 
 def journal_home() -> Path:
@@ -239,37 +328,41 @@ class Journal:
 
     # --- reads ----------------------------------------------------------------------------
 
-    def run(self, run_id: str) -> dict[str, Any] | None:
+    def run(self, run_id: str) -> RunRow | None:
         row = self._db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
-        return _decode(row) if row else None
+        return RunRow(**_decode(row)) if row else None
 
     def latest_run_id(self) -> str | None:
         row = self._db.execute("SELECT id FROM runs ORDER BY created DESC, rowid DESC LIMIT 1").fetchone()
         return row["id"] if row else None
 
-    def runs(self, limit: int = 50) -> list[dict[str, Any]]:
+    def runs(self, limit: int = 50) -> list[RunRow]:
         rows = self._db.execute("SELECT * FROM runs ORDER BY created DESC, rowid DESC LIMIT ?", (limit,)).fetchall()
-        return [_decode(r) for r in rows]
+        return [RunRow(**_decode(r)) for r in rows]
 
-    def steps(self, run_id: str) -> list[dict[str, Any]]:
+    def steps(self, run_id: str) -> list[StepRow]:
         rows = self._db.execute("SELECT * FROM steps WHERE run_id = ? ORDER BY position", (run_id,)).fetchall()
-        return [_decode(r) for r in rows]
+        return [StepRow(**_decode(r)) for r in rows]
 
-    def attempts(self, run_id: str, step_id: str | None = None) -> list[dict[str, Any]]:
+    def step(self, run_id: str, step_id: str) -> StepRow | None:
+        row = self._db.execute("SELECT * FROM steps WHERE run_id = ? AND step_id = ?", (run_id, step_id)).fetchone()
+        return StepRow(**_decode(row)) if row else None
+
+    def attempts(self, run_id: str, step_id: str | None = None) -> list[AttemptRow]:
         sql, args = "SELECT * FROM attempts WHERE run_id = ?", [run_id]
         if step_id is not None:
             sql, args = sql + " AND step_id = ?", args + [step_id]
-        return [_decode(r) for r in self._db.execute(sql + " ORDER BY started, attempt", args).fetchall()]
+        return [AttemptRow(**_decode(r)) for r in self._db.execute(sql + " ORDER BY started, attempt", args).fetchall()]
 
-    def events(self, run_id: str, after_id: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
+    def events(self, run_id: str, after_id: int = 0, limit: int = 1000) -> list[EventRow]:
         rows = self._db.execute(
             "SELECT * FROM events WHERE run_id = ? AND id > ? ORDER BY id LIMIT ?", (run_id, after_id, limit)
         ).fetchall()
-        return [_decode(r) for r in rows]
+        return [EventRow(**_decode(r)) for r in rows]
 
-    def remedies(self, run_id: str) -> list[dict[str, Any]]:
+    def remedies(self, run_id: str) -> list[RemedyRow]:
         rows = self._db.execute("SELECT * FROM remedies WHERE run_id = ? ORDER BY id", (run_id,)).fetchall()
-        return [_decode(r) for r in rows]
+        return [RemedyRow(**_decode(r)) for r in rows]
 
 
 _JSON_COLUMNS = ("tail", "target", "vars", "secret_names", "progress", "overrides", "data", "matched_lines", "fix")

@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from agent_ops.record.journal import TERMINAL_RUN_STATES, Journal
+from agent_ops.record.journal import TERMINAL_RUN_STATES, Journal, RunRow
 from agent_ops.runbook.schema import MAX_POLL_S
 
 HEARTBEAT_STALE_S = 15.0
@@ -96,19 +96,19 @@ class RunSummary(BaseModel):
     message: str | None = None
 
 
-def controller_alive(run: dict[str, Any]) -> bool:
+def controller_alive(run: RunRow) -> bool:
     """A run's controller is alive if its pid exists here (same host), else if its heartbeat is fresh."""
-    if run["state"] in TERMINAL_RUN_STATES or not run.get("controller_pid"):
+    if run.state in TERMINAL_RUN_STATES or not run.controller_pid:
         return False
-    if run.get("controller_host") == socket.gethostname():
+    if run.controller_host == socket.gethostname():
         try:
-            os.kill(run["controller_pid"], 0)
+            os.kill(run.controller_pid, 0)
         except ProcessLookupError:
             return False
         except PermissionError:
             return True
         return True
-    return (time.time() - (run.get("heartbeat") or 0)) < HEARTBEAT_STALE_S
+    return (time.time() - (run.heartbeat or 0)) < HEARTBEAT_STALE_S
 
 
 def run_status(journal: Journal, run_id: str) -> RunStatus | None:
@@ -119,31 +119,31 @@ def run_status(journal: Journal, run_id: str) -> RunStatus | None:
     now = time.time()
     attempts: dict[str, list[AttemptView]] = {}
     for a in journal.attempts(run_id):
-        attempts.setdefault(a["step_id"], []).append(AttemptView(**{k: a[k] for k in AttemptView.model_fields}))
+        attempts.setdefault(a.step_id, []).append(AttemptView(**{k: getattr(a, k) for k in AttemptView.model_fields}))
     steps = []
     for s in journal.steps(run_id):
-        end = s["ended"] or (now if s["state"] == "running" else None)
+        end = s.ended or (now if s.state == "running" else None)
         steps.append(StepView(
-            id=s["step_id"], kind=s["kind"], state=s["state"], attempt=s["attempt"], started=s["started"], ended=s["ended"],
-            elapsed_s=round(end - s["started"], 3) if s["started"] and end else None, message=s["message"],
-            last_line=s["last_line"], log_tail=s.get("tail") or [], progress=s["progress"], attempts=attempts.get(s["step_id"], []),
+            id=s.step_id, kind=s.kind, state=s.state, attempt=s.attempt, started=s.started, ended=s.ended,
+            elapsed_s=round(end - s.started, 3) if s.started and end else None, message=s.message,
+            last_line=s.last_line, log_tail=s.tail or [], progress=s.progress, attempts=attempts.get(s.step_id, []),
         ))
-    remedies = [RemedyView(**{k: r[k] for k in RemedyView.model_fields}) for r in journal.remedies(run_id)]
-    target = run["target"].get("url", "local") if isinstance(run["target"], dict) else str(run["target"])
-    tmux_socket = run["target"].get("tmux_socket") if isinstance(run["target"], dict) else None
+    remedies = [RemedyView(**{k: getattr(r, k) for k in RemedyView.model_fields}) for r in journal.remedies(run_id)]
+    target = run.target.get("url", "local") if isinstance(run.target, dict) else str(run.target)
+    tmux_socket = run.target.get("tmux_socket") if isinstance(run.target, dict) else None
     # A finished run's session is gone unless a job was left running (keep_running): only then is there anything to watch.
-    watchable = run["state"] not in TERMINAL_RUN_STATES or any(s.state in ("running", "started") for s in steps)
-    attach = (f"tmux{' -L ' + tmux_socket if tmux_socket else ''} attach -t {run['tmux_session']}"
-              if run["tmux_session"] and watchable else None)
+    watchable = run.state not in TERMINAL_RUN_STATES or any(s.state in ("running", "started") for s in steps)
+    attach = (f"tmux{' -L ' + tmux_socket if tmux_socket else ''} attach -t {run.tmux_session}"
+              if run.tmux_session and watchable else None)
     alive = controller_alive(run)
-    end = run["ended"] or now
+    end = run.ended or now
     return RunStatus(
-        id=run["id"], runbook=run["runbook_name"], runbook_path=run["runbook_path"], target=target, state=run["state"],
-        message=run["message"], created=run["created"], started=run["started"], ended=run["ended"],
-        elapsed_s=round(end - run["started"], 3) if run["started"] else None, controller_alive=alive,
-        tmux_session=run["tmux_session"], attach=attach, run_dir=run["run_dir"], artifacts_dir=run["artifacts_dir"],
-        vars=run["vars"] or {}, steps=steps, remedies=remedies,
-        next_poll_s=0.0 if run["state"] in TERMINAL_RUN_STATES else min(2.0 if alive else 10.0, MAX_POLL_S),
+        id=run.id, runbook=run.runbook_name, runbook_path=run.runbook_path, target=target, state=run.state,
+        message=run.message, created=run.created, started=run.started, ended=run.ended,
+        elapsed_s=round(end - run.started, 3) if run.started else None, controller_alive=alive,
+        tmux_session=run.tmux_session, attach=attach, run_dir=run.run_dir, artifacts_dir=run.artifacts_dir,
+        vars=run.vars or {}, steps=steps, remedies=remedies,
+        next_poll_s=0.0 if run.state in TERMINAL_RUN_STATES else min(2.0 if alive else 10.0, MAX_POLL_S),
     )
 
 
@@ -151,7 +151,7 @@ def run_summaries(journal: Journal, limit: int = 50) -> list[RunSummary]:
     """Recent runs, newest first."""
     out = []
     for r in journal.runs(limit):
-        target = r["target"].get("url", "local") if isinstance(r["target"], dict) else str(r["target"])
-        out.append(RunSummary(id=r["id"], runbook=r["runbook_name"], state=r["state"], target=target,
-                              created=r["created"], ended=r["ended"], message=r["message"]))
+        target = r.target.get("url", "local") if isinstance(r.target, dict) else str(r.target)
+        out.append(RunSummary(id=r.id, runbook=r.runbook_name, state=r.state, target=target,
+                              created=r.created, ended=r.ended, message=r.message))
     return out

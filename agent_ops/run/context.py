@@ -119,27 +119,27 @@ def resume_run(journal: Journal, run_id: str, *, observer: Observer | None = Non
     row = journal.run(run_id)
     if row is None:
         raise RunStateError(f"unknown run {run_id!r}")
-    if row["state"] in ("succeeded", "cancelled"):
-        raise RunStateError(f"run {run_id} already {row['state']}; nothing to resume")
+    if row.state in ("succeeded", "cancelled"):
+        raise RunStateError(f"run {run_id} already {row.state}; nothing to resume")
     if controller_alive(row):
-        raise RunStateError(f"run {run_id} is still driven by controller pid {row['controller_pid']} on {row['controller_host']}")
-    loaded = load_runbook(row["runbook_path"])
-    if loaded.sha256 != row["runbook_sha"]:
-        raise RunStateError(f"{row['runbook_path']} changed since run {run_id} started; resume refuses a different runbook")
-    secret_values = read_secrets(row["secret_names"], environ)
-    target = TargetSpec.model_validate(row["target"])
+        raise RunStateError(f"run {run_id} is still driven by controller pid {row.controller_pid} on {row.controller_host}")
+    loaded = load_runbook(row.runbook_path)
+    if loaded.sha256 != row.runbook_sha:
+        raise RunStateError(f"{row.runbook_path} changed since run {run_id} started; resume refuses a different runbook")
+    secret_values = read_secrets(row.secret_names, environ)
+    target = TargetSpec.model_validate(row.target)
     transport = connect(target)
     masker = Masker(secret_values.values())
     journal.masker = masker
-    layout = RunLayout(run_id=run_id, run_dir=row["run_dir"], tmux=Tmux(target.tmux_socket))
-    artifacts = Path(row["artifacts_dir"])
-    builtins = builtin_values(run_id=run_id, run_dir=row["run_dir"], runbook_dir=str(loaded.path.parent), artifacts_dir=str(artifacts))
-    ctx = RunContext(run_id, loaded, {**row["vars"], **builtins}, secret_values, target, transport, journal, layout,
+    layout = RunLayout(run_id=run_id, run_dir=row.run_dir, tmux=Tmux(target.tmux_socket))
+    artifacts = Path(row.artifacts_dir)
+    builtins = builtin_values(run_id=run_id, run_dir=row.run_dir, runbook_dir=str(loaded.path.parent), artifacts_dir=str(artifacts))
+    ctx = RunContext(run_id, loaded, {**row.vars, **builtins}, secret_values, target, transport, journal, layout,
                      artifacts, masker, observer, resumed=True)
     # Failed steps get another chance; steps that succeeded are never re-run.
     for step in journal.steps(run_id):
-        if step["state"] in ("failed", "cancelled", "running"):
-            journal.set_step(run_id, step["step_id"], state="pending" if step["state"] != "running" else "running")
+        if step.state in ("failed", "cancelled", "running"):
+            journal.set_step(run_id, step.step_id, state="pending" if step.state != "running" else "running")
     ctx.event("run_resumed", None, f"resumed by pid {os.getpid()}")
     return ctx
 
@@ -151,21 +151,21 @@ def cancel_run(journal: Journal, run_id: str) -> str:
     row = journal.run(run_id)
     if row is None:
         raise RunStateError(f"unknown run {run_id!r}")
-    if row["state"] in TERMINAL_RUN_STATES:
-        raise RunStateError(f"run {run_id} already {row['state']}")
+    if row.state in TERMINAL_RUN_STATES:
+        raise RunStateError(f"run {run_id} already {row.state}")
     if controller_alive(row):
         journal.set_run(run_id, state="cancelling")
         journal.event(run_id, None, "cancel_requested", "cancel requested")
         return "cancelling"
-    target = TargetSpec.model_validate(row["target"])
+    target = TargetSpec.model_validate(row.target)
     transport = connect(target)
     try:
-        kill_session(transport, RunLayout(run_id=run_id, run_dir=row["run_dir"], tmux=Tmux(target.tmux_socket)))
+        kill_session(transport, RunLayout(run_id=run_id, run_dir=row.run_dir, tmux=Tmux(target.tmux_socket)))
     finally:
         transport.close()
     for step in journal.steps(run_id):
-        if step["state"] not in TERMINAL_STEP_STATES:
-            journal.set_step(run_id, step["step_id"], state="cancelled", ended=time.time(), message="cancelled")
+        if step.state not in TERMINAL_STEP_STATES:
+            journal.set_step(run_id, step.step_id, state="cancelled", ended=time.time(), message="cancelled")
     journal.set_run(run_id, state="cancelled", ended=time.time(), message="cancelled (no controller was running)")
     journal.event(run_id, None, "run_cancelled", "cancelled: jobs stopped, tmux session closed")
     return "cancelled"

@@ -72,8 +72,8 @@ class Executor:
         if not self.ctx.resumed:
             return
         for row in self.ctx.journal.steps(self.ctx.run_id):
-            if row["state"] in DONE_OK:
-                self.state[row["step_id"]] = row["state"]
+            if row.state in DONE_OK:
+                self.state[row.step_id] = row.state
 
     def _schedule(self) -> str:
         running: set[str] = set()  # driver threads alive: foreground steps and background jobs
@@ -150,7 +150,7 @@ class Executor:
 
     def _cancel_requested(self) -> bool:
         row = self.ctx.journal.run(self.ctx.run_id)
-        return bool(row and row["state"] == "cancelling")
+        return bool(row and row.state == "cancelling")
 
     def _cancel(self) -> None:
         self._cancelled = True

@@ -86,8 +86,8 @@ def remediate(run: RunContext, step: Step, attempt: int, text: str) -> RemedyRes
         return RemedyResult("none", f"no known issue matched (nearest: {near})")
     issue = default_catalog().get(match.issue_id)
     lines = match.matched_lines
-    fired = sum(1 for r in run.journal.remedies(run.run_id) if r["step_id"] == step.id and r["issue_id"] == issue.id
-                and r["result"] in ("applied", "succeeded", "failed"))
+    fired = sum(1 for r in run.journal.remedies(run.run_id) if r.step_id == step.id and r.issue_id == issue.id
+                and r.result in ("applied", "succeeded", "failed"))
     if not issue.fix or issue.retry.max_attempts == 0 or any(isinstance(f, Escalate) for f in issue.fix):
         return _stop(run, step, attempt, issue, lines, "escalated", _escalation(issue))
     if fired >= issue.retry.max_attempts:

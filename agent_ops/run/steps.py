@@ -93,7 +93,7 @@ def _cancelling(sctx: StepContext) -> bool:
     if not sctx.stop_flag.is_set():
         return False
     row = sctx.run.journal.run(sctx.run.run_id)
-    return row is not None and row["state"] in ("cancelling", "cancelled")
+    return row is not None and row.state in ("cancelling", "cancelled")
 
 
 def _end(sctx: StepContext, step: Step, outcome: StepOutcome) -> StepOutcome:
@@ -112,9 +112,9 @@ def _earlier_attempts(sctx: StepContext, step: Step) -> tuple[int | None, int]:
     if not sctx.run.resumed:
         return None, 0
     attempts = sctx.run.journal.attempts(sctx.run.run_id, step.id)
-    last = max((a["attempt"] for a in attempts), default=0)
-    live = [a for a in attempts if a["ended"] is None and a["job_dir"]] if isinstance(step, RunStep) else []
-    return (live[-1]["attempt"] if live else None), last
+    last = max((a.attempt for a in attempts), default=0)
+    live = [a for a in attempts if a.ended is None and a.job_dir] if isinstance(step, RunStep) else []
+    return (live[-1].attempt if live else None), last
 
 
 def _attempt(sctx: StepContext, step: Step, attempt: int, reattach: bool) -> StepOutcome:
@@ -286,8 +286,8 @@ def _next_attempt(sctx: StepContext, job: str, old: JobHandle) -> JobHandle | No
         current = sctx.handles.get(job)
         if current is not None and current != old:
             return current
-        row = next((s for s in sctx.run.journal.steps(sctx.run.run_id) if s["step_id"] == job), None)
-        if row is None or row["state"] in TERMINAL_STEP_STATES:
+        row = next((s for s in sctx.run.journal.steps(sctx.run.run_id) if s.step_id == job), None)
+        if row is None or row.state in TERMINAL_STEP_STATES:
             return None  # the job step is over: no new attempt will come
         time.sleep(0.25)
     return None
