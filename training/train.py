@@ -6,6 +6,7 @@ Usage::
     torchrun ... -m training.train --config FILE --resume                 # newest complete checkpoint in out_dir
     torchrun ... -m training.train --config FILE --resume OUT/checkpoint-000200   # exactly this one (rollback)
     python -m training.train --config FILE --set max_steps=20 --set wandb.mode=disabled   # one process
+    python -m training.train --help      # every config key --set accepts, with type, default and description
 
 Reads a training cache (``python -m training.cache``) and its statistics, builds
 the policy (training.policy), and runs the loop below under DDP (gloo on CPU,
@@ -575,9 +576,13 @@ def apply_environment(cfg: TrainConfig, log: Any) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.splitlines()[0])
+    from training.config_help import help_text
+
+    p = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.splitlines()[0],
+                                epilog=help_text(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="YAML or JSON TrainConfig, or a packaged config name (tiny_cpu)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field (YAML value)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field (YAML value); the keys are listed below")
     p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
                    help="continue from the newest complete checkpoint in out_dir, or from this checkpoint dir")
     return p
