@@ -2,9 +2,15 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
+from typing import get_args, get_origin
 
 import pytest
+from pydantic import BaseModel
 
 from training.config import ConfigError, TrainConfig, apply_overrides, load_config, parse_override
 
@@ -63,3 +69,48 @@ def test_a_bare_name_finds_the_packaged_config_and_an_unknown_one_lists_them() -
     assert cfg.model_dump() == load_config(ROOT / "training" / "configs" / "tiny_cpu.yaml", ["max_steps=7"]).model_dump()
     with pytest.raises(ConfigError, match=r"tiny_gpu: no such file, and not a packaged config \(shipped: .*tiny_cpu"):
         load_config("tiny_gpu")
+
+
+def _leaf_paths(model: type[BaseModel], prefix: str = "") -> list[str]:
+    """Every leaf field of a config model as a dotted path, walked here independently of training.config_help."""
+    paths = []
+    for name, field in model.model_fields.items():
+        inner = [a for a in (field.annotation, *get_args(field.annotation))
+                 if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not inner:
+            paths.append(prefix + name)
+            continue
+        sep = "[]." if get_origin(field.annotation) is list else "."
+        paths += _leaf_paths(inner[0], prefix + name + sep)
+    return paths
+
+
+def test_help_lists_every_config_key_with_its_type_default_and_description() -> None:
+    # The real entry point: no torch needed to ask the trainer what it accepts.
+    proc = subprocess.run([sys.executable, "-m", "training.train", "--help"], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    rows = {line.split()[0]: line for line in proc.stdout.splitlines() if line.startswith("  ") and line.split()}
+    assert re.fullmatch(r"  craft\.enabled +bool +false", rows["craft.enabled"])
+    assert re.fullmatch(r"  optim\.lr +float \(> 0\) +0\.0002", rows["optim.lr"])
+    assert re.fullmatch(r"  objective\.aux_ce +mapping \| null +null +add w\(t\) x next-token CE on the instruction",
+                        rows["objective.aux_ce"])
+    assert re.fullmatch(r"  objective\.aux_ce\.updates +int \(>= 1\) +200", rows["objective.aux_ce.updates"])
+    assert re.fullmatch(r"  data\.cache_dir +str +required", rows["data.cache_dir"])
+    assert re.fullmatch(r"  data\.normalization +q99\|mean_std\|none +q99", rows["data.normalization"])
+    assert re.fullmatch(r"  runtime\.threads +int \| null \(>= 1\) +null +torch intra-op threads per process",
+                        rows["runtime.threads"])
+    assert re.fullmatch(r"  watchdog\.watch\[\]\.direction +min\|max +required +min: lower is better .*",
+                        rows["watchdog.watch[].direction"])
+    # Generated from the model, so it cannot drift: every leaf field is listed, and every listed key is a field.
+    leaves = _leaf_paths(TrainConfig)
+    assert {"optim.betas", "model.vision.config", "fault.amplify", "watchdog.watch[].ema"} <= set(leaves)
+    assert [path for path in leaves if path not in rows] == []
+    listed = [k for k in rows if re.fullmatch(r"[\w.\[\]]+", k) and ("." in k or k in TrainConfig.model_fields)]
+    assert set(listed) - set(leaves) == {"objective.aux_ce", "watchdog.watch"}  # settable whole: null / a list
+
+
+def test_a_key_of_an_optional_section_can_be_set_alone() -> None:
+    # The help lists objective.aux_ce.start: setting it alone turns the hybrid schedule on with the other defaults.
+    cfg = load_config("tiny_cpu", ["objective.aux_ce.start=0.8"])
+    assert cfg.objective.aux_ce is not None and (cfg.objective.aux_ce.start, cfg.objective.aux_ce.end) == (0.8, 0.5)

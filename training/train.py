@@ -6,6 +6,7 @@ Usage::
     torchrun ... -m training.train --config FILE --resume                 # newest complete checkpoint in out_dir
     torchrun ... -m training.train --config FILE --resume OUT/checkpoint-000200   # exactly this one (rollback)
     python -m training.train --config FILE --set max_steps=20 --set wandb.mode=disabled   # one process
+    python -m training.train --help      # every config key --set accepts, with type, default and description
 
 Reads a training cache (``python -m training.cache``) and its statistics, builds
 the policy (training.policy), and runs the loop below under DDP (gloo on CPU,
@@ -76,171 +77,226 @@ class Run:
     flops_per_sample: float
 
 
+@dataclass
+class StepOutcome:
+    """What one update produced: what the guard, the log lines, metrics and the watchdog read."""
+
+    step: int
+    loss: float  # mean over ranks and accumulation micro-batches
+    grad_norm: float  # before clipping
+    seconds: float
+    logs: dict[str, Any]  # the objective's terms, on the device; averaged over ranks only when logged
+    aux_weight: float | None  # the hybrid schedule's w(t), None without objective.aux_ce
+    craft: Any  # training.craft.CraftStep or None
+
+
 def train_loop(run: Run) -> int:
     """Update until max_steps: accumulate, sync, clip, guard, step, log, watch, checkpoint."""
     import torch
 
-    from training.distributed import gradient_sync
-    from training.objectives import hybrid_loss, retention_loss
     from training.profiling import StepProfiler
-    from training.progress import craft_line, skip_line, step_line, stop_nonfinite_line
-    from training.schedules import lr_at, weight_at
+    from training.schedules import weight_at
     from training.throughput import StepTimer
+    from training.update import HostScalars
 
-    cfg, ctx, st, log = run.cfg, run.ctx, run.state, run.log
-    accum, layer = cfg.optim.grad_accum, cfg.craft.anchor_layer if run.craft else None
-    params = [p for p in run.policy.parameters() if p.requires_grad]
+    cfg, ctx, st = run.cfg, run.ctx, run.state
     timer = StepTimer(warmup=min(cfg.runtime.timing_warmup_steps, max(cfg.max_steps - st.step - 1, 0)))
-    profiler = StepProfiler(cfg.runtime.profile_steps, cfg.runtime.profile_start, Path(cfg.out_dir), ctx.is_main, log)
+    profiler = StepProfiler(cfg.runtime.profile_steps, cfg.runtime.profile_start, Path(cfg.out_dir), ctx.is_main, run.log)
+    feed = BatchFeed(run, timer)
+    update = make_update(run, feed)
+    while st.step < cfg.max_steps:
+        step = st.step
+        profiler.before(step)
+        set_lr(run, step)
+        aux_w = weight_at(step, cfg.objective.aux_ce) if cfg.objective.aux_ce else None
+        timer.start()
+        loss_sum, logs = accumulate(run, feed, aux_w)
+        craft = craft_step(run)
+        norm = update.grad_norm()
+        # One small all-reduce and one host sync per step: a NaN loss on any rank (whose gradient can be
+        # finite: |x - nan| has a zero subgradient) or a non-finite norm makes every rank skip together.
+        summed = ctx.all_reduce_sum(torch.stack([loss_sum.float(), norm.to(loss_sum.device)]))
+        scalars = HostScalars(torch.cat([summed, norm.view(1).to(summed.device)]))
+        update.queue(summed, norm)  # fused: the update runs on the GPU while the host waits for the copy
+        total, norm_sum, gn = scalars.get()
+        finite = math.isfinite(total) and math.isfinite(norm_sum)
+        update.apply(finite)
+        run.optimizer.zero_grad(set_to_none=True)
+        seconds = timer.stop()
+        profiler.after(step)
+        st.step += 1
+        done = StepOutcome(step, total / ctx.world_size, gn, seconds, logs, aux_w, craft)
+        if not finite and skip_nonfinite(run, done):
+            return EXIT_NONFINITE
+        if step % cfg.log_every == 0 or st.step == cfg.max_steps:
+            metrics = log_step(run, done)
+            if collapse_stops(run, metrics, step):
+                return EXIT_COLLAPSE
+        if st.step % cfg.checkpoint.save_every == 0 or (st.step == cfg.max_steps and cfg.checkpoint.save_final):
+            save(run)
+    run.log(f"[train] done step={st.step} final_loss={st.last_loss:.4f}")
+    report_throughput(run, timer)
+    return 0
+
+
+class BatchFeed:
+    """Device batches in order; one may be copied ahead while the fused update runs. Waits count as data time."""
+
+    def __init__(self, run: Run, timer: Any) -> None:
+        self.run, self.timer = run, timer
+        self.pending: dict[str, Any] | None = None  # the next step's first micro-batch, already on the device
+
+    def next(self) -> dict[str, Any]:
+        """The next batch on the device: the one copied ahead, else drawn now."""
+        t0 = time.perf_counter()
+        batch, self.pending = (self.pending, None) if self.pending is not None else (
+            prepare_batch(next(self.run.batches), self.run), None)
+        self.timer.waited(time.perf_counter() - t0)
+        return batch
+
+    def prefetch(self) -> None:
+        """Copy the next step's first batch now, unless a checkpoint is saved first."""
+        st, cfg = self.run.state, self.run.cfg
+        if st.step + 1 < cfg.max_steps and (st.step + 1) % cfg.checkpoint.save_every:
+            # Not before a checkpoint: the saved data cursor and noise RNG must not run a batch ahead.
+            t0 = time.perf_counter()
+            self.pending = prepare_batch(next(self.run.batches), self.run)
+            self.timer.waited(time.perf_counter() - t0)
+
+
+def make_update(run: Run, feed: BatchFeed) -> Any:
+    """The update this run takes: fused on the device where it can, else from the host (training.update)."""
+    from training.update import DeviceUpdate, HostUpdate
+
+    cfg = run.cfg
+    params = [p for p in run.policy.parameters() if p.requires_grad]
     # Fused AdamW can skip a non-finite update and apply the clip factor inside its kernel, so the update
     # is queued before the host reads the loss, and the next batch is copied while it runs: the one host
     # sync per step then leaves the GPU a queue, not an idle gap. (CRaFT combines its gradients on the
     # host; FSDP's sharded parameters take the plain path.)
     on_device = run.optimizer.defaults.get("fused") and run.craft is None and cfg.runtime.parallel != "fsdp"
-    pending: dict[str, Any] | None = None  # the next step's first micro-batch, already on the device
-    while st.step < cfg.max_steps:
-        step = st.step
-        profiler.before(step)
-        lr = fault_lr(lr_at(step, cfg.optim.lr, cfg.schedule, cfg.max_steps), step, cfg, log)
-        for group in run.optimizer.param_groups:
-            group["lr"] = lr
-        aux_w = weight_at(step, cfg.objective.aux_ce) if cfg.objective.aux_ce else 0.0
-        timer.start()
-        loss_sum, logs_sum = torch.zeros((), device=ctx.device), {}
-        for micro in range(accum):
-            t0 = time.perf_counter()
-            batch, pending = (pending, None) if pending is not None else (prepare_batch(next(run.batches), run), None)
-            timer.waited(time.perf_counter() - t0)
-            # Only the last micro-batch all-reduces: the others would pay a collective for nothing.
-            with gradient_sync(run.model, micro == accum - 1):
-                with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=run.bf16):
-                    out = run.model(batch, hidden_layer=layer)
-                    loss = hybrid_loss(out.loss, out.aux_ce, aux_w) if out.aux_ce is not None else out.loss
-                if run.craft is None:
-                    (loss / accum).backward()
-                else:
-                    with torch.no_grad(), torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=run.bf16):
-                        _, anchor_hidden = run.anchor.encode(batch, layer)
-                    ret = retention_loss(run.policy.features(out.features, cfg.craft.anchor, cfg.craft.anchor_tokens),
-                                         run.policy.features(anchor_hidden, cfg.craft.anchor, cfg.craft.anchor_tokens))
-                    run.craft.backward(loss, ret, 1.0 / accum)
-            loss_sum += loss.detach() / accum
-            for key, value in out.logs.items():
-                logs_sum[key] = logs_sum.get(key, 0.0) + value / accum
-        craft = run.craft.finish(run.craft.lam(st.lam)) if run.craft else None
-        if on_device:
-            norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]).detach().float()
-        else:
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm or float("inf"))
-            norm = (grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm).detach().float()
-        # One small all-reduce and one host sync per step: a NaN loss on any rank (whose gradient can be
-        # finite: |x - nan| has a zero subgradient) or a non-finite norm makes every rank skip together.
-        summed = ctx.all_reduce_sum(torch.stack([loss_sum.float(), norm.to(loss_sum.device)]))
-        scalars = HostScalars(torch.cat([summed, norm.view(1).to(summed.device)]))
-        if on_device:
-            queue_update(run.optimizer, summed, norm, cfg.optim.max_grad_norm)
-            if st.step + 1 < cfg.max_steps and (st.step + 1) % cfg.checkpoint.save_every:
-                # Not before a checkpoint: the saved data cursor and noise RNG must not run a batch ahead.
-                t0 = time.perf_counter()
-                pending = prepare_batch(next(run.batches), run)
-                timer.waited(time.perf_counter() - t0)
-        total, norm_sum, gn = scalars.get()
-        step_loss = total / ctx.world_size
-        finite = math.isfinite(total) and math.isfinite(norm_sum)
-        if finite and not on_device:
-            run.optimizer.step()
-        elif not finite:
-            st.nonfinite_total += 1
-            st.nonfinite_since_save += 1
-        run.optimizer.zero_grad(set_to_none=True)
-        if craft is not None and cfg.craft.dual:
-            st.lam = craft.lambda_after
-        seconds = timer.stop()
-        profiler.after(step)
-        st.step += 1
-        if not finite:
-            log(skip_line(step, step_loss, gn, st.nonfinite_total, cfg.runtime.max_nonfinite_steps))
-            if st.nonfinite_total >= cfg.runtime.max_nonfinite_steps:
-                log(stop_nonfinite_line(st.nonfinite_total, cfg.runtime.max_nonfinite_steps))
-                return EXIT_NONFINITE
-        if step % cfg.log_every == 0 or st.step == cfg.max_steps:
-            keys = sorted(logs_sum)
-            parts = ctx.all_reduce_mean(torch.stack([logs_sum[k] for k in keys]).float()).tolist() if keys else []
-            st.last_loss = step_loss
-            lr = run.optimizer.param_groups[0]["lr"]  # the LR the update used, read back from the optimizer
-            log(step_line(step, cfg.max_steps, step_loss, lr, gn, seconds))
-            metrics = {"step": step, "loss": step_loss, "lr": lr, "grad_norm": gn, "s_per_step": seconds,
-                       **dict(zip(keys, parts, strict=True))}
-            if cfg.objective.aux_ce:
-                metrics["aux_weight"] = aux_w
-            if craft is not None:
-                log(craft_line(step, cfg.max_steps, step_loss, craft.retention, cfg.craft.retention_budget,
-                               craft.lambda_before, craft.lambda_after, craft.conflict_ratio, gn, lr))
-                metrics.update(retention=craft.retention, retention_nonfinite=int(craft.nonfinite),
-                               lambda_before=craft.lambda_before, lambda_after=craft.lambda_after,
-                               conflict_ratio=craft.conflict_ratio)
-            log.metrics(metrics)
-            run.tracker.log(tracked(metrics), step=step)
-            for name in ("loss", "grad_norm"):
-                collapse = run.watchdog.observe(name, metrics[name], step) if cfg.watchdog.enabled else None
-                if collapse is not None:
-                    log(collapse.line())
-                    withdraw_suspects(run, collapse)
-                    if cfg.watchdog.on_collapse == "stop":
-                        log("[train] stopping after collapse: nothing saved; roll back to the newest HEALTHY checkpoint")
-                        return EXIT_COLLAPSE
-        if st.step % cfg.checkpoint.save_every == 0 or (st.step == cfg.max_steps and cfg.checkpoint.save_final):
-            save(run)
-    log(f"[train] done step={st.step} final_loss={st.last_loss:.4f}")
-    report_throughput(run, timer)
-    return 0
+    if on_device:
+        return DeviceUpdate(run.optimizer, params, cfg.optim.max_grad_norm, feed.prefetch)
+    return HostUpdate(run.optimizer, params, cfg.optim.max_grad_norm)
 
 
-class HostScalars:
-    """A few device values copied to the host as soon as they exist, read later.
+def set_lr(run: Run, step: int) -> None:
+    """Every parameter group takes the step's LR: a pure function of the step, so a resume needs no scheduler state."""
+    from training.schedules import lr_at
 
-    The copy is queued where the values are computed and an event marks it, so
-    reading waits for that point of the stream only, not for the optimizer step
-    queued after it: the GPU still has the update to run while the host logs
-    and queues the next forward, instead of idling from the sync until then.
-    """
-
-    def __init__(self, values: Any) -> None:
-        import torch
-
-        self.event = None
-        if values.device.type == "cuda":
-            self.values = values.to("cpu", non_blocking=True)  # lands in pinned memory
-            self.event = torch.cuda.Event()
-            self.event.record()
-        else:
-            self.values = values
-
-    def get(self) -> list[float]:
-        """The values (waits for the copy)."""
-        if self.event is not None:
-            self.event.synchronize()
-        return self.values.tolist()
+    cfg = run.cfg
+    lr = fault_lr(lr_at(step, cfg.optim.lr, cfg.schedule, cfg.max_steps), step, cfg, run.log)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
 
 
-def queue_update(optimizer: Any, summed: Any, norm: Any, max_norm: float | None) -> None:
-    """Queue fused AdamW's step without reading anything on the host.
-
-    ``found_inf`` (a non-finite loss sum or norm) makes the kernel leave weights,
-    moments and step counts as they were; ``grad_scale`` divides the gradients
-    by max(norm / max_norm, 1), the same factor ``clip_grad_norm_`` multiplies
-    by, applied in the kernel instead of a separate pass over every gradient.
-    These are the attributes ``torch.amp.GradScaler`` sets on fused optimizers.
-    """
+def accumulate(run: Run, feed: BatchFeed, aux_w: float | None) -> tuple[Any, dict[str, Any]]:
+    """Forward and backward over grad_accum micro-batches; their mean loss and logs, still on the device."""
     import torch
 
-    optimizer.found_inf = (~torch.isfinite(summed).all()).float()  # 0-dim, as the step counts are
-    scale = None
-    if max_norm:
-        scale = torch.clamp((norm + 1e-6) / max_norm, min=1.0)  # clip_grad_norm_'s 1e-6
-        scale = torch.nan_to_num(scale, nan=1.0, posinf=1.0)  # the step is skipped then anyway
-    optimizer.grad_scale = scale
-    optimizer.step()
+    from training.distributed import gradient_sync
+    from training.objectives import hybrid_loss
+
+    cfg, ctx = run.cfg, run.ctx
+    accum, layer = cfg.optim.grad_accum, cfg.craft.anchor_layer if run.craft else None
+    loss_sum, logs_sum = torch.zeros((), device=ctx.device), {}
+    for micro in range(accum):
+        batch = feed.next()
+        # Only the last micro-batch all-reduces: the others would pay a collective for nothing.
+        with gradient_sync(run.model, micro == accum - 1):
+            with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=run.bf16):
+                out = run.model(batch, hidden_layer=layer)
+                loss = hybrid_loss(out.loss, out.aux_ce, aux_w) if out.aux_ce is not None else out.loss
+            if run.craft is None:
+                (loss / accum).backward()
+            else:
+                craft_backward(run, batch, out, loss, layer)
+        loss_sum += loss.detach() / accum
+        for key, value in out.logs.items():
+            logs_sum[key] = logs_sum.get(key, 0.0) + value / accum
+    return loss_sum, logs_sum
+
+
+def craft_backward(run: Run, batch: dict[str, Any], out: Any, loss: Any, layer: int) -> None:
+    """CRaFT: the action and retention gradients of one micro-batch, kept apart until the step combines them."""
+    import torch
+
+    from training.objectives import retention_loss
+
+    cfg, ctx = run.cfg, run.ctx
+    with torch.no_grad(), torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=run.bf16):
+        _, anchor_hidden = run.anchor.encode(batch, layer)
+    ret = retention_loss(run.policy.features(out.features, cfg.craft.anchor, cfg.craft.anchor_tokens),
+                         run.policy.features(anchor_hidden, cfg.craft.anchor, cfg.craft.anchor_tokens))
+    run.craft.backward(loss, ret, 1.0 / cfg.optim.grad_accum)
+
+
+def craft_step(run: Run) -> Any:
+    """CRaFT: write the combined (projected, lambda-weighted) gradient and move the dual variable; None when off."""
+    if run.craft is None:
+        return None
+    craft = run.craft.finish(run.craft.lam(run.state.lam))
+    if run.cfg.craft.dual:
+        run.state.lam = craft.lambda_after
+    return craft
+
+
+def skip_nonfinite(run: Run, done: StepOutcome) -> bool:
+    """The non-finite guard: count and report the skipped update; True when too many say stop (exit 4)."""
+    from training.progress import skip_line, stop_nonfinite_line
+
+    st, limit = run.state, run.cfg.runtime.max_nonfinite_steps
+    st.nonfinite_total += 1
+    st.nonfinite_since_save += 1  # the next checkpoint is not HEALTHY
+    run.log(skip_line(done.step, done.loss, done.grad_norm, st.nonfinite_total, limit))
+    if st.nonfinite_total < limit:
+        return False
+    run.log(stop_nonfinite_line(st.nonfinite_total, limit))
+    return True
+
+
+def log_step(run: Run, done: StepOutcome) -> dict[str, float]:
+    """The step line (and CRaFT's console line), metrics.jsonl and the tracker; returns the metrics."""
+    import torch
+
+    from training.progress import craft_line, step_line
+
+    cfg, log, craft = run.cfg, run.log, done.craft
+    keys = sorted(done.logs)
+    parts = run.ctx.all_reduce_mean(torch.stack([done.logs[k] for k in keys]).float()).tolist() if keys else []
+    run.state.last_loss = done.loss
+    lr = run.optimizer.param_groups[0]["lr"]  # the LR the update used, read back from the optimizer
+    log(step_line(done.step, cfg.max_steps, done.loss, lr, done.grad_norm, done.seconds))
+    metrics = {"step": done.step, "loss": done.loss, "lr": lr, "grad_norm": done.grad_norm, "s_per_step": done.seconds,
+               **dict(zip(keys, parts, strict=True))}
+    if done.aux_weight is not None:
+        metrics["aux_weight"] = done.aux_weight
+    if craft is not None:
+        log(craft_line(done.step, cfg.max_steps, done.loss, craft.retention, cfg.craft.retention_budget,
+                       craft.lambda_before, craft.lambda_after, craft.conflict_ratio, done.grad_norm, lr))
+        metrics.update(retention=craft.retention, retention_nonfinite=int(craft.nonfinite),
+                       lambda_before=craft.lambda_before, lambda_after=craft.lambda_after,
+                       conflict_ratio=craft.conflict_ratio)
+    log.metrics(metrics)
+    run.tracker.log(tracked(metrics), step=done.step)
+    return metrics
+
+
+def collapse_stops(run: Run, metrics: dict[str, float], step: int) -> bool:
+    """The collapse watchdog: report a collapsed loss or grad norm; True when on_collapse=stop ends the run (exit 3)."""
+    cfg = run.cfg
+    if not cfg.watchdog.enabled:
+        return False
+    for name in ("loss", "grad_norm"):
+        collapse = run.watchdog.observe(name, metrics[name], step)
+        if collapse is None:
+            continue
+        run.log(collapse.line())
+        withdraw_suspects(run, collapse)
+        if cfg.watchdog.on_collapse == "stop":
+            run.log("[train] stopping after collapse: nothing saved; roll back to the newest HEALTHY checkpoint")
+            return True
+    return False
 
 
 def fault_lr(lr: float, step: int, cfg: TrainConfig, log: Any) -> float:
@@ -520,9 +576,13 @@ def apply_environment(cfg: TrainConfig, log: Any) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.splitlines()[0])
+    from training.config_help import help_text
+
+    p = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.splitlines()[0],
+                                epilog=help_text(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="YAML or JSON TrainConfig, or a packaged config name (tiny_cpu)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field (YAML value)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field (YAML value); the keys are listed below")
     p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
                    help="continue from the newest complete checkpoint in out_dir, or from this checkpoint dir")
     return p
