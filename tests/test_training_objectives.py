@@ -237,3 +237,31 @@ def test_profile_kernel_shares_split_kernel_time_by_name() -> None:
     shares = kernel_shares(rows)
     assert shares["kernel_s"] == pytest.approx(1000.0 / 1e6)  # device times are in microseconds
     assert (shares["matmul"], shares["attention"], shares["other"]) == pytest.approx((0.7, 0.2, 0.1))
+
+
+def test_exposed_communication_is_collective_time_with_no_compute_under_it() -> None:
+    from types import SimpleNamespace
+
+    from training.profiling import comm_intervals, exposed_time
+
+    # Two all-reduces: 10-30 overlaps compute 0-20 (10 exposed), 40-50 has nothing under it (10 exposed);
+    # compute kernels overlapping each other (0-20 and 5-15) count once; a copy hides nothing.
+    def event(name: str, start: float, end: float, device: str = "CUDA") -> SimpleNamespace:
+        return SimpleNamespace(name=name, device_type=f"DeviceType.{device}", thread=1, cpu_parent=None,
+                               time_range=SimpleNamespace(start=start, end=end))
+
+    events = [event("sm90_xmma_gemm_bf16", 0, 20), event("triton_poi_fused_mul_0", 5, 15),
+              event("ncclDevKernel_AllReduce_Sum_f32_RING_LL", 10, 30),
+              event("Memcpy HtoD (Pinned -> Device)", 40, 50), event("ncclKernel_AllGather_RING_LL", 40, 50),
+              event("aten::mm", 0, 60, device="CPU")]  # a host op: with kernels present, only kernels count
+    comm, compute = comm_intervals(events)
+    assert sorted(comm) == [(10, 30), (40, 50)] and sorted(compute) == [(0, 20), (5, 15)]
+    assert exposed_time(comm, compute) == (30, 20)
+    assert exposed_time([(0, 10), (5, 12)], [(2, 3), (4, 6), (11, 20)]) == (12, 12 - 1 - 2 - 1)
+    assert exposed_time([], [(0, 1)]) == (0, 0)
+    # CPU (gloo): collectives run on gloo's threads; compute is the top-level ops of the other threads.
+    host = [SimpleNamespace(name=n, device_type="DeviceType.CPU", thread=t, cpu_parent=parent,
+                            time_range=SimpleNamespace(start=a, end=b))
+            for n, t, parent, a, b in [("gloo:all_reduce", 2, None, 10, 30), ("aten::addmm", 1, None, 0, 20),
+                                       ("aten::mm", 1, "addmm", 0, 20), ("c10d::allreduce_", 1, None, 9, 10)]]
+    assert comm_intervals(host) == ([(10, 30)], [(0, 20)])

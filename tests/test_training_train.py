@@ -86,8 +86,13 @@ def metrics(out: Path) -> list[dict]:
 
 
 def gate_lines(stdout: str) -> list[str]:
-    """Our lines only (torchrun and wandb print their own)."""
-    return [line for line in stdout.splitlines() if line.startswith(("[", "Step "))]
+    """Rank 0's lines only (torchrun and wandb print their own; every rank prints a `[dist]` line)."""
+    return [line for line in stdout.splitlines() if line.startswith(("[", "Step ")) and not line.startswith("[dist] ")]
+
+
+def rank_lines(stdout: str) -> list[str]:
+    """The `[dist]` line of every rank, in the order printed."""
+    return [line for line in stdout.splitlines() if line.startswith("[dist] ")]
 
 
 REFERENCE = ("log_every=1", f"max_steps={STEPS}", "checkpoint.save_every=40", "checkpoint.keep_last=2")
@@ -112,6 +117,12 @@ def test_losses_fall_over_200_steps(reference: dict) -> None:
 
 
 def test_startup_lines_come_in_their_fixed_order_and_every_step_line_parses(reference: dict, data: dict) -> None:
+    # Every rank's own line first, in rank order.
+    ranks = rank_lines(reference["stdout"])
+    assert [r.split()[1] for r in ranks] == ["rank=0/2", "rank=1/2"]
+    rank_re = r"\[dist\] rank=\d/2 local_rank=\d device=cpu backend=gloo host=\S+ pid=\d+ nvls=(off|default)"
+    assert all(re.fullmatch(rank_re, r) for r in ranks)
+    assert reference["stdout"].index(ranks[-1]) < reference["stdout"].index("[data] dataset=")
     lines = gate_lines(reference["stdout"])
     expected_start = [
         "[data] dataset=libero_synth episodes=12 transitions=600 chunk=4 batch=8",

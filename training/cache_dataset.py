@@ -143,6 +143,7 @@ class LoaderConfig:
     num_workers: int = 0
     drop_last_batch: bool = True  # every batch full, so every DDP rank takes the same number of steps
     pin_memory: bool = False
+    grad_accum: int = 1  # micro-batches per update: an epoch holds whole updates (training.sampler)
 
 
 class CacheLoader:
@@ -158,7 +159,7 @@ class CacheLoader:
 
     def _plan(self, start: SamplerState) -> Iterator[Batch]:
         c = self.config
-        return self.sampler.batches(c.batch_size, start, c.epochs, c.drop_last_batch)
+        return self.sampler.batches(c.batch_size, start, c.epochs, c.drop_last_batch, c.grad_accum)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         start = self.state

@@ -2,13 +2,17 @@
 
 Without torchrun's environment (``RANK``/``WORLD_SIZE``) the trainer runs as a
 single process with no process group, and every collective here is a no-op.
+
+Every rank prints one ``[dist]`` line once it has joined (training.progress.rank_line), in
+rank order, so a runbook can gate on each rank's start-up, not only on rank 0's log.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+import socket
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +21,7 @@ from torch import nn
 
 from training.config import RuntimeConfig
 from training.policy import transformer_blocks
+from training.progress import rank_line
 
 
 @dataclass(frozen=True)
@@ -76,10 +81,33 @@ def init_distributed(runtime: RuntimeConfig) -> DistContext:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = pick_device(runtime, local_rank)
     if world_size == 1 and "MASTER_ADDR" not in os.environ:
-        return DistContext(0, 1, 0, device, None)
-    backend = runtime.backend if runtime.backend != "auto" else ("nccl" if device.type == "cuda" else "gloo")
-    dist.init_process_group(backend=backend, device_id=device if backend == "nccl" else None)
-    return DistContext(rank, world_size, local_rank, device, backend)
+        ctx = DistContext(0, 1, 0, device, None)
+    else:
+        backend = runtime.backend if runtime.backend != "auto" else ("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(backend=backend, device_id=device if backend == "nccl" else None)
+        ctx = DistContext(rank, world_size, local_rank, device, backend)
+    announce(ctx)
+    return ctx
+
+
+def announce(ctx: DistContext) -> None:
+    """Each rank prints its ``[dist]`` line in turn: a barrier after each, so rank r's line precedes rank r+1's."""
+    line = rank_line(ctx.rank, ctx.world_size, ctx.local_rank, str(ctx.device), ctx.backend, socket.gethostname(),
+                     os.getpid(), multicast_off(os.environ))
+    for turn in range(ctx.world_size):
+        if turn == ctx.rank:
+            print(line, flush=True)  # flushed before the barrier: the shared stdout keeps rank order
+        ctx.barrier()
+
+
+# NVLink SHARP / multicast (NVLS) off in NCCL, PyTorch's symmetric memory and NVSHMEM: on shared
+# multi-GPU hosts a program using multicast can take the host's GPUs out of service.
+MULTICAST_OFF = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+
+
+def multicast_off(env: Mapping[str, str]) -> bool:
+    """Whether all three switches that keep NVLink multicast off are set in ``env``."""
+    return all(env.get(name) == value for name, value in MULTICAST_OFF.items())
 
 
 def wrap_model(policy: nn.Module, ctx: DistContext, runtime: RuntimeConfig, bf16: bool, manual_sync: bool) -> nn.Module:

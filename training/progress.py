@@ -2,6 +2,8 @@
 
 Start-up, always in this order (the full reference with regexes is training/LOGS.md)::
 
+    [dist] rank=<r>/<w> local_rank=<l> device=<dev> backend=<gloo|nccl|none> host=<h> pid=<p> nvls=<off|default>
+                                                            (every rank, in rank order; stdout only)
     [data] dataset=<name> episodes=<n> transitions=<n> chunk=<K> batch=<b>
     [model] Loaded <n> weight tensors, skipped <m>          (or: [model] initialised from config (random weights))
     [model] Model: <X.X>M total, <Y.Y>M trainable
@@ -38,6 +40,13 @@ import math
 import sys
 from pathlib import Path
 from typing import Any
+
+
+def rank_line(rank: int, world: int, local_rank: int, device: str, backend: str | None, host: str, pid: int,
+              multicast_off: bool) -> str:
+    """One rank has joined the job (printed by every rank, not only rank 0)."""
+    return (f"[dist] rank={rank}/{world} local_rank={local_rank} device={device} backend={backend or 'none'} "
+            f"host={host} pid={pid} nvls={'off' if multicast_off else 'default'}")
 
 
 def data_line(dataset: str, episodes: int, transitions: int, chunk: int, batch: int) -> str:

@@ -523,7 +523,7 @@ def setup(cfg: TrainConfig, ctx: Any, log: Any, resume: str | None) -> Run:
         log(f"[train] resumed from {checkpoint} at step={state.step}")
     loader = CacheLoader(dataset, LoaderConfig(batch_size=cfg.data.batch_size, seed=cfg.seed, rank=ctx.rank,
                                                world_size=ctx.world_size, epochs=None, num_workers=cfg.data.num_workers,
-                                               pin_memory=ctx.device.type == "cuda"),
+                                               pin_memory=ctx.device.type == "cuda", grad_accum=cfg.optim.grad_accum),
                          state=SamplerState.from_dict(data_state) if data_state else None)
     tracker = start_tracking(cfg, state.wandb_run_id, ctx.is_main, log)
     state.wandb_run_id = tracker.run_id

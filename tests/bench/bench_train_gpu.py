@@ -5,6 +5,10 @@ Run from the repository root::
     python tests/bench/bench_train_gpu.py                 # one H100: the reference config, both contenders
     python tests/bench/bench_train_gpu.py --tiny          # CPU smoke test: tiny model, fp32, a few steps
     python tests/bench/bench_train_gpu.py --steps 80 --batch 48 --trainer-compile   # variations
+    python tests/bench/bench_train_gpu.py --scaling       # 2 GPUs: DDP and FSDP on 1 and 2 GPUs (see below)
+    python tests/bench/bench_train_gpu.py --scaling --tiny   # the same on CPU: 2 gloo processes, tiny model
+    python tests/bench/bench_train_gpu.py --scaling --dry-run   # print the runs' commands and environment only
+    python tests/bench/bench_train_gpu.py --data-only     # the data alone, as --var arguments for a runbook
 
 Needs torch, transformers, safetensors, numpy, pyyaml, pydantic and accelerate
 (transformers' Trainer requires it); not TensorFlow, tensorflow-datasets or wandb.
@@ -37,6 +41,23 @@ share of wall time the training loop spent blocked on its data loader.
 Goals (issue 6): MFU >= 40%, ours >= 1.3x the Trainer's samples/s, data wait < 5%.
 Exit 1 when a goal is missed (never with ``--tiny``). Results are printed as a
 table and as JSON, and written to ``$OUT/bench_train_gpu.json`` when ``$OUT`` is set.
+
+``--scaling`` (issue 16) runs only our trainer, four times: DDP and FSDP, each
+with ``torchrun --nproc_per_node=1`` and ``=2`` at the same global batch: every
+GPU keeps the per-GPU batch (64) and the single GPU accumulates 2 micro-batches,
+so both runs train on the same micro-batches (training/sampler.py) and their
+losses must agree to bf16 tolerance (``LOSS_RTOL``; the exact version of that
+check runs on CPU: tests/test_training_scaling.py). Per run: samples/s per GPU,
+MFU, peak memory (rank 0), and from a torch.profiler window on rank 0 the
+share of wall time a collective kernel runs (``comm``) and the share during
+which no compute kernel runs under it (``exposed comm``: communication that
+overlap failed to hide; training/profiling.py). The window lies inside the
+warm-up that the throughput figures leave out, so profiling does not slow the
+measured steps. Scaling efficiency = samples/s(2 GPUs) / (2 x samples/s(1 GPU)).
+Goals: DDP >= 92%, FSDP >= 88%. Every trainer gets ``MULTICAST_OFF``
+(``NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1``)
+in its environment, and every rank must confirm it in its ``[dist] ... nvls=off``
+line. Written to ``$OUT/bench_scaling.json`` when ``$OUT`` is set.
 """
 
 from __future__ import annotations
@@ -44,10 +65,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +82,16 @@ TINY_CONFIG = ROOT / "training/configs/tiny_cpu.yaml"
 DATA = {"episodes": 64, "steps": 100, "image_size": 128, "seed": 3}
 TINY_DATA = {"episodes": 8, "steps": 40, "image_size": 32, "seed": 3}
 GOALS = {"mfu": 0.40, "speedup": 1.3, "data_wait": 0.05}
+SCALING_GOALS = {"ddp": 0.92, "fsdp": 0.88}
+LOSS_RTOL = 0.02  # bf16 keeps 8 significant bits (0.4%); the same steps on another split differ by rounding only
+
+
+def data_paths(work: Path, spec_args: dict[str, int]) -> tuple[Path, Path]:
+    """Where ensure_data puts the (cache dir, stats file) of these parameters."""
+    from training.synth import SynthSpec
+
+    base = work / f"cache-{SynthSpec(**spec_args).key()}"
+    return base / "cache", base / "dataset_statistics.json"
 
 
 def ensure_data(work: Path, spec_args: dict[str, int]) -> tuple[Path, Path]:
@@ -84,8 +117,8 @@ def ensure_data(work: Path, spec_args: dict[str, int]) -> tuple[Path, Path]:
     from training.synth import SynthSpec, make_episode
 
     spec = SynthSpec(**spec_args)
-    base = work / f"cache-{spec.key()}"
-    cache, stats = base / "cache", base / "dataset_statistics.json"
+    cache, stats = data_paths(work, spec_args)
+    base = cache.parent
     if (cache / MANIFEST).is_file() and stats.is_file():
         return cache, stats
     episodes = [make_episode(spec, i, int(n)) for i, n in enumerate(spec.episode_lengths())]
@@ -152,13 +185,18 @@ def our_sets(args: argparse.Namespace) -> list[str]:
     return [f"runtime.profile_steps={args.profile}", f"runtime.profile_start={start}"]
 
 
-def run_ours(config: Path, sets: list[str], out: Path, timeout: int) -> dict[str, Any]:
-    """python -m training.train under torchrun (1 process); its summary.json."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
+def ours_command(config: Path, sets: list[str], nproc: int = 1) -> list[str]:
+    """python -m training.train under torchrun, as runbooks launch it."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "training.train", "--config", str(config)]
     for s in sets:
         cmd += ["--set", s]
-    return _run(cmd, out, out / "summary.json", timeout, "ours")
+    return cmd
+
+
+def run_ours(config: Path, sets: list[str], out: Path, timeout: int) -> dict[str, Any]:
+    """Our trainer (1 process); its summary.json."""
+    return _run(ours_command(config, sets), out, out / "summary.json", timeout, "ours")
 
 
 def run_trainer(config: Path, sets: list[str], out: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -172,11 +210,18 @@ def run_trainer(config: Path, sets: list[str], out: Path, args: argparse.Namespa
     return _run(cmd, out, out / "trainer_result.json", args.timeout, "trainer")
 
 
+def run_env() -> dict[str, str]:
+    """The environment every contender gets: NVLink multicast off (training.distributed says why), quiet TF."""
+    from training.distributed import MULTICAST_OFF
+
+    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1", **MULTICAST_OFF}
+
+
 def _run(cmd: list[str], out: Path, result: Path, timeout: int, name: str) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     log = out / f"{name}.log"
     start = time.perf_counter()
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
+    env = run_env()
     with open(log, "w") as f:
         try:
             rc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env, timeout=timeout).returncode
@@ -310,6 +355,136 @@ def trainer_contender(config: str, sets: list[str], result: str, warmup: int, co
     return 0
 
 
+# --- scaling: 1 GPU vs N GPUs at the same global batch, DDP and FSDP (issue 16) --------------------------
+
+
+@dataclass(frozen=True)
+class ScalingRun:
+    """One launch of the scaling matrix: N processes, each accumulating `accum` micro-batches."""
+
+    parallel: str  # ddp | fsdp
+    nproc: int
+    accum: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.parallel}-{self.nproc}gpu"
+
+
+def scaling_runs(gpus: int) -> list[ScalingRun]:
+    """DDP and FSDP on 1 and on `gpus` GPUs; the global batch is per-GPU batch x gpus in every run."""
+    return [ScalingRun(parallel, n, gpus // n) for parallel in ("ddp", "fsdp") for n in (1, gpus)]
+
+
+def scaling_sets(args: argparse.Namespace, run: ScalingRun, cache: Path, stats: Path, out: Path) -> list[str]:
+    """The --set values of one run: the shared ones, the split, and a profiler window inside the warm-up."""
+    sets = overrides(args, cache, stats, out) + [f"runtime.parallel={run.parallel}", f"optim.grad_accum={run.accum}"]
+    if args.tiny:
+        sets.append("runtime.threads=1")  # 2 processes on a small CPU box: one thread each
+    if args.profile:
+        # Steps [warmup - profile - 1, warmup - 1): compiled and warm, yet left out of the throughput figures.
+        sets += [f"runtime.profile_steps={args.profile}", f"runtime.profile_start={args.warmup - args.profile - 1}"]
+    return sets
+
+
+def run_scaling(config: Path, run: ScalingRun, sets: list[str], out: Path, timeout: int) -> dict[str, Any]:
+    """One run: summary.json, profile.json, every logged loss, and whether each rank had multicast off."""
+    figures = _run(ours_command(config, sets, run.nproc), out, out / "summary.json", timeout, run.name)
+    figures.update(parallel=run.parallel, nproc=run.nproc, accum=run.accum)
+    if "error" in figures:
+        return figures
+    if (out / "profile.json").is_file():
+        figures["profile"] = json.loads((out / "profile.json").read_text())
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    figures["losses"] = {m["step"]: m["loss"] for m in logged}
+    log = Path(figures["log"]).read_text(errors="replace").splitlines()
+    ranks = [line for line in log if line.startswith("[dist] ")]
+    figures["ranks_nvls_off"] = len(ranks) == run.nproc and all(line.endswith(" nvls=off") for line in ranks)
+    figures["samples_per_s_per_gpu"] = figures["samples_per_s"] / run.nproc
+    return figures
+
+
+def compare(one: dict[str, Any], many: dict[str, Any]) -> dict[str, Any]:
+    """Scaling efficiency and the largest relative loss difference of the N-GPU run against the 1-GPU run."""
+    if "error" in one or "error" in many:
+        return {"error": "a run failed"}
+    steps = sorted(one["losses"].keys() & many["losses"].keys())
+    diff = max(abs(many["losses"][s] - one["losses"][s]) / max(abs(one["losses"][s]), 1e-12) for s in steps)
+    return {"efficiency": many["samples_per_s_per_gpu"] / one["samples_per_s_per_gpu"], "loss_max_rel_diff": diff,
+            "loss_steps_compared": len(steps)}
+
+
+def report_scaling(results: dict[str, Any], tiny: bool) -> int:
+    """The table (one row per run), efficiency and loss agreement per mode, the verdicts; exit code."""
+    rows = [("run", "batch x accum", "samples/s/GPU", "MFU", "peak mem", "comm", "exposed comm", "nvls")]
+    for r in results["runs"]:
+        if "error" in r:
+            rows.append((f"{r['parallel']} x{r['nproc']}", "failed: " + r["error"], "", "", "", "", "", ""))
+            continue
+        prof, batch = r.get("profile", {}), r["effective_batch"] // r["accum"] // r["nproc"]
+        rows.append((f"{r['parallel']} x{r['nproc']}", f"{batch} x {r['accum']}", f"{r['samples_per_s_per_gpu']:.1f}",
+                     _pct(r.get("mfu")), f"{r['peak_mem_gib']:.2f} GiB", _pct(prof.get("comm")),
+                     _pct(prof.get("exposed_comm")), "off" if r["ranks_nvls_off"] else "NOT OFF"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
+    checks: dict[str, bool] = {}
+    for parallel, c in results["scaling"].items():
+        if "error" in c:
+            print(f"{parallel}: {c['error']}")
+            checks[parallel] = False
+            continue
+        goal = SCALING_GOALS[parallel]
+        checks[f"{parallel}_efficiency"] = c["efficiency"] >= goal
+        checks[f"{parallel}_losses"] = c["loss_max_rel_diff"] <= LOSS_RTOL
+        print(f"{parallel}: scaling efficiency {_pct(c['efficiency'])} (goal >= {goal:.0%}); losses of "
+              f"{c['loss_steps_compared']} logged steps within {c['loss_max_rel_diff']:.2e} relative (<= {LOSS_RTOL})")
+    checks["nvls_off"] = all(r.get("ranks_nvls_off", False) for r in results["runs"])
+    results["goals_met"] = checks
+    if tiny:  # a CPU smoke test: the figures mean nothing, but the runs, the losses and the environment must hold
+        return 0 if all(v for k, v in checks.items() if not k.endswith("_efficiency")) else 1
+    return 0 if all(checks.values()) else 1
+
+
+def scaling_main(args: argparse.Namespace) -> int:
+    """Run the matrix (DDP, FSDP) x (1, N GPUs) one launch after another; report; exit code."""
+    config = TINY_CONFIG if args.tiny else REFERENCE_CONFIG
+    if args.profile and args.profile > args.warmup - 2:
+        raise SystemExit(f"--profile {args.profile} does not fit inside --warmup {args.warmup} "
+                         f"(needs profile <= warmup - 2)")
+    runs_dir = args.work / "runs" / time.strftime("scaling-%Y-%m-%d_%H-%M-%S")
+    if args.dry_run:
+        cache, stats = data_paths(args.work, TINY_DATA if args.tiny else DATA)
+        from training.distributed import MULTICAST_OFF
+
+        print("env " + " ".join(f"{k}={v}" for k, v in MULTICAST_OFF.items()))
+        for run in scaling_runs(args.gpus):
+            sets = scaling_sets(args, run, cache, stats, runs_dir / run.name)
+            print(shlex.join(ours_command(config, sets, run.nproc)))
+        return 0
+    if not args.tiny:
+        import torch
+
+        if torch.cuda.device_count() < args.gpus:
+            raise SystemExit(f"--scaling needs {args.gpus} GPUs; torch sees {torch.cuda.device_count()}")
+    cache, stats = ensure_data(args.work, TINY_DATA if args.tiny else DATA)
+    results: dict[str, Any] = {"config": str(config.relative_to(ROOT)), "steps": args.steps, "warmup": args.warmup,
+                               "profile_steps": args.profile, "gpus": args.gpus, "goals": SCALING_GOALS,
+                               "loss_rtol": LOSS_RTOL, "runs": []}
+    for run in scaling_runs(args.gpus):
+        out = runs_dir / run.name
+        results["runs"].append(run_scaling(config, run, scaling_sets(args, run, cache, stats, out), out, args.timeout))
+    by_name = {(r["parallel"], r["nproc"]): r for r in results["runs"]}
+    results["scaling"] = {p: compare(by_name[(p, 1)], by_name[(p, args.gpus)]) for p in ("ddp", "fsdp")}
+    code = report_scaling(results, args.tiny)
+    text = json.dumps(results, indent=2) + "\n"
+    (runs_dir / "bench_scaling.json").write_text(text)
+    print(f"[bench] results: {runs_dir / 'bench_scaling.json'}")
+    if os.environ.get("OUT"):
+        Path(os.environ["OUT"], "bench_scaling.json").write_text(text)
+    return code
+
+
 # --- report ---------------------------------------------------------------------------------------------
 
 
@@ -353,9 +528,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=None, help="per-GPU batch (default: the config's)")
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: the config's)")
     p.add_argument("--no-compile", action="store_true", help="ours without torch.compile")
-    p.add_argument("--profile", type=int, default=0, metavar="N",
-                   help="also profile N of our steps (torch.profiler; <out>/profile.txt; those steps run slower)")
+    p.add_argument("--profile", type=int, default=None, metavar="N",
+                   help="also profile N of our steps (torch.profiler; <out>/profile.txt; those steps run slower; "
+                        "default 0, with --scaling 4, tiny 3)")
     p.add_argument("--trainer-compile", action="store_true", help="Trainer with torch_compile=True")
+    p.add_argument("--scaling", action="store_true",
+                   help="ours only: DDP and FSDP on 1 and --gpus GPUs at the same global batch (issue 16)")
+    p.add_argument("--gpus", type=int, default=2, help="with --scaling: the GPUs (processes) of the larger runs")
+    p.add_argument("--dry-run", action="store_true", help="with --scaling: print the commands, run nothing")
+    p.add_argument("--data-only", action="store_true",
+                   help="build (or find) the data, print it as runbook arguments (--var cache_dir=... --var stats=...)")
     p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "agentops-bench")
     p.add_argument("--timeout", type=int, default=420, help="seconds per contender")
     p.add_argument("--contender", choices=["trainer"], help=argparse.SUPPRESS)
@@ -370,10 +552,21 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.contender == "trainer":
         return trainer_contender(args.config, args.set, args.result, args.warmup, args.trainer_compile)
-    args.steps = args.steps or (12 if args.tiny else 60)
-    args.warmup = args.warmup if args.warmup is not None else (2 if args.tiny else 10)
     if args.tiny and args.workers is None:
         args.workers = 0
+    if args.data_only:  # for runbooks/train_2gpu.yaml on a box without TensorFlow
+        cache, stats = ensure_data(args.work, TINY_DATA if args.tiny else DATA)
+        print(f"--var cache_dir={cache} --var stats={stats}")
+        return 0
+    if args.scaling:
+        # The profiler window lies inside the warm-up: more warm-up steps than the contenders' comparison.
+        args.steps = args.steps or (16 if args.tiny else 50)
+        args.warmup = args.warmup if args.warmup is not None else (8 if args.tiny else 20)
+        args.profile = args.profile if args.profile is not None else (3 if args.tiny else 4)
+        return scaling_main(args)
+    args.profile = args.profile or 0
+    args.steps = args.steps or (12 if args.tiny else 60)
+    args.warmup = args.warmup if args.warmup is not None else (2 if args.tiny else 10)
     config = TINY_CONFIG if args.tiny else REFERENCE_CONFIG
     start = time.perf_counter()
     cache, stats = ensure_data(args.work, TINY_DATA if args.tiny else DATA)
