@@ -16,19 +16,36 @@ class MissingSecret(KeyError):
 
 
 class Masker:
-    """Replaces every known secret value (and its shell-quoted form) with ***."""
+    """Replaces every known secret (its pieces, and their shell-quoted forms) with ***."""
 
     def __init__(self, values: Iterable[str] = ()) -> None:
         forms: set[str] = set()
-        for v in values:
-            if v:
-                forms.update({v, shlex.quote(v)})
+        for piece in mask_pieces(values):
+            forms.update({piece, shlex.quote(piece), piece.replace("'", "'\"'\"'")})
         # Longest first so a secret that contains another is masked whole.
         ordered = sorted(forms, key=len, reverse=True)
         self._rx = re.compile("|".join(re.escape(v) for v in ordered)) if ordered else None
 
     def mask(self, text: str) -> str:
         return text if self._rx is None else self._rx.sub(MASK, text)
+
+
+def mask_pieces(values: Iterable[str]) -> list[str]:
+    """What to mask for these secrets: each whole value and, of a multi-line one, every line on its own.
+
+    A multi-line secret (a PEM key, a service-account JSON) rarely reaches a reader whole: the job
+    log is masked line by line (sed), a status shows the last line, a tail starts mid-value. So each
+    of its lines that is long enough to be secret-like is a secret of its own; shorter ones (`{`,
+    `}`, a blank line) would mask ordinary text everywhere and give nothing away.
+    """
+    pieces: set[str] = set()
+    for value in values:
+        if not value:
+            continue
+        pieces.add(value)
+        if "\n" in value or "\r" in value:
+            pieces.update(line.strip() for line in re.split(r"\r\n|\n|\r", value) if len(line.strip()) >= MIN_SECRET_LEN)
+    return sorted(pieces, key=len, reverse=True)
 
 
 def read_secrets(names: Iterable[str], environ: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -49,10 +66,15 @@ def env_file(values: Mapping[str, str]) -> bytes:
 
 
 def sed_mask_script(values: Iterable[str]) -> bytes:
-    """A `sed -f` script masking secrets in a job's output on the box (secrets never reach argv)."""
+    """A `sed -f` script masking secrets in a job's output on the box (secrets never reach argv).
+
+    sed sees one line at a time, so a multi-line secret is masked by its lines (mask_pieces).
+    """
     lines = []
-    for v in sorted({v for v in values if v}, key=len, reverse=True):
-        pattern = re.sub(r"([\\/.*\[\]^$])", r"\\\1", v).replace("\n", "\\n")
+    for v in mask_pieces(values):
+        if "\n" in v or "\r" in v:
+            continue  # never matches a single line; its lines are pieces of their own
+        pattern = re.sub(r"([\\/.*\[\]^$])", r"\\\1", v)
         # In a sed replacement only \\, & and the delimiter are special; *** is literal.
         lines.append(f"s/{pattern}/{MASK}/g")
     return ("\n".join(lines) + "\n").encode()

@@ -96,15 +96,31 @@ class YamlProblems(Exception):
         self.problems = problems
 
 
+# Bounds on what one YAML input may cost, far above any real runbook, catalog entry or inventory (the
+# largest shipped runbook: 31 KiB, 7 levels deep). Without them a 0.5 KiB alias bomb expands to hundreds of
+# millions of values and 500 nested brackets overflow the parser's recursion.
+MAX_YAML_BYTES = 256 << 10
+MAX_DEPTH = 64  # nested mappings and lists, counted after aliases and merges are followed
+MAX_VALUES = 100_000  # values built, aliases expanded
+
+
 def read_yaml(path: Any, label: str) -> tuple[Any, LineMap, str]:
     """(data, line map, text) of a YAML file. FileNotFoundError propagates (callers add their hint)."""
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        with open(path, "rb") as f:
+            raw = f.read(MAX_YAML_BYTES + 1)  # never the whole of a huge file
     except FileNotFoundError:
         raise
-    except (OSError, UnicodeDecodeError) as exc:
-        raise YamlProblems([f"{label}: cannot read: {exc}"]) from None
+    except OSError as exc:
+        raise YamlProblems([f"{label}:1: (yaml): cannot read: {exc.strerror or exc}"]) from None
+    if len(raw) > MAX_YAML_BYTES:
+        raise YamlProblems([f"{label}:1: (yaml): the file is larger than {MAX_YAML_BYTES >> 10} KiB, the most a YAML input may be"])
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line, column = raw.count(b"\n", 0, exc.start) + 1, exc.start - raw.rfind(b"\n", 0, exc.start)
+        raise YamlProblems([f"{label}:{line}: (yaml): not UTF-8: byte 0x{raw[exc.start]:02x} at column {column} "
+                            "(save the file as UTF-8)"]) from None
     try:
         data, lines = load_with_lines(text)
     except yaml.YAMLError as exc:
@@ -113,57 +129,120 @@ def read_yaml(path: Any, label: str) -> tuple[Any, LineMap, str]:
 
 
 def load_with_lines(text: str) -> tuple[Any, LineMap]:
-    """Parse YAML text into plain Python data plus a LineMap. Raises yaml.YAMLError with a mark."""
-    node = yaml.compose(text, Loader=yaml.SafeLoader)
+    """Parse YAML text into plain Python data plus a LineMap. Raises yaml.YAMLError with a mark.
+
+    Nesting deeper than MAX_DEPTH and aliases that expand past MAX_VALUES are errors at their line.
+    """
+    loader = _BoundedLoader(text)
+    try:
+        node = loader.get_single_node()
+    finally:
+        loader.dispose()
     lines = LineMap()
     if node is None:
         return None, lines
-    return _build(node, (), lines, ()), lines
+    return _Builder(lines).build(node, ()), lines
 
 
-def _build(node: yaml.Node, path: Path_, lines: LineMap, parents: tuple[int, ...]) -> Any:
-    if id(node) in parents:
-        raise yaml.MarkedYAMLError(problem="recursive alias (a node that contains itself)", problem_mark=node.start_mark)
-    parents += (id(node),)
-    lines.record(path, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
-        out: dict[Any, Any] = {}
-        for key, key_node, value_node in _mapping_pairs(node):
-            lines.record(path + (key,), key_node.start_mark.line + 1)
-            out[key] = _build(value_node, path + (key,), lines, parents)
-        return out
-    if isinstance(node, yaml.SequenceNode):
-        return [_build(child, path + (i,), lines, parents) for i, child in enumerate(node.value)]
-    # The text of a `|` or `>` block starts on the line after its indicator; other scalars where they start.
-    block = node.style in ("|", ">")
-    lines.record_text(path, node.start_mark.line + (2 if block else 1), node.style == "|")
-    return _scalar(node)
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's composer recurses once per nesting level: refuse a level past MAX_DEPTH before Python's stack ends."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        if self._depth >= MAX_DEPTH:
+            raise yaml.MarkedYAMLError(problem=f"nested deeper than {MAX_DEPTH} levels", problem_mark=self.peek_event().start_mark)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
-def _mapping_pairs(node: yaml.MappingNode) -> list[tuple[Any, yaml.Node, yaml.Node]]:
-    """(key, key node, value node) after `<<:` merges: explicit keys win, then earlier merge sources.
+class _Builder:
+    """Node graph -> plain data with every line recorded; aliases are followed within MAX_DEPTH and MAX_VALUES."""
 
-    A key written twice in the same mapping is an error (YAML forbids it; PyYAML silently keeps the last).
-    """
-    explicit: dict[Any, tuple[yaml.Node, yaml.Node]] = {}
-    sources: list[yaml.Node] = []
-    for key_node, value_node in node.value:
-        if key_node.tag == MERGE_TAG:
-            sources += value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
-            continue
-        key = _key(key_node)
-        if key in explicit:
-            first = explicit[key][0].start_mark.line + 1
-            raise yaml.MarkedYAMLError(problem=f"duplicate key {key!r} (first at line {first})", problem_mark=key_node.start_mark)
-        explicit[key] = (key_node, value_node)
-    merged: dict[Any, tuple[yaml.Node, yaml.Node]] = {}
-    for source in sources:
-        if not isinstance(source, yaml.MappingNode):
-            raise yaml.MarkedYAMLError(problem="`<<:` merges a mapping or a list of mappings", problem_mark=source.start_mark)
-        for key, key_node, value_node in _mapping_pairs(source):
-            merged.setdefault(key, (key_node, value_node))
-    merged.update(explicit)
-    return [(key, k, v) for key, (k, v) in merged.items()]
+    def __init__(self, lines: LineMap) -> None:
+        self.lines = lines
+        self.left = MAX_VALUES
+        self.built: set[int] = set()  # nodes built once: building one again is following an alias
+        self.stack: list[yaml.Node] = []  # the node being built and its parents, aliases followed
+
+    def spend(self, node: yaml.Node) -> None:
+        self.left -= 1
+        if self.left >= 0:
+            return
+        site = self.alias_site()
+        if site is None:
+            raise yaml.MarkedYAMLError(problem=f"more than {MAX_VALUES} values", problem_mark=node.start_mark)
+        raise yaml.MarkedYAMLError(problem=f"more than {MAX_VALUES} values once aliases are expanded (an alias bomb?)",
+                                   problem_mark=site)
+
+    def alias_site(self) -> yaml.Mark | None:
+        """Where the outermost alias being followed is written: the collection that holds it (nodes keep no alias marks)."""
+        inner = next((i for i, n in enumerate(self.stack) if id(n) in self.built and i > 0), None)
+        return None if inner is None else self.stack[inner - 1].start_mark
+
+    def build(self, node: yaml.Node, path: Path_) -> Any:
+        if any(parent is node for parent in self.stack):
+            raise yaml.MarkedYAMLError(problem="recursive alias (a node that contains itself)", problem_mark=node.start_mark)
+        if len(self.stack) >= MAX_DEPTH:
+            raise yaml.MarkedYAMLError(problem=f"nested deeper than {MAX_DEPTH} levels once aliases are followed",
+                                       problem_mark=self.alias_site() or node.start_mark)
+        self.stack.append(node)
+        try:
+            self.spend(node)
+            return self.build_value(node, path)
+        finally:
+            self.stack.pop()
+            self.built.add(id(node))
+
+    def build_value(self, node: yaml.Node, path: Path_) -> Any:
+        lines = self.lines
+        lines.record(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            out: dict[Any, Any] = {}
+            for key, key_node, value_node in self.mapping_pairs(node, len(self.stack)):
+                lines.record(path + (key,), key_node.start_mark.line + 1)
+                out[key] = self.build(value_node, path + (key,))
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            return [self.build(child, path + (i,)) for i, child in enumerate(node.value)]
+        # The text of a `|` or `>` block starts on the line after its indicator; other scalars where they start.
+        block = node.style in ("|", ">")
+        lines.record_text(path, node.start_mark.line + (2 if block else 1), node.style == "|")
+        return _scalar(node)
+
+    def mapping_pairs(self, node: yaml.MappingNode, depth: int) -> list[tuple[Any, yaml.Node, yaml.Node]]:
+        """(key, key node, value node) after `<<:` merges: explicit keys win, then earlier merge sources.
+
+        A key written twice in the same mapping is an error (YAML forbids it; PyYAML silently keeps the last).
+        """
+        explicit: dict[Any, tuple[yaml.Node, yaml.Node]] = {}
+        sources: list[yaml.Node] = []
+        for key_node, value_node in node.value:
+            self.spend(key_node)
+            if key_node.tag == MERGE_TAG:
+                sources += value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+                continue
+            key = _key(key_node)
+            if key in explicit:
+                first = explicit[key][0].start_mark.line + 1
+                raise yaml.MarkedYAMLError(problem=f"duplicate key {key!r} (first at line {first})", problem_mark=key_node.start_mark)
+            explicit[key] = (key_node, value_node)
+        merged: dict[Any, tuple[yaml.Node, yaml.Node]] = {}
+        for source in sources:
+            if not isinstance(source, yaml.MappingNode):
+                raise yaml.MarkedYAMLError(problem="`<<:` merges a mapping or a list of mappings", problem_mark=source.start_mark)
+            if depth >= MAX_DEPTH:
+                raise yaml.MarkedYAMLError(problem=f"`<<:` merges nested deeper than {MAX_DEPTH} levels",
+                                           problem_mark=self.stack[-1].start_mark)
+            for key, key_node, value_node in self.mapping_pairs(source, depth + 1):
+                merged.setdefault(key, (key_node, value_node))
+        merged.update(explicit)
+        return [(key, k, v) for key, (k, v) in merged.items()]
 
 
 def _key(node: yaml.Node) -> Any:
@@ -453,6 +532,10 @@ def yaml_problem(label: str, text: str, exc: yaml.YAMLError) -> str:
     context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
     problem = (getattr(exc, "problem", None) or str(exc)).removeprefix("but ")
     line = mark.line + 1 if mark is not None else 1
+    if isinstance(exc, yaml.reader.ReaderError):  # a character YAML does not allow (NUL, most control characters)
+        line = text.count("\n", 0, exc.position) + 1
+        char = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        problem = f"character U+{char:04X} is not allowed in YAML"
     # At the end of the text (an unclosed quote or bracket) the useful line is where the construct began.
     if context_mark is not None and line > len(text.splitlines()):
         line = context_mark.line + 1

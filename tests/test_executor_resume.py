@@ -10,8 +10,9 @@ from agent_ops.record.journal import Journal
 from tests.runs import RUNBOOKS, Box, agentops, alive, attempts, events, lines, only_run_id, spawn, step, wait_for
 
 
-def _start(box: Box, runbook: str) -> tuple[subprocess.Popen[str], Journal, str]:
-    proc = spawn(box, "run", str(RUNBOOKS / runbook), *box.cli_target(), "--var", f"box={box.scratch}")
+def _start(box: Box, runbook: str, *var: str) -> tuple[subprocess.Popen[str], Journal, str]:
+    proc = spawn(box, "run", str(RUNBOOKS / runbook), *box.cli_target(), "--var", f"box={box.scratch}",
+                 *(arg for v in var for arg in ("--var", v)))
     journal = box.journal()
     run_id = wait_for("the run to appear in the journal", lambda: only_run_id(journal))
     return proc, journal, run_id
@@ -54,6 +55,24 @@ def test_sigkill_mid_run_then_resume_finishes_without_rerunning(box: Box) -> Non
     assert reattached.step_id == "long"
     assert [e.step_id for e in events(journal, run_id, "job_started")] == ["first", "long", "last"]
     assert len(events(journal, run_id, "run_resumed")) == 1
+
+
+def test_file_gate_resumed_after_sigkill_sees_lines_written_meanwhile(box: Box) -> None:
+    log = box.scratch / "watched.log"
+    log.write_text("READY stale: written before the gate began\n")
+    proc, journal, run_id = _start(box, "gate_file_resume.yaml", f"log={log}")
+    wait_for("the gate to start reading", lambda: step(journal, run_id, "ready").progress is not None)
+    _sigkill(proc)
+    with log.open("a") as fh:  # the line the gate waits for, written while no controller watched
+        fh.write("READY written while the controller was down\n")
+    resumed = agentops(box, "resume", run_id, "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    gate = next(s for s in json.loads(resumed.stdout)["steps"] if s["id"] == "ready")
+    assert gate["state"] == "succeeded"
+    assert gate["progress"]["patterns"][0]["line"] == "READY written while the controller was down"
+    # The resumed attempt read from where the interrupted one began, as the journal remembered it.
+    first, again = events(journal, run_id, "gate_file_opened")
+    assert again.data["offset"] == first.data["offset"] == len("READY stale: written before the gate began\n")
 
 
 def test_cancel_stops_a_running_run(box: Box) -> None:

@@ -27,6 +27,7 @@ def _runbooks(tmp_path: Path) -> dict[str, Path]:
     good.write_text(textwrap.dedent("""
         name: mcp-good
         secrets: [MCP_TOKEN]
+        vars: {who: world}
         steps:
           - id: hello
             kind: run
@@ -77,6 +78,7 @@ async def _session_run(tmp_path: Path, sock: str) -> dict:
         seen["validate"] = _data(await call("validate", {"files": [str(books["bad"])]}))
         seen["unknown"] = _error(await call("status", {"run_id": "no-such-run"}))
         seen["too_long"] = (await call("wait", {"run_id": "x", "timeout_s": 31})).is_error
+        seen["nul"] = _error(await call("start_run", {"file": str(books["good"]), "vars": {"who": "a\x00b"}, **target}))
 
         started = _data(await call("start_run", {"file": str(books["good"]), **target}))
         run_id = started["run_id"]
@@ -131,6 +133,9 @@ def test_mcp_server_end_to_end(tmp_path: Path) -> None:
     assert not bad["ok"]
     assert any(p.startswith(f"{tmp_path / 'bad.yaml'}:5: steps.0.comand: unknown field 'comand'") for p in bad["problems"])
     assert seen["unknown"]["code"] == "unknown_run"
+    # A NUL byte cannot reach a command line: refused as a bad variable, in the documented shape.
+    assert seen["nul"]["code"] == "invalid_runbook"
+    assert [p for p in seen["nul"]["problems"] if "--var who: contains a NUL byte" in p]
 
     final = seen["final"]
     assert final["state"] == "succeeded" and final["next_poll_s"] == 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 import textwrap
 from pathlib import Path
 from typing import NamedTuple
@@ -25,6 +26,7 @@ from agent_ops.runbook.loader import (
 )
 from agent_ops.runbook.plan import build_plan
 from agent_ops.runbook.schema import Runbook
+from tests.malformed import Hostile, hostile
 
 PROBLEM = re.compile(r"^(?P<file>.+?):(?P<line>\d+): (?P<path>\S+): (?P<message>.+)$")
 
@@ -637,6 +639,26 @@ def test_yaml_the_safe_loader_refuses(tmp_path: Path, text: str, line: int, word
     first = parse(problems(path)[0])
     assert (int(first["line"]), first["path"]) == (line, "(yaml)")
     assert words in first["message"]
+
+
+@pytest.mark.parametrize("case", hostile().values(), ids=hostile().keys())
+def test_hostile_yaml_is_refused_at_its_line(tmp_path: Path, case: Hostile) -> None:
+    # Alias bombs, 500-deep nesting, huge and non-UTF-8 files: one FILE:LINE problem, never a traceback or a hang.
+    path = tmp_path / "book.yaml"
+    path.write_bytes(case.data)
+    [first] = problems(path)
+    assert parse(first)["file"] == str(path) and (int(parse(first)["line"]), parse(first)["path"]) == (case.line, "(yaml)")
+    assert case.words in first
+
+
+@pytest.mark.parametrize("name", ["alias-bomb-9x9", "nesting-500-block", "not-utf8-line-4"])
+def test_validate_exits_2_on_hostile_yaml(tmp_path: Path, name: str) -> None:
+    path = tmp_path / "book.yaml"
+    path.write_bytes(hostile()[name].data)
+    result = subprocess.run([sys.executable, "-m", "agent_ops.front.cli", "validate", str(path)], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"{path}:{hostile()[name].line}: (yaml): ")
 
 
 # --- variables at resolve time -------------------------------------------------------------------

@@ -66,6 +66,9 @@ async def _bounded(fn, *args, **kwargs):
         raise _error(exc) from None
     except asyncio.TimeoutError:
         raise _error(ops.OpError("timeout", f"gave up after {TOOL_TIMEOUT_S:g}s; ask again")) from None
+    except Exception as exc:  # a case no check foresaw: still the documented {code, message}, the traceback to stderr only
+        log.exception("tool %s failed", getattr(fn, "__name__", fn))
+        raise _error(ops.OpError("internal_error", f"{type(exc).__name__}: {exc}")) from None
 
 
 def build_server(tier: str | None = None):

@@ -360,6 +360,13 @@ class Journal:
         ).fetchall()
         return [EventRow(**_decode(r)) for r in rows]
 
+    def last_event(self, run_id: str, step_id: str | None, kind: str) -> EventRow | None:
+        """The newest event of one kind for a step (step_id None: for the run)."""
+        row = self._db.execute(
+            "SELECT * FROM events WHERE run_id = ? AND step_id IS ? AND kind = ? ORDER BY id DESC LIMIT 1", (run_id, step_id, kind)
+        ).fetchone()
+        return EventRow(**_decode(row)) if row else None
+
     def remedies(self, run_id: str) -> list[RemedyRow]:
         rows = self._db.execute("SELECT * FROM remedies WHERE run_id = ? ORDER BY id", (run_id,)).fetchall()
         return [RemedyRow(**_decode(r)) for r in rows]

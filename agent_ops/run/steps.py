@@ -21,6 +21,7 @@ from checks.evaluate import evaluate, evaluate_all
 READ_CHUNK = 4 << 20  # a log is followed in chunks; a burst of output never loads whole into memory
 WAKE_S = 1.0  # drivers re-judge deadlines at least this often even when the box is quiet
 JOURNAL_EVERY_S = 0.5  # progress and last-line writes to the journal are throttled to this
+FILE_GATE_EVENT = "gate_file_opened"  # its data: the file, the offset a file gate reads from, the attempt
 
 
 @dataclass(frozen=True)
@@ -296,8 +297,7 @@ def _next_attempt(sctx: StepContext, job: str, old: JobHandle) -> JobHandle | No
 def _follow_file(sctx: StepContext, step: GateStep, watch: LogWatch) -> Verdict:
     """A gate on a plain file: only bytes written after the gate began are judged."""
     run, monitor = sctx.run, sctx.monitor
-    st = run.transport.stat(step.file)
-    offset = st.size if st else 0
+    offset = _file_gate_offset(run, step)
     monitor.watch(file=step.file)
     t0, seq = time.monotonic(), monitor.latest.seq
     try:
@@ -318,6 +318,32 @@ def _follow_file(sctx: StepContext, step: GateStep, watch: LogWatch) -> Verdict:
             _journal_progress(run, step.id, watch, now)
     finally:
         monitor.unwatch(file=step.file)
+
+
+def _file_gate_offset(run: RunContext, step: GateStep) -> int:
+    """Where a file gate starts reading, remembered in the journal (FILE_GATE_EVENT).
+
+    The file's size when the gate began; after the controller died, where the attempt it interrupted
+    began (lines written meanwhile count, as they do for a gate on a job's log).
+    """
+    row = run.journal.step(run.run_id, step.id)
+    attempt = row.attempt if row else 1
+    offset = _interrupted_offset(run, step) if run.resumed else None
+    if offset is None:
+        st = run.transport.stat(step.file)
+        offset = st.size if st else 0
+    run.event(FILE_GATE_EVENT, step.id, f"gate reads {step.file} from byte {offset}",
+              {"path": step.file, "offset": offset, "attempt": attempt})
+    return offset
+
+
+def _interrupted_offset(run: RunContext, step: GateStep) -> int | None:
+    """The offset of this gate's newest attempt if the controller died during it (the attempt never ended)."""
+    last = run.journal.last_event(run.run_id, step.id, FILE_GATE_EVENT)
+    if last is None or not isinstance(last.data, dict) or last.data.get("path") != step.file:
+        return None
+    interrupted = any(a.attempt == last.data.get("attempt") and a.ended is None for a in run.journal.attempts(run.run_id, step.id))
+    return int(last.data["offset"]) if interrupted else None
 
 
 # --- checks and file copies -------------------------------------------------------------------

@@ -130,6 +130,9 @@ def resolve_vars(loaded: LoadedRunbook, overrides: dict[str, Any]) -> dict[str, 
     values: dict[str, Any] = {}
     for name, spec in specs.items():
         where = loaded.where(("vars", name))
+        if name in overrides and isinstance(overrides[name], str) and "\x00" in overrides[name]:
+            problems.append(f"{where}: --var {name}: contains a NUL byte, which no command line or file on the target can carry")
+            continue
         if name in overrides:
             # A required variable has no default to copy a type from: its choices give one.
             like = spec.default if spec.default is not None or not spec.choices else spec.choices[0]

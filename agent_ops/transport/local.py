@@ -19,6 +19,22 @@ from agent_ops.transport.remote_runner import TmuxControl, probe
 BASH = ["bash", "--norc", "--noprofile", "-c"]
 # After killing a timed-out group, how long to wait for output from strays that left it (setsid).
 DRAIN_AFTER_KILL_S = 5.0
+# What commands and jobs on this machine inherit from the controller: where programs and home are, who and where the
+# user is, nothing else. TMUX_TMPDIR: tmux finds its sockets by it.
+KEPT_ENV = ("HOME", "USER", "LOGNAME", "SHELL", "PATH", "LANG", "LANGUAGE", "TZ", "TERM", "TMPDIR", "TMUX_TMPDIR")
+
+
+def clean_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment that bash commands and the tmux server start with on a local target.
+
+    The controller's own environment holds every secret the user exported, for any runbook; a tmux
+    server copies the environment of the process that starts it into its global environment, which
+    every job of every run on that server inherits. So nothing starts with the controller's
+    environment: a job gets this, plus exactly what its runbook gives it (the mode-600 env file),
+    as a job on a remote box gets the box's login environment and nothing of ours.
+    """
+    environ = os.environ if environ is None else environ
+    return {k: v for k, v in environ.items() if k in KEPT_ENV or k.startswith("LC_")}
 
 
 @contextmanager
@@ -58,6 +74,7 @@ class LocalTransport:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 start_new_session=True,  # so a timeout can kill the whole process group
+                env=clean_environment(),
             )
         except OSError as exc:
             raise TransportError(f"local exec failed to start: {exc}") from exc
@@ -79,7 +96,9 @@ class LocalTransport:
 
     def _control(self, socket: str | None) -> TmuxControl:
         with self._lock:
-            return self._tmux.setdefault(socket, TmuxControl(socket))
+            if socket not in self._tmux:
+                self._tmux[socket] = TmuxControl(socket, env=clean_environment())
+            return self._tmux[socket]
 
     def put(self, path: str, data: bytes, *, mode: int = 0o644) -> None:
         path = self._path(path)

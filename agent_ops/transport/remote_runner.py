@@ -308,8 +308,9 @@ class TmuxControl:
 
     RETRY_S = 30.0
 
-    def __init__(self, socket):
+    def __init__(self, socket, env=None):
         self.prefix = ["tmux"] + (["-L", socket] if socket else [])
+        self.env = env  # None: this process's environment (on a box, its login environment)
         self.lock = threading.Lock()
         self.proc = None
         self.buffer = b""
@@ -333,14 +334,14 @@ class TmuxControl:
                 except (OSError, EOFError):
                     self.close()
                     self.retry_at = time.monotonic() + self.RETRY_S
-        return run_process(self.prefix + list(args), timeout)
+        return run_process(self.prefix + list(args), timeout, self.env)
 
     def open(self, timeout):
         timeout = 30.0 if timeout is None else timeout
         name = "agentops-ctl-%d-%s" % (os.getpid(), base64.b32encode(os.urandom(5)).decode("ascii").lower())
         self.proc = subprocess.Popen(
             self.prefix + ["-C", "new-session", "-s", name, "cat", "-"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True, env=self.env,
         )
         self.buffer = b""
         for step in (lambda: self.reply(timeout),  # new-session's own block
@@ -406,11 +407,11 @@ class ControlTimeout(Exception):
     """A command was sent to the control client and no reply came in time."""
 
 
-def run_process(argv, timeout):
+def run_process(argv, timeout, env=None):
     """(rc, stdout, stderr) of one program run without a shell; rc TIMEOUT_RC if it ran past `timeout`."""
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                start_new_session=True)
+                                start_new_session=True, env=env)
     except OSError as exc:
         return 127, b"", str(exc).encode("utf-8")
     return communicate(proc, None, timeout)
