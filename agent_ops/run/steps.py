@@ -17,11 +17,10 @@ from agent_ops.run.logwatch import LogWatch, Verdict
 from agent_ops.run.monitor import Monitor
 from agent_ops.run.poll import Deadline
 from agent_ops.run.remedy import explain, log_tail, remediate
-from agent_ops.runbook.results import parse_output_lines
+from agent_ops.runbook.results import OUTPUT_ENV, parse_output_lines
 from agent_ops.runbook.schema import CheckStep, GateStep, GetStep, PutStep, RunStep, Step
 from checks.evaluate import evaluate, evaluate_all
 
-OUTPUT_ENV = "AGENTOPS_OUTPUT"  # the file a run step with declared outputs writes NAME=value lines to
 MAX_OUTPUTS = 1 << 20  # outputs are values for templates, read whole: a bound keeps a runaway writer out of the journal
 READ_CHUNK = 4 << 20  # a log is followed in chunks; a burst of output never loads whole into memory
 WAKE_S = 1.0  # drivers re-judge deadlines at least this often even when the box is quiet
@@ -161,7 +160,7 @@ def _run(sctx: StepContext, step: RunStep, attempt: int, reattach: bool) -> Step
     run = sctx.run
     spec = JobSpec(
         step_id=step.id, attempt=attempt, script=step.command, cwd=step.cwd,
-        env={**run.runbook.env, **step.env, **run.env_overrides, **run.secrets}, mask_values=list(run.secrets.values()),
+        env=run.runbook.job_env(step, run.secrets, run.env_overrides), mask_values=list(run.secrets.values()),
     )
     if step.outputs:
         spec.env[OUTPUT_ENV] = f"{run.layout.job_dir(spec.name)}/outputs"

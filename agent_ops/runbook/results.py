@@ -149,6 +149,7 @@ def parse_scalar(text: str) -> Any:
     return text
 
 
+OUTPUT_ENV = "AGENTOPS_OUTPUT"  # the file a run step with declared outputs writes NAME=value lines to
 _OUTPUT_LINE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)=(.*)")
 
 

@@ -282,6 +282,10 @@ class Runbook(Strict):
         """Every variable as a VarSpec (plain values become defaults)."""
         return {k: v if isinstance(v, VarSpec) else VarSpec(default=v) for k, v in self.vars.items()}
 
+    def job_env(self, step: RunStep, secrets: dict[str, str], overrides: dict[str, str] | None = None) -> dict[str, str]:
+        """A run step's job environment: the runbook's env, the step's, remedies' overrides, then the secrets."""
+        return {**self.env, **step.env, **(overrides or {}), **secrets}
+
     def step(self, step_id: str) -> Step:
         for step in self.steps:
             if step.id == step_id:
