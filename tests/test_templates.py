@@ -326,3 +326,17 @@ def test_schema_describes_builtins_filters_results_and_escaping() -> None:
     assert schema["$defs"]["GatePattern"]["properties"]["regex"]["x-template"] == "regex"
     assert schema["$defs"]["CommandCheck"]["properties"]["regex"]["x-template"] == "regex"
     assert "AGENTOPS_OUTPUT" in schema["$defs"]["RunStep"]["properties"]["outputs"]["description"]
+
+
+def test_the_readme_examples_load_and_mean_what_they_say(tmp_path: Path) -> None:
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme[readme.index("### Templates"):readme.index("### Where a run's files live")]
+    expressions, results = re.findall(r"```yaml\n(.*?)```", section, re.S)
+    loaded = load_runbook(write(tmp_path, "name: a\n" + expressions))
+    builtins = dict.fromkeys(BUILTIN_VARS, "x")
+    for overrides, count in (({}, 50), ({"tasks": "0,1"}, 20)):
+        metric = render_runbook(loaded, {**resolve_vars(loaded, overrides), **builtins}).step("lines").metrics[0]
+        assert (metric.count, metric.within) == (count, 90)
+    loaded = load_runbook(write(tmp_path, "name: b\nvars: {work: /w}\nsteps:\n  - {id: train, kind: run, command: echo, background: true}\n"
+                                + results))
+    assert loaded.reads == {"report": ["count", "started"]}

@@ -164,7 +164,8 @@ def run(
     inventory: str | None = typer.Option(None, "--inventory", help="YAML file of named hosts."),
     accept_new_host_key: bool = typer.Option(False, "--accept-new-host-key", help="Trust an unknown host key and record it."),
     tmux_socket: str | None = typer.Option(None, "--tmux-socket", help="Private tmux server (-L name) for the jobs."),
-    workdir: str | None = typer.Option(None, "--workdir", help="Directory on the target for job files."),
+    workdir: str | None = typer.Option(None, "--workdir", help="Directory on the target for job files (run_dir is WORKDIR/runs/RUN; "
+                                       "default ~/.agentops there). The journal stays here, in $AGENTOPS_HOME (default ./.agentops)."),
     known_hosts: str | None = typer.Option(None, "--known-hosts", help="known_hosts file (default ~/.ssh/known_hosts)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan with every var resolved; run nothing."),
     detach: bool = typer.Option(False, "--detach", "-d", help="Start the run in the background; print its id at once."),

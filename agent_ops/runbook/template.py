@@ -48,13 +48,12 @@ NAMESPACES: dict[str, str] = {
 class Escaped(str):
     """Text already fit for a field language (`| q` for shell, `| re` for regex) or for any (`| raw`)."""
 
-    language: str = "raw"
+    language: str
 
-
-def _escaped(text: str, language: str) -> Escaped:
-    out = Escaped(text)
-    out.language = language
-    return out
+    def __new__(cls, text: str, language: str) -> Escaped:
+        out = super().__new__(cls, text)
+        out.language = language
+        return out
 
 
 def as_text(value: Any) -> str:
@@ -99,9 +98,9 @@ def _environment(language: Language) -> ImmutableSandboxedEnvironment:
         keep_trailing_newline=True,  # a `|` block's last newline is part of the command
         comment_start_string="{##", comment_end_string="##}",
     )
-    env.filters["raw"] = lambda value: _escaped(as_text(value), "raw")
-    env.filters["q"] = lambda value: _escaped(shlex.quote(as_text(value)), "shell")
-    env.filters["re"] = lambda value: _escaped(re.escape(as_text(value)), "regex")
+    env.filters["raw"] = lambda value: Escaped(as_text(value), "raw")
+    env.filters["q"] = lambda value: Escaped(shlex.quote(as_text(value)), "shell")
+    env.filters["re"] = lambda value: Escaped(re.escape(as_text(value)), "regex")
     env.globals.update(FUNCTIONS)
     return env
 
