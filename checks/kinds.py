@@ -201,9 +201,12 @@ class CommandCheck(CheckBase):
     """A short command on the target: its exit status, its output, and the version it prints."""
 
     kind: Literal["command"] = Field(description="Run a short command and judge its exit status and output.")
-    run: str = Field(min_length=1, description="Bash snippet run on the target (no ~/.bashrc); stdout and stderr are judged together.")
+    # `x-template` names the language a runbook's templates escape inserted values for (agent_ops reads it).
+    run: str = Field(min_length=1, description="Bash snippet run on the target (no ~/.bashrc); stdout and stderr are judged together.",
+                     json_schema_extra={"x-template": "shell"})
     expect_rc: int = Field(0, description="Exit status the command must return.")
-    regex: str | None = Field(None, description="Python regex that must match somewhere in stdout+stderr (multiline mode).")
+    regex: str | None = Field(None, description="Python regex that must match somewhere in stdout+stderr (multiline mode).",
+                              json_schema_extra={"x-template": "regex"})
     version: str | None = Field(
         None,
         description="PEP 440 specifier such as `>=2.15,<2.16`, applied to the regex's `(?P<version>...)` group "

@@ -425,8 +425,8 @@ CASES: dict[str, Case] = {
         steps:
           - id: a
             kind: run
-            command: echo {{ model | upper }}
-        """, 7, "steps.0.command", ("unknown filter 'upper'", "raw, q")),
+            command: echo {{ model | uppercase }}
+        """, 7, "steps.0.command", ("unknown filter 'uppercase'", "did you mean 'upper'", "raw, q")),
     "bad-var-name": Case("""
         name: x
         vars:
@@ -731,7 +731,7 @@ def test_a_value_that_breaks_a_field_is_reported_where_it_is_used(tmp_path: Path
             kind: run
             command: echo
             fail_on:
-              - "{{ pattern }}"
+              - "{{ pattern | raw }}"
         """))
     with pytest.raises(RunbookError) as caught:
         render_runbook(loaded, resolve_vars(loaded, {"pattern": "(oops"}))
@@ -803,36 +803,38 @@ def test_non_command_fields_are_not_quoted(tmp_path: Path) -> None:
     assert step.cwd == "/tmp/a dir"
     assert step.env == {"WHERE": "/tmp/a dir", "QUOTED": "'/tmp/a dir'"}
     check = runbook.step("c").checks[0]
-    assert (check.run, check.regex) == ("test -n 'a b'", "a b")  # a check's `run` is bash too
+    # A check's `run` is bash too; its `regex` is a regex, where a value matches literally.
+    assert (check.run, check.regex) == ("test -n 'a b'", re.escape("a b"))
+    assert re.fullmatch(check.regex, "a b")
 
 
 NUMERIC = """
     name: x
     vars:
-      steps: 60
+      n_steps: 60
       deadline: {default: 120, description: seconds}
       label: run
     steps:
       - id: a
         kind: run
-        command: echo {{ steps }}
-        env: {N: "{{ steps }}", GPU: 0}
+        command: echo {{ n_steps }}
+        env: {N: "{{ n_steps }}", GPU: 0}
       - id: b
         kind: gate
         job: a
         patterns:
-          - {name: "done {{ steps }}", regex: 'done step={{ steps }} ', within: "{{ deadline }}"}
+          - {name: "done {{ n_steps }}", regex: 'done step={{ n_steps }} ', within: "{{ deadline }}"}
       - id: c
         kind: check
         checks:
-          - {kind: json_field, path: /x.json, field: step, equals: "{{ steps }}", name: "{{ steps }}"}
+          - {kind: json_field, path: /x.json, field: step, equals: "{{ n_steps }}", name: "{{ n_steps }}"}
           - {kind: json_field, path: /x.json, field: tag, equals: "{{ label }}"}
     """
 
 
 def test_a_field_that_is_one_reference_to_a_number_takes_the_number(tmp_path: Path) -> None:
     loaded = load_runbook(write(tmp_path, NUMERIC))
-    runbook = render_runbook(loaded, resolve_vars(loaded, {"steps": "80", "deadline": "30"}))
+    runbook = render_runbook(loaded, resolve_vars(loaded, {"n_steps": "80", "deadline": "30"}))
     pattern = runbook.step("b").patterns[0]
     assert (pattern.within, pattern.regex, pattern.name) == (30.0, "done step=80 ", "done 80")
     number, text = runbook.step("c").checks

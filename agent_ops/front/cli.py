@@ -129,7 +129,10 @@ def plan(file: str, var: list[str] | None = VarOpt, as_json: bool = JsonOpt) -> 
         for s in wave:
             needs = f"  (needs {', '.join(s.needs)})" if s.needs else ""
             needs += f"  (after {', '.join(s.after)} finished)" if s.after else ""
+            needs += f"  (reads results of {', '.join(s.reads)}: rendered when it starts)" if s.reads else ""
             out.print(f"  {s.id} [{s.kind}]{needs}", markup=False, highlight=False)
+            for k, v in s.env.items():
+                out.print(f"      env {k}={v}", markup=False, highlight=False, style="dim")
             for line in (s.command or "").rstrip().splitlines():
                 out.print(f"      $ {line}", markup=False, highlight=False, style="dim")
 
@@ -161,7 +164,8 @@ def run(
     inventory: str | None = typer.Option(None, "--inventory", help="YAML file of named hosts."),
     accept_new_host_key: bool = typer.Option(False, "--accept-new-host-key", help="Trust an unknown host key and record it."),
     tmux_socket: str | None = typer.Option(None, "--tmux-socket", help="Private tmux server (-L name) for the jobs."),
-    workdir: str | None = typer.Option(None, "--workdir", help="Directory on the target for job files."),
+    workdir: str | None = typer.Option(None, "--workdir", help="Directory on the target for job files (run_dir is WORKDIR/runs/RUN; "
+                                       "default ~/.agentops there). The journal stays here, in $AGENTOPS_HOME (default ./.agentops)."),
     known_hosts: str | None = typer.Option(None, "--known-hosts", help="known_hosts file (default ~/.ssh/known_hosts)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan with every var resolved; run nothing."),
     detach: bool = typer.Option(False, "--detach", "-d", help="Start the run in the background; print its id at once."),
@@ -277,7 +281,11 @@ def cancel(run_id: str, as_json: bool = JsonOpt) -> None:
 
 
 @app.command()
-def status(run_id: str | None = typer.Argument(None, help="Run id (default: the latest)."), as_json: bool = JsonOpt) -> None:
+def status(
+    run_id: str | None = typer.Argument(None, help="Run id (default: the latest)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Also each step's job environment (secrets ***) and results."),
+    as_json: bool = JsonOpt,
+) -> None:
     """A run's state from the journal: steps, attempts, gate progress, remedies."""
     from agent_ops.front.live_view import render_status
 
@@ -286,6 +294,11 @@ def status(run_id: str | None = typer.Argument(None, help="Run id (default: the 
         print(st.model_dump_json(indent=2))
         return
     out.print(render_status(st))
+    for s in st.steps if verbose else ():
+        for k, v in (s.env or {}).items():
+            out.print(f"{s.id}: env {k}={v}", markup=False, highlight=False)
+        for line in result_lines(s.outputs):
+            out.print(f"{s.id}: {line}", markup=False, highlight=False)
     if st.message:
         out.print(st.message, markup=False, highlight=False)
     for r in st.remedies:
@@ -375,6 +388,19 @@ def logs(
             time.sleep(1.0)
     finally:
         transport.close()
+
+
+def result_lines(outputs: dict | None) -> list[str]:
+    """A step's recorded results as the lines `status -v` prints, named as templates read them."""
+    outputs = outputs or {}
+    lines = [f"outputs.{k} = {v!r}" for k, v in (outputs.get("outputs") or {}).items()]
+    for name, values in (outputs.get("metrics") or {}).items():
+        shown = f"{values[0]:g} .. {values[-1]:g}" if values else "no values"
+        lines.append(f"metrics.{name}: {len(values)} values, {shown}")
+    for i, check in enumerate(outputs.get("checks") or []):
+        details = ", ".join(f"{k}={v!r}" for k, v in (check.get("details") or {}).items() if not isinstance(v, (list, dict)))
+        lines.append(f"checks[{i}] {check.get('status')}: {details}")
+    return lines
 
 
 def read_secrets_quiet(names: list[str]) -> list[str]:

@@ -18,7 +18,8 @@ from agent_ops.record.journal import TERMINAL_RUN_STATES, Journal
 from agent_ops.record.status import RunStatus, run_status
 from agent_ops.runbook.loader import BUILTIN_VARS, builtin_values, load_runbook, render_runbook, resolve_vars
 from agent_ops.runbook.plan import build_plan
-from agent_ops.runbook.schema import MAX_POLL_S
+from agent_ops.runbook.results import OUTPUT_ENV
+from agent_ops.runbook.schema import MAX_POLL_S, Runbook, RunStep, Step
 
 MAX_BLOCK_S = MAX_POLL_S  # no operation blocks longer than this (seed 003, rule 1)
 DETACH_READY_S = 15.0
@@ -48,11 +49,16 @@ class ValidateResult(BaseModel):
 
 
 class PlanStep(BaseModel):
+    """One step as it will run: dependencies, command and job environment, variables resolved."""
+
     id: str
     kind: str
     needs: list[str]
     after: list[str] = []  # needs that must have finished (a background job exited), not merely started
     command: str | None = None
+    env: dict[str, str] = Field(default_factory=dict, description="A run step's job environment (secrets as ***).")
+    reads: list[str] = Field(default_factory=list, description="Steps whose results its templates read: those parts are "
+                             "rendered when it starts, and shown here as written.")
 
 
 class PlanResult(BaseModel):
@@ -108,12 +114,19 @@ def plan(file: str, overrides: dict[str, str]) -> PlanResult:
     loaded, values = _load(file, overrides)
     builtins = builtin_values(**{k: f"<{k}>" for k in BUILTIN_VARS})
     runbook = render_runbook(loaded, {**values, **builtins})
-    steps = {s.id: s for s in runbook.steps}
-    waves = [[PlanStep(id=sid, kind=steps[sid].kind, needs=steps[sid].needs, after=steps[sid].after,
-                         command=getattr(steps[sid], "command", None))
-              for sid in wave] for wave in build_plan(runbook.steps).waves]
+    masked = dict.fromkeys(runbook.secrets, "***")
+    waves = [[_plan_step(runbook, runbook.step(sid), masked, loaded.reads.get(sid, [])) for sid in wave]
+             for wave in build_plan(runbook.steps).waves]
     return PlanResult(runbook=runbook.name, file=str(loaded.path), vars=values,
                       secrets=dict.fromkeys(runbook.secrets, "***"), waves=waves)
+
+
+def _plan_step(runbook: Runbook, step: Step, secrets: dict[str, str], reads: list[str]) -> PlanStep:
+    env = runbook.job_env(step, secrets) if isinstance(step, RunStep) else {}
+    if isinstance(step, RunStep) and step.outputs:
+        env[OUTPUT_ENV] = "<its job directory>/outputs"
+    return PlanStep(id=step.id, kind=step.kind, needs=step.needs, after=step.after, command=getattr(step, "command", None),
+                    env=env, reads=reads)
 
 
 def _load(file: str, overrides: dict[str, str]):

@@ -53,6 +53,8 @@ CREATE TABLE IF NOT EXISTS steps (
     last_line TEXT,
     tail TEXT,                     -- the newest log lines as JSON (masked)
     progress TEXT,                 -- gate/metric progress as JSON
+    outputs TEXT,                  -- results later steps' templates read, JSON: {outputs, metrics, checks} (masked)
+    env TEXT,                      -- the newest attempt's job environment, JSON (secrets as ***)
     PRIMARY KEY (run_id, step_id)
 );
 CREATE TABLE IF NOT EXISTS attempts (
@@ -142,6 +144,8 @@ class StepRow:
     last_line: str | None
     tail: list[str] | None
     progress: dict[str, Any] | None
+    outputs: dict[str, Any] | None  # {outputs, metrics, checks}: what `{{ steps.ID... }}` reads
+    env: dict[str, str] | None  # the newest attempt's job environment, secrets as ***
 
 
 @dataclass(frozen=True)
@@ -217,8 +221,9 @@ class Journal:
     def _migrate(self) -> None:
         # Journals written by older versions lack newer columns: add them, never drop anything.
         cols = {row[1] for row in self._db.execute("PRAGMA table_info(steps)")}
-        if "tail" not in cols:
-            self._db.execute("ALTER TABLE steps ADD COLUMN tail TEXT")
+        for col in ("tail", "outputs", "env"):
+            if col not in cols:
+                self._db.execute(f"ALTER TABLE steps ADD COLUMN {col} TEXT")
 
     def close(self) -> None:
         with self._lock:
@@ -273,11 +278,11 @@ class Journal:
             db.execute(f"UPDATE runs SET {cols} WHERE id = ?", (*fields.values(), run_id))
 
     def set_step(self, run_id: str, step_id: str, **fields: Any) -> None:
-        """Update step columns (state, attempt, started, ended, message, last_line, progress)."""
+        """Update step columns (state, attempt, started, ended, message, last_line, progress, outputs, env)."""
         for key in ("message", "last_line"):
             if key in fields:
                 fields[key] = self._m(fields[key])
-        for key in ("progress", "tail"):
+        for key in ("progress", "tail", "outputs", "env"):
             if key in fields:
                 fields[key] = self._j(fields[key])
         cols = ", ".join(f"{k} = ?" for k in fields)
@@ -372,7 +377,7 @@ class Journal:
         return [RemedyRow(**_decode(r)) for r in rows]
 
 
-_JSON_COLUMNS = ("tail", "target", "vars", "secret_names", "progress", "overrides", "data", "matched_lines", "fix")
+_JSON_COLUMNS = ("tail", "outputs", "env", "target", "vars", "secret_names", "progress", "overrides", "data", "matched_lines", "fix")
 
 
 def _decode(row: sqlite3.Row) -> dict[str, Any]:

@@ -53,6 +53,10 @@ class StepView(BaseModel):
     last_line: str | None = None
     log_tail: list[str] = Field(default_factory=list, description="The newest log lines (secrets masked).")
     progress: dict[str, Any] | None = Field(None, description="Gate patterns (matched lines, deadline left) and metrics.")
+    env: dict[str, str] | None = Field(None, description="A run step's job environment as its newest attempt got it (secrets ***).")
+    outputs: dict[str, Any] | None = Field(
+        None, description="What later steps read as steps.ID...: `outputs` (declared outputs, a gate's named groups), "
+        "`metrics` (a gate's series), `checks` (a check step's results with their measured details); secrets masked.")
     attempts: list[AttemptView] = []
 
 
@@ -126,7 +130,8 @@ def run_status(journal: Journal, run_id: str) -> RunStatus | None:
         steps.append(StepView(
             id=s.step_id, kind=s.kind, state=s.state, attempt=s.attempt, started=s.started, ended=s.ended,
             elapsed_s=round(end - s.started, 3) if s.started and end else None, message=s.message,
-            last_line=s.last_line, log_tail=s.tail or [], progress=s.progress, attempts=attempts.get(s.step_id, []),
+            last_line=s.last_line, log_tail=s.tail or [], progress=s.progress, env=s.env, outputs=s.outputs,
+            attempts=attempts.get(s.step_id, []),
         ))
     remedies = [RemedyView(**{k: getattr(r, k) for k in RemedyView.model_fields}) for r in journal.remedies(run_id)]
     target = run.target.get("url", "local") if isinstance(run.target, dict) else str(run.target)

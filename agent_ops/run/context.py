@@ -18,8 +18,9 @@ from typing import Any
 from agent_ops.errors import AgentOpsError
 from agent_ops.record.journal import TERMINAL_RUN_STATES, TERMINAL_STEP_STATES, Journal
 from agent_ops.run.jobs import RunLayout, Tmux, kill_session
-from agent_ops.runbook.loader import LoadedRunbook, builtin_values, load_runbook, render_runbook
-from agent_ops.runbook.schema import Runbook
+from agent_ops.runbook.loader import LoadedRunbook, builtin_values, load_runbook, render_runbook, render_step
+from agent_ops.runbook.results import steps_view
+from agent_ops.runbook.schema import Runbook, Step
 from agent_ops.secret_values import Masker, read_secrets
 from agent_ops.transport.base import Transport
 from agent_ops.transport.target import TargetSpec, connect
@@ -62,6 +63,13 @@ class RunContext:
         user_vars = {k: v for k, v in self.values.items() if k in self.loaded.runbook.vars}
         self.journal.set_run(self.run_id, vars=user_vars)
 
+    def step(self, step_id: str) -> Step:
+        """A step as its next attempt runs it: one that reads earlier steps' results is rendered now, with them."""
+        if step_id not in self.loaded.reads:
+            return self.runbook.step(step_id)
+        results = steps_view({row.step_id: (row.state, row.outputs) for row in self.journal.steps(self.run_id)})
+        return render_step(self.loaded, step_id, {**self.values, "steps": results})
+
     def event(self, kind: str, step_id: str | None, message: str, data: Any = None) -> None:
         self.journal.event(self.run_id, step_id, kind, message, data)
         if self.observer:
@@ -103,6 +111,12 @@ def start_run(
 
 def _expand(path: str, home: str) -> str:
     return home + path[1:] if path == "~" or path.startswith("~/") else path
+
+
+def on_target(path: str, cwd: str | None, home: str) -> str:
+    """An absolute path on the target: `~` expanded, a relative one taken from `cwd` (else the home directory)."""
+    path = _expand(path, home)
+    return path if path.startswith("/") else f"{on_target(cwd, None, home) if cwd else home}/{path}"
 
 
 class RunStateError(AgentOpsError):

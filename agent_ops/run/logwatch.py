@@ -10,6 +10,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent_ops.runbook.results import parse_scalar
 from agent_ops.runbook.schema import GatePattern, MetricSpec
 
 MAX_LINE = 400  # a matched line is stored for status output; keep it short
@@ -82,6 +83,7 @@ class PatternState:
     spec: GatePattern
     matched_line: str | None = None
     matched_at: float | None = None  # seconds after the watch started
+    groups: dict[str, str] = field(default_factory=dict)  # the regex's named groups in the matched line: the gate's outputs
 
 
 @dataclass
@@ -174,9 +176,11 @@ class LogWatch:
                 self.failed = Verdict(False, f"failure pattern {rx.pattern!r} matched", line[:MAX_LINE], kind="fail_on")
                 return
         pending = self._next_pattern()
-        if pending is not None and self._pattern_res[pending].search(line):
+        match = self._pattern_res[pending].search(line) if pending is not None else None
+        if match:
             state = self.patterns[pending]
             state.matched_line, state.matched_at = line[:MAX_LINE], now
+            state.groups = {k: v for k, v in match.groupdict().items() if v is not None}
         for rx, metric in zip(self._metric_res, self.metrics):
             self._metric_line(rx, metric, line, now)
 
@@ -233,6 +237,13 @@ class LogWatch:
         parts = [f"{len(self.patterns)} patterns matched"] if self.patterns else []
         parts += [m.verdict.reason for m in self.metrics if m.verdict]
         return "; ".join(parts)
+
+    def results(self) -> dict[str, Any]:
+        """What later steps read (`steps.ID.outputs` / `.metrics`): named groups of matched patterns, metric series."""
+        outputs: dict[str, Any] = {}
+        for state in self.patterns:
+            outputs.update({k: parse_scalar(v) for k, v in state.groups.items()})
+        return {"outputs": outputs, "metrics": {m.spec.name: list(m.values) for m in self.metrics}}
 
     def progress(self, now: float) -> dict[str, Any]:
         """A JSON-able snapshot for the journal and status: each pattern and metric with deadline left."""

@@ -6,7 +6,6 @@ and what a person should do). Every diagnosis, fix and outcome goes to the journ
 """
 from __future__ import annotations
 
-import re
 import shlex
 import time
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from agent_ops.known_issues.diagnose import diagnose
 from agent_ops.run.context import RunContext
 from agent_ops.run.jobs import kill_session, prepare_run
 from agent_ops.runbook.schema import Step
-from agent_ops.runbook.template import render
+from agent_ops.runbook.template import ENV, RenderError, names_used, render_text
 
 TAIL_BYTES = 64 << 10  # diagnosis reads only the end of a log: the failure is there, and logs can be GBs
 
@@ -155,12 +154,15 @@ def _var(run: RunContext, name: str) -> Any:
 
 
 def _run_commands(run: RunContext, action: RunCommands) -> str:
-    unknown = {m.group(1) for c in action.commands for m in re.finditer(r"\{\{\s*([A-Za-z_]\w*)", c)} - set(run.values)
+    unknown = {name for c in action.commands for name in names_used(c)} - set(run.values) - set(ENV.globals)
     if unknown:
         raise FixNotApplicable(f"commands use variables the runbook lacks: {', '.join(sorted(unknown))}")
-    script = "set -e\n" + "\n".join(render(c, run.values, shell=True) for c in action.commands)
-    if action.cwd:
-        script = f"cd {shlex.quote(render(action.cwd, run.values, shell=False))}\n" + script
+    try:
+        script = "set -e\n" + "\n".join(render_text(c, run.values, "shell") for c in action.commands)
+        if action.cwd:
+            script = f"cd {shlex.quote(render_text(action.cwd, run.values, 'text'))}\n" + script
+    except RenderError as exc:
+        raise FixNotApplicable(f"cannot render the fix's commands: {exc.message}") from None
     result = run.transport.exec(script, timeout=action.timeout_s)
     if not result.ok:
         tail = run.masker.mask((result.stdout + result.stderr).decode("utf-8", "replace"))[-500:]

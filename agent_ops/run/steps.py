@@ -1,6 +1,7 @@
 """Step drivers: what each step kind does, one attempt at a time, with retries around it."""
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -8,16 +9,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent_ops.errors import RunbookError
 from agent_ops.record.journal import DONE_OK, TERMINAL_STEP_STATES, StepState
-from agent_ops.run.context import RunContext
+from agent_ops.run.context import RunContext, on_target
 from agent_ops.run.jobs import JobHandle, JobSpec, kill_job, start_job
 from agent_ops.run.logwatch import LogWatch, Verdict
 from agent_ops.run.monitor import Monitor
 from agent_ops.run.poll import Deadline
 from agent_ops.run.remedy import explain, log_tail, remediate
+from agent_ops.runbook.results import OUTPUT_ENV, parse_output_lines
 from agent_ops.runbook.schema import CheckStep, GateStep, GetStep, PutStep, RunStep, Step
 from checks.evaluate import evaluate, evaluate_all
 
+MAX_OUTPUTS = 1 << 20  # outputs are values for templates, read whole: a bound keeps a runaway writer out of the journal
 READ_CHUNK = 4 << 20  # a log is followed in chunks; a burst of output never loads whole into memory
 WAKE_S = 1.0  # drivers re-judge deadlines at least this often even when the box is quiet
 JOURNAL_EVERY_S = 0.5  # progress and last-line writes to the journal are throttled to this
@@ -54,6 +58,9 @@ def drive_step(sctx: StepContext, step: Step) -> StepOutcome:
     run, journal = sctx.run, sctx.run.journal
     journal.set_step(run.run_id, step.id, state="running", started=time.time(), message=None)
     run.event("step_started", step.id, f"{step.kind} step {step.title} started")
+    step, problem = _rendered(run, step.id)
+    if problem:
+        return _end(sctx, step, StepOutcome("failed", problem))
     if step.skip_if is not None:
         result = evaluate(step.skip_if, run.transport)
         if result.status == "passed":
@@ -63,7 +70,10 @@ def drive_step(sctx: StepContext, step: Step) -> StepOutcome:
     attempt = live or previous + 1  # on resume attempt numbers go on: a job directory is never reused
     plain_retries = step.retries
     while True:
-        step = run.runbook.step(step.id)  # remedies may have changed variables: re-read the rendered step
+        step, problem = _rendered(run, step.id)  # remedies may have changed variables: render the step again
+        if problem:
+            outcome = StepOutcome("failed", problem)
+            break
         journal.set_step(run.run_id, step.id, attempt=attempt)
         outcome = _attempt(sctx, step, attempt, reattach=(attempt == live))
         if attempt > 1:  # a fix applied after the previous attempt now has its outcome
@@ -87,6 +97,14 @@ def drive_step(sctx: StepContext, step: Step) -> StepOutcome:
         # The cancel killed the job: that is why it "failed" (or stopped being followed); it must not read as a failure.
         outcome = StepOutcome("cancelled", "cancelled", outcome.log_tail, outcome.log_path)
     return _end(sctx, step, outcome)
+
+
+def _rendered(run: RunContext, step_id: str) -> tuple[Step, str | None]:
+    """The step for its next attempt, or (as the run has it, why it cannot be rendered): a result it reads is missing."""
+    try:
+        return run.step(step_id), None
+    except RunbookError as exc:
+        return run.runbook.step(step_id), "; ".join(exc.problems)
 
 
 def _cancelling(sctx: StepContext) -> bool:
@@ -143,8 +161,11 @@ def _run(sctx: StepContext, step: RunStep, attempt: int, reattach: bool) -> Step
     run = sctx.run
     spec = JobSpec(
         step_id=step.id, attempt=attempt, script=step.command, cwd=step.cwd,
-        env={**run.runbook.env, **step.env, **run.env_overrides, **run.secrets}, mask_values=list(run.secrets.values()),
+        env=run.runbook.job_env(step, run.secrets, run.env_overrides), mask_values=list(run.secrets.values()),
     )
+    if step.outputs:
+        spec.env[OUTPUT_ENV] = f"{run.layout.job_dir(spec.name)}/outputs"
+    run.journal.set_step(run.run_id, step.id, env={k: "***" if k in run.secrets else v for k, v in spec.env.items()})
     # Watched before it starts: the probe that will see it end is on its way while it starts (a round trip less).
     seq = sctx.monitor.latest.seq
     with sctx.monitor.watching(job=spec.name):
@@ -171,11 +192,51 @@ def _run(sctx: StepContext, step: RunStep, attempt: int, reattach: bool) -> Step
     message = verdict.reason if not verdict.passed else (f"exit code {rc}" if rc is not None else "job ended")
     if verdict.passed and rc not in (0, None):
         message = f"exit code {rc}"
+    if ok and (step.outputs or step.outputs_file):
+        outputs, problem = _read_outputs(run, step, handle)
+        run.journal.set_step(run.run_id, step.id, outputs={"outputs": outputs})
+        ok, message = problem is None, problem or f"{message}; outputs: {', '.join(outputs) or 'none'}"
     run.journal.end_attempt(run.run_id, step.id, attempt, rc=rc, verdict="succeeded" if ok else "failed",
                             message=message, log_size=size)
     tail = watch.last_line or ""
     return StepOutcome("succeeded" if ok else "failed", message + (f" | last line: {tail}" if not ok and tail else ""), tail,
                        handle.log)
+
+
+def _read_outputs(run: RunContext, step: RunStep, handle: JobHandle) -> tuple[dict[str, Any], str | None]:
+    """The outputs an ended job wrote ($AGENTOPS_OUTPUT lines, then `outputs_file`), and what is wrong with them."""
+    found: dict[str, Any] = {}
+    if step.outputs:
+        try:
+            found.update(parse_output_lines(_read_small(run, f"{handle.job_dir}/outputs").decode("utf-8", "replace")))
+        except FileNotFoundError:
+            pass  # nothing written: the missing names are reported below
+        except ValueError as exc:
+            return found, str(exc)
+    if step.outputs_file:
+        path = on_target(step.outputs_file, step.cwd, run.transport.home())
+        try:
+            text = _read_small(run, path)
+        except (FileNotFoundError, ValueError) as exc:
+            return found, f"outputs_file {path}: {'no such file' if isinstance(exc, FileNotFoundError) else exc}"
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            return found, f"outputs_file {path}: not JSON ({exc})"
+        if not isinstance(data, dict):
+            return found, f"outputs_file {path}: expected a JSON object of outputs, found {type(data).__name__}"
+        found.update(data)
+    missing = [name for name in step.outputs if name not in found]
+    if missing:
+        return found, f"declared outputs not written: {', '.join(missing)} (a job writes NAME=value lines to ${OUTPUT_ENV})"
+    return found, None
+
+
+def _read_small(run: RunContext, path: str) -> bytes:
+    data = run.transport.read_from(path, 0, MAX_OUTPUTS + 1)
+    if len(data) > MAX_OUTPUTS:
+        raise ValueError(f"{path} is larger than {MAX_OUTPUTS} bytes: outputs are values, not files")
+    return data
 
 
 def _follow(sctx: StepContext, step_id: str, handle: JobHandle, watch: LogWatch, deadline: Deadline, *,
@@ -248,8 +309,9 @@ def _journal_progress(run: RunContext, step_id: str, watch: LogWatch, now: float
 
 def _gate(sctx: StepContext, step: GateStep) -> StepOutcome:
     if step.job is None:
-        verdict = _follow_file(sctx, step, _watch_for(step))
-        return _gate_outcome(verdict, None)
+        watch = _watch_for(step)
+        verdict = _follow_file(sctx, step, watch)
+        return _gate_outcome(sctx, step, verdict, watch, None)
     handle = sctx.handles.get(step.job)
     if handle is None:
         return StepOutcome("failed", f"gate: job {step.job!r} has not started")
@@ -262,10 +324,10 @@ def _gate(sctx: StepContext, step: GateStep) -> StepOutcome:
         if verdict.passed and rc not in (None, 0):
             verdict = Verdict(False, f"job {step.job} ended with exit code {rc}", kind="eof")
         if verdict.passed:
-            return _gate_outcome(verdict, handle)
+            return _gate_outcome(sctx, step, verdict, watch, handle)
         retried = _next_attempt(sctx, step.job, handle) if rc not in (None, 0) else None
         if retried is None:
-            return _gate_outcome(verdict, handle)
+            return _gate_outcome(sctx, step, verdict, watch, handle)
         sctx.run.event("gate_follows_retry", step.id, f"job {step.job} is being retried; following {retried.name}")
         handle = retried
 
@@ -274,7 +336,9 @@ def _watch_for(step: GateStep) -> LogWatch:
     return LogWatch(patterns=step.patterns, metrics=step.metrics, fail_on=step.fail_on, stall_after=step.stall_after)
 
 
-def _gate_outcome(verdict: Verdict, handle: JobHandle | None) -> StepOutcome:
+def _gate_outcome(sctx: StepContext, step: GateStep, verdict: Verdict, watch: LogWatch, handle: JobHandle | None) -> StepOutcome:
+    # Passed or not, what the gate read is kept: later steps (a report) read its metrics and named groups.
+    sctx.run.journal.set_step(sctx.run.run_id, step.id, outputs=watch.results())
     message = verdict.reason + (f" | line: {verdict.line}" if verdict.line and not verdict.passed else "")
     return StepOutcome("succeeded" if verdict.passed else "failed", message, verdict.line or "",
                        handle.log if handle else None)
@@ -351,6 +415,7 @@ def _interrupted_offset(run: RunContext, step: GateStep) -> int | None:
 
 def _check(sctx: StepContext, step: CheckStep) -> StepOutcome:
     results = evaluate_all(step.checks, sctx.run.transport)
+    sctx.run.journal.set_step(sctx.run.run_id, step.id, outputs={"checks": [r.model_dump() for r in results]})
     for r in results:
         sctx.run.event(f"check_{r.status}", step.id, r.message, r.model_dump())
     failed = [r for r in results if r.status == "failed"]

@@ -7,43 +7,59 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from agent_ops.errors import RunbookError
 from agent_ops.runbook.plan import graph_problems
-from agent_ops.runbook.schema import Runbook
-from agent_ops.runbook.template import FILTERS, WHOLE_REF, fill_numbers, is_number, located_references, render_tree, walk_strings
-from agent_ops.yaml_models import LineMap, Report, YamlProblems, did_you_mean, kind_of, read_yaml, where
+from agent_ops.runbook.references import report_templates
+from agent_ops.runbook.schema import BUILTIN_VARS, Runbook, Step, template_languages
+from agent_ops.runbook.template import FieldError, fill_numbers, line_offset, names_used, render_tree, whole_expression
+from agent_ops.yaml_models import LineMap, Report, YamlProblems, did_you_mean, kind_of, read_yaml, value_at, where
 
-# Names every runbook may use without declaring them; filled in when a run starts (builtin_values).
-BUILTIN_VARS = ("run_id", "run_dir", "runbook_dir", "artifacts_dir")
+__all__ = ["BUILTIN_VARS", "LoadedRunbook", "builtin_values", "load_runbook", "render_runbook", "render_step", "resolve_vars"]
+
+# A field that is one template expression: in a numeric field it must give a number (explained in errors).
+WHOLE_EXPRESSION = re.compile(r"^\{\{.*\}\}$", re.S)
+# Stands in, during validation, for a number only known when its step runs (it reads an earlier step's results).
+LATER_NUMBER = 1
 
 
 def builtin_values(*, run_id: str, run_dir: str, runbook_dir: str, artifacts_dir: str) -> dict[str, str]:
     """The values of BUILTIN_VARS for one run (or placeholders, for a plan made before any run)."""
     return {"run_id": run_id, "run_dir": run_dir, "runbook_dir": runbook_dir, "artifacts_dir": artifacts_dir}
+
+
 # Top-level fields kept verbatim: variable specs, and prose that may show `{{ x }}` as an example.
 UNTEMPLATED = ("vars", "description")
 
+
 @dataclass(frozen=True)
 class LoadedRunbook:
-    """A validated runbook with what is needed to report on it: its file, text hash and line map."""
+    """A validated runbook with what is needed to report on it: its file, text hash and line map.
+
+    `reads`: for each step whose templates read `steps.…`, the ids it reads; such a step is rendered
+    when it is about to run (the results exist then), every other one when the run starts.
+    """
 
     path: Path
     sha256: str
     runbook: Runbook
     lines: LineMap
     data: dict[str, Any]
+    reads: dict[str, list[str]] = field(default_factory=dict)
 
     def where(self, loc: tuple) -> str:
         """`FILE:LINE: dotted.path` for a location in the runbook data."""
         return where(str(self.path), self.lines, loc)
+
+    def report(self, root: Any = Runbook, prefix: tuple = ()) -> Report:
+        return Report(str(self.path), self.lines, root, prefix, numeric_ref=WHOLE_EXPRESSION)
 
 
 def find_runbook(name: str) -> Path:
@@ -78,44 +94,73 @@ def load_runbook(name: str | os.PathLike[str]) -> LoadedRunbook:
     if not isinstance(data, dict):
         what = "the file is empty" if data is None else f"the top level is {kind_of(data)}"
         raise RunbookError([f"{label}:{lines.line_of(()) or 1}: (top): {what}; a runbook is a mapping with name and steps"])
-    report = Report(label, lines, Runbook, numeric_ref=WHOLE_REF)
-    runbook = None
-    # Validated before --var values are known: a field that is one reference to a numeric variable
-    # is checked with the variable's default, and again with the real value when the run renders it.
-    checked = _templated(data, lambda part: fill_numbers(part, _numeric_defaults(data)))
-    try:
-        runbook = Runbook.model_validate(checked)
-    except ValidationError as exc:
-        report.add_errors(checked, exc.errors())
+    report = Report(label, lines, Runbook, numeric_ref=WHOLE_EXPRESSION)
+    # Validated before --var values are known: a field that is one expression giving a number is checked
+    # with the variables' defaults, and again with the real values when the run renders it.
+    templated = _templated(data)
+    runbook = _validate(report, {**fill_numbers(templated, _load_values(data), template_languages()), **_verbatim(data)})
     if runbook is not None:
         for loc, msg in graph_problems(runbook.steps):
             report.add(loc, msg)
-    _report_references(report, data)
+    reads = report_templates(report, data, templated, runbook)
     if report.found:
         raise RunbookError(report.problems())
     sha = hashlib.sha256(text.encode()).hexdigest()
-    return LoadedRunbook(path=path.resolve(), sha256=sha, runbook=runbook, lines=lines, data=data)
+    return LoadedRunbook(path=path.resolve(), sha256=sha, runbook=runbook, lines=lines, data=data, reads=reads)
 
 
-def _templated(data: dict[str, Any], transform: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
-    """The runbook data with ``transform`` applied to its templated part; UNTEMPLATED fields kept verbatim."""
-    return {**transform({k: v for k, v in data.items() if k not in UNTEMPLATED}),
-            **{k: v for k, v in data.items() if k in UNTEMPLATED}}
+def _templated(data: dict[str, Any]) -> dict[str, Any]:
+    """The part of the runbook data that holds templates (all but UNTEMPLATED)."""
+    return {k: v for k, v in data.items() if k not in UNTEMPLATED}
 
 
-def _numeric_defaults(data: dict[str, Any]) -> dict[str, Any]:
-    """Each variable's numeric default (or, for a required one, its first numeric choice), from raw data."""
+def _verbatim(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in data.items() if k in UNTEMPLATED}
+
+
+def _validate(report: Report, data: dict[str, Any], suffix: str = "", model: Any = Runbook) -> Any:
+    """The model, or None with the problems in the report.
+
+    A field that is one expression reading an earlier step's result (`within: "{{ steps.a.outputs.n }}"`)
+    has no value yet: where only that fails, a number stands in, and the step is checked again when it runs.
+    """
+    try:
+        return model.validate_python(data) if isinstance(model, TypeAdapter) else model.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors()
+    prefix = report.prefix
+    later = [loc for loc in (report.lines.clean_loc(prefix + tuple(e["loc"]))[len(prefix):] for e in errors)
+             if _reads_results(value_at(data, loc))]
+    if later:
+        for loc in later:
+            _set_at(data, loc, LATER_NUMBER)
+        return _validate(report, data, suffix, model)
+    report.add_errors(data, errors, suffix)
+    return None
+
+
+def _reads_results(value: Any) -> bool:
+    return isinstance(value, str) and whole_expression(value) is not None and "steps" in names_used(value)
+
+
+def _set_at(data: Any, loc: tuple, value: Any) -> None:
+    for part in loc[:-1]:
+        data = data[part]
+    data[loc[-1]] = value
+
+
+def _load_values(data: dict[str, Any]) -> dict[str, Any]:
+    """Each variable's default (a required one: its first choice), from the raw data: what load-time checks evaluate with."""
     declared = data.get("vars")
     out: dict[str, Any] = {}
     for name, spec in (declared.items() if isinstance(declared, dict) else ()):
         if isinstance(spec, dict):
             choices = spec.get("choices") if isinstance(spec.get("choices"), list) else []
-            candidates = [spec.get("default")] + ([] if spec.get("default") is not None else choices)
+            value = spec.get("default") if spec.get("default") is not None or not choices else choices[0]
         else:
-            candidates = [spec]
-        number = next((c for c in candidates if is_number(c)), None)
-        if number is not None:
-            out[name] = number
+            value = spec
+        if value is not None:
+            out[name] = value
     return out
 
 
@@ -154,9 +199,11 @@ def resolve_vars(loaded: LoadedRunbook, overrides: dict[str, Any]) -> dict[str, 
 
 
 def coerce(raw: Any, default: Any) -> Any:
-    """Convert a command-line string to the type of the variable's default."""
+    """Convert a command-line string to the type of the variable's default (a list: comma-separated items)."""
     if not isinstance(raw, str) or default is None or isinstance(default, str):
         return raw
+    if isinstance(default, list):  # `--var tasks=0,1,2` for a list: its items typed like the default's first
+        return [coerce(item.strip(), default[0] if default else None) for item in raw.split(",")] if raw.strip() else []
     if isinstance(default, bool):
         low = raw.lower()
         if low in ("true", "yes", "1", "on"):
@@ -174,33 +221,33 @@ def coerce(raw: Any, default: Any) -> Any:
 
 
 def render_runbook(loaded: LoadedRunbook, values: dict[str, Any]) -> Runbook:
-    """The runbook with every `{{ var }}` substituted (shell-quoted in commands)."""
-    rendered = _templated(loaded.data, lambda part: render_tree(part, values))
-    try:
-        return Runbook.model_validate(rendered)
-    except ValidationError as exc:  # a value made a field invalid (e.g. a regex): report it where it was written
-        report = Report(str(loaded.path), loaded.lines, Runbook, numeric_ref=WHOLE_REF)
-        report.add_errors(rendered, exc.errors(), " (after substituting variables)")
-        raise RunbookError(report.problems()) from None
+    """The runbook with its templates rendered, as far as `values` go (no `steps`: those fields wait for their step)."""
+    report = loaded.report()
+    rendered, errors = render_tree(_templated(loaded.data), values, template_languages())
+    _report_render_errors(report, errors)
+    runbook = None if errors else _validate(report, {**rendered, **_verbatim(loaded.data)}, " (after substituting variables)")
+    if report.found:  # a value made a field invalid (e.g. a regex): reported where it was written
+        raise RunbookError(report.problems())
+    return runbook
 
 
-# --- template references -------------------------------------------------------------------------
+def render_step(loaded: LoadedRunbook, step_id: str, values: dict[str, Any]) -> Step:
+    """One step rendered with `values` that include `steps` (the results so far): just before it runs."""
+    index = next(i for i, s in enumerate(loaded.runbook.steps) if s.id == step_id)
+    loc = ("steps", index)
+    report = loaded.report(Step, loc)
+    rendered, errors = render_tree(loaded.data["steps"][index], values, template_languages(), loc)
+    _report_render_errors(report, errors)
+    step = None if errors else _validate(report, rendered, " (after substituting results)", _STEP)
+    if report.found:
+        raise RunbookError(report.problems())
+    return step
 
 
-def _report_references(report: Report, data: dict[str, Any]) -> None:
-    # Read from the raw data, so template problems are reported even when the schema is not satisfied.
-    declared, listed = data.get("vars"), data.get("secrets")
-    known = set(declared if isinstance(declared, dict) else ()) | set(BUILTIN_VARS)
-    secrets = {s for s in listed if isinstance(s, str)} if isinstance(listed, list) else set()
-    for loc, text in walk_strings({k: v for k, v in data.items() if k not in UNTEMPLATED}):
-        for offset, name, flt in located_references(text):
-            line = report.lines.line_in(loc, offset, text)
-            if name in secrets:
-                report.add(loc, f"secret {name!r} cannot be templated (it would land in scripts and the journal); "
-                                f"jobs read it as ${name}", line)
-            elif name not in known:
-                report.add(loc, f"unknown variable {name!r}{did_you_mean(name, known)} (declare it under vars:)", line)
-            if flt is not None and flt not in FILTERS:
-                report.add(loc, f"unknown filter {flt!r} (known: {', '.join(FILTERS)})", line)
+_STEP: TypeAdapter[Step] = TypeAdapter(Step)
 
 
+def _report_render_errors(report: Report, errors: list[FieldError]) -> None:
+    for e in errors:
+        line = report.lines.line_in(e.loc, line_offset(e.text, e.error.line), e.text) if e.error.line else None
+        report.add(e.loc, f"cannot render: {e.error.message}", line)

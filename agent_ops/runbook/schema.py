@@ -5,11 +5,15 @@ validate runbooks with exactly the rules the executor applies.
 """
 from __future__ import annotations
 
+import functools
 import re
+import typing
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from agent_ops.runbook.results import RESULT_PARTS, SERIES_PARTS
+from agent_ops.runbook.template import FILTERS, FUNCTIONS, NAMESPACES, Language
 from checks.kinds import Check
 
 # Step ids become file and tmux window names on the box: keep them filesystem- and tmux-safe.
@@ -17,6 +21,18 @@ STEP_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 VAR_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 # The rule every agent of seed 003 obeys: nothing waits more than 30 s without re-checking.
 MAX_POLL_S = 30.0
+
+# Names every runbook may use without declaring them; their values are set when a run starts.
+BUILTIN_VARS: dict[str, str] = {
+    "run_id": "the run's id (sortable; safe in file and tmux names)",
+    "run_dir": "the run's directory on the target, WORKDIR/runs/RUN_ID (WORKDIR: `--workdir`, default ~/.agentops on the "
+               "target); each job's script, log and exit code live in its jobs/ directory",
+    "artifacts_dir": "the run's directory on the controller, $AGENTOPS_HOME/runs/RUN_ID: `get` steps copy files here",
+    "runbook_dir": "the runbook file's directory on the controller (a `put` step's relative src starts here)",
+}
+# Template marks: the language inserted values are escaped for (see template.py); `agentops schema` shows them.
+SHELL: dict[str, Any] = {"x-template": "shell"}
+REGEX: dict[str, Any] = {"x-template": "regex"}
 
 
 class Strict(BaseModel):
@@ -70,19 +86,40 @@ class RunStep(StepBase):
     """A shell command run as a job in its own tmux window on the target."""
 
     kind: Literal["run"]
-    command: str = Field(min_length=1, description="Bash script (multi-line allowed), run with `bash -eo pipefail`. {{ vars }} are shell-quoted.")
+    command: str = Field(min_length=1, description="Bash script (multi-line allowed), run with `bash -eo pipefail`. Values inserted "
+                         "with {{ }} are shell-quoted (`| raw` inserts one as it is).", json_schema_extra=SHELL)
     cwd: str | None = Field(None, description="Working directory on the target (default: the target user's home).")
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment for this job (reaches it through a mode-600 file).")
     background: bool = Field(False, description="Start and go on: steps that need this one start once it is running.")
     keep_running: bool = Field(False, description="With background: the run may finish while this job still runs (e.g. training).")
-    fail_on: list[str] = Field(default_factory=list, description="Regexes that fail the step as soon as one appears in its log.")
+    fail_on: list[str] = Field(default_factory=list, description="Regexes that fail the step as soon as one appears in its log.",
+                               json_schema_extra=REGEX)
     stall_after: float | None = Field(None, gt=0, description="Fail when the log has not grown for this many seconds.")
     report: bool = Field(False, description="Print this job's output (its newest lines, secrets masked) when the run ends: a summary step.")
+    outputs: list[str] = Field(
+        default_factory=list,
+        description="Names of values this step hands to later steps as {{ steps.ID.outputs.NAME }}: written as `NAME=value` "
+        "lines to the file $AGENTOPS_OUTPUT, or as keys of the JSON object in `outputs_file`. Read when the job exits 0; "
+        "a declared name the job did not write fails the step.",
+    )
+    outputs_file: str | None = Field(
+        None, description="A JSON file on the target whose top-level object holds outputs (relative: to cwd, else the home directory)."
+    )
 
     @field_validator("fail_on")
     @classmethod
     def _regexes_compile(cls, value: list[str]) -> list[str]:
         return [_compiled(p) for p in value]
+
+    @field_validator("outputs")
+    @classmethod
+    def _output_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not re.match(VAR_NAME, name):
+                raise ValueError(f"output name {name!r} must match {VAR_NAME}")
+        if len(set(value)) < len(value):
+            raise ValueError(f"output names repeat: {sorted({n for n in value if value.count(n) > 1})}")
+        return value
 
     @model_validator(mode="after")
     def _keep_running_needs_background(self) -> RunStep:
@@ -94,7 +131,8 @@ class RunStep(StepBase):
 class GatePattern(Strict):
     """One line that must appear in the log, after the previous pattern's line, before its deadline."""
 
-    regex: str = Field(description="Python regex searched in each new log line.")
+    regex: str = Field(description="Python regex searched in each new log line; values inserted with {{ }} match literally "
+                       "(`| raw` inserts a pattern). Named groups `(?P<NAME>...)` become the gate's outputs.", json_schema_extra=REGEX)
     within: float = Field(gt=0, description="Deadline in seconds, counted from the gate's start.")
     name: str | None = Field(None, description="Short label for status output.")
 
@@ -118,7 +156,8 @@ class MetricSpec(Strict):
     """A number extracted from log lines, with assertions on its series."""
 
     name: str = Field(pattern=VAR_NAME, description="Metric name used in status output.")
-    regex: str = Field(description="Regex with a named group `value` (and optionally `step`).")
+    regex: str = Field(description="Regex with a named group `value` (and optionally `step`); values inserted with {{ }} match literally.",
+                       json_schema_extra=REGEX)
     count: int = Field(1, ge=1, description="How many values must be seen before the assertions are judged.")
     within: float = Field(gt=0, description="Deadline in seconds (from the gate's start) to collect `count` values.")
     first: RangeSpec | None = Field(None, description="The first value must lie in this range (e.g. first loss 0.7-1.0).")
@@ -148,7 +187,7 @@ class GateStep(StepBase):
     file: str | None = Field(None, description="A log file on the target; only bytes written after the gate starts count.")
     patterns: list[GatePattern] = Field(default_factory=list, description="Lines that must appear, in this order.")
     metrics: list[MetricSpec] = Field(default_factory=list, description="Numbers extracted from the log and judged.")
-    fail_on: list[str] = Field(default_factory=list, description="Regexes that end the gate as failed at once.")
+    fail_on: list[str] = Field(default_factory=list, description="Regexes that end the gate as failed at once.", json_schema_extra=REGEX)
     stall_after: float | None = Field(None, gt=0, description="Fail when the log has not grown for this many seconds.")
 
     @field_validator("fail_on")
@@ -197,12 +236,23 @@ Step = Annotated[Union[RunStep, CheckStep, GateStep, PutStep, GetStep], Field(di
 
 
 class Runbook(Strict):
-    """A named, validated list of steps with variables, secrets and environment."""
+    """A named, validated list of steps with variables, secrets and environment.
+
+    Every field but `vars` and `description` may hold Jinja2 templates (`x-templates` lists the names,
+    filters and functions they may use); fields marked `x-template` escape inserted values for bash or regex.
+    """
+
+    model_config = ConfigDict(json_schema_extra={"x-templates": {
+        "builtins": BUILTIN_VARS, "namespaces": NAMESPACES, "steps.ID": RESULT_PARTS, "metric series": SERIES_PARTS,
+        "filters": {**FILTERS, "(Jinja2's)": "default, length, join, int, float, round, lower, upper, replace, ..."},
+        "functions": sorted(FUNCTIONS), "comments": "{## ... ##}",
+    }})
 
     name: str = Field(min_length=1, description="Runbook name.")
     description: str | None = Field(None, description="What the runbook does.")
-    vars: dict[str, VarSpec | str | int | float | bool | None] = Field(
-        default_factory=dict, description="Variables: a plain default or a {default, description, choices} mapping; null = required."
+    vars: dict[str, VarSpec | str | int | float | bool | list[Any] | None] = Field(
+        default_factory=dict, description="Variables: a plain default or a {default, description, choices} mapping; null = required. "
+        "A list's `--var` value is comma-separated (`--var tasks=0,1`)."
     )
     secrets: list[str] = Field(default_factory=list, description="Names read from the controller's environment; jobs see them as env vars.")
     env: dict[str, str] = Field(default_factory=dict, description="Environment for every job.")
@@ -216,6 +266,8 @@ class Runbook(Strict):
         for name in value:
             if not re.match(VAR_NAME, name):
                 raise ValueError(f"variable name {name!r} must match {VAR_NAME}")
+            if name in RESERVED_NAMES:
+                raise ValueError(f"variable name {name!r} is reserved: templates read it as {_reserved_as(name)}")
         return value
 
     @field_validator("secrets")
@@ -230,11 +282,49 @@ class Runbook(Strict):
         """Every variable as a VarSpec (plain values become defaults)."""
         return {k: v if isinstance(v, VarSpec) else VarSpec(default=v) for k, v in self.vars.items()}
 
+    def job_env(self, step: RunStep, secrets: dict[str, str], overrides: dict[str, str] | None = None) -> dict[str, str]:
+        """A run step's job environment: the runbook's env, the step's, remedies' overrides, then the secrets."""
+        return {**self.env, **step.env, **(overrides or {}), **secrets}
+
     def step(self, step_id: str) -> Step:
         for step in self.steps:
             if step.id == step_id:
                 return step
         raise KeyError(step_id)
+
+
+RESERVED_NAMES = (*BUILTIN_VARS, *NAMESPACES, *FUNCTIONS)
+
+
+def _reserved_as(name: str) -> str:
+    if name in BUILTIN_VARS:
+        return f"a builtin ({BUILTIN_VARS[name]})"
+    return f"a function ({name}(...))" if name in FUNCTIONS else NAMESPACES[name]
+
+
+@functools.cache
+def template_languages() -> dict[str, Language]:
+    """Field name -> the language its templates escape values for, from the `x-template` marks on the models."""
+    found: dict[str, Language] = {}
+    seen: set[type[BaseModel]] = set()
+    todo: list[type[BaseModel]] = [Runbook]
+    while todo:
+        model = todo.pop()
+        if model in seen:
+            continue
+        seen.add(model)
+        for name, info in model.model_fields.items():
+            extra = info.json_schema_extra
+            if isinstance(extra, dict) and "x-template" in extra and found.setdefault(name, extra["x-template"]) != extra["x-template"]:
+                raise TypeError(f"field {name!r} is marked both {found[name]} and {extra['x-template']}: templates go by field name")
+            todo += _models_in(info.annotation)
+    return found
+
+
+def _models_in(tp: Any) -> list[type[BaseModel]]:
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return [tp]
+    return [m for arg in typing.get_args(tp) for m in _models_in(arg)]
 
 
 def _compiled(pattern: str) -> str:

@@ -1,51 +1,162 @@
-"""`{{ var }}` templating: shell-quoted in commands by default, verbatim elsewhere or with `| raw`.
+"""Templates in runbook fields: Jinja2's sandboxed engine, every inserted value escaped for its field's language.
 
-A value that is nothing but one reference to a number (`within: "{{ timeout }}"`,
-`equals: "{{ steps }}"`) takes the number itself, outside shell fields, so numeric
-fields and JSON comparisons can follow variables; everything else renders to text.
+`{{ expr }}` inserts a value; `{% if %}` / `{% for %}` blocks work as in Jinja2 (comments are `{## ##}`,
+since bash's `${#var}` holds a `{#`). What an inserted value becomes depends on the field it lands in:
+
+- shell fields (a step's `command`, a check's `run`): shell-quoted, one literal word, never code;
+- regex fields (gate patterns, metrics, `fail_on`, a check's `regex`): regex-escaped, matching the value literally;
+- every other field: the value's text.
+
+`| raw` inserts a value as it is (a flag list into a command, a pattern into a regex); `| q` and `| re`
+quote or escape explicitly (and count as done in the field of that language, never twice). A field whose
+whole text is one `{{ expr }}` whose value is a number takes the number itself (outside shell fields), so
+numeric fields follow variables and expressions (`within: "{{ ceil(train_steps / 10) + 60 }}"`).
 """
 from __future__ import annotations
 
+import json
+import math
 import re
 import shlex
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Literal
 
-WHOLE_REF = re.compile(r"^\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}$")
-VAR_REF = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\|\s*([A-Za-z_][A-Za-z0-9_]*)\s*)?\}\}")
-FILTERS = ("raw", "q")
+from jinja2 import StrictUndefined, Template, TemplateError, nodes
+from jinja2.meta import find_undeclared_variables
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-# Fields whose text is bash: interpolations there are quoted so a value can never become code.
-SHELL_FIELDS = frozenset({"command", "run", "commands"})
+Language = Literal["shell", "regex", "text"]
+
+# Ours, beside Jinja2's builtin filters (default, length, join, int, round, ...). Shown by the README and the schema.
+FILTERS: dict[str, str] = {
+    "raw": "insert the value as it is, unquoted and unescaped (flags into a command, a pattern into a regex)",
+    "q": "shell-quote the value (already quoted, so a shell field does not quote it again)",
+    "re": "regex-escape the value (already escaped, so a regex field does not escape it again)",
+}
+# Functions callable in expressions, beside Jinja2's globals (range, dict, ...).
+FUNCTIONS: dict[str, Callable[..., Any]] = {"ceil": math.ceil, "floor": math.floor, "min": min, "max": max}
+# Names an expression may start from besides variables: filled by the run, never declared.
+NAMESPACES: dict[str, str] = {
+    "steps": "results of earlier steps: steps.ID.outputs.NAME, steps.ID.metrics.NAME.last|first|values|count|min|max|mean, "
+             "steps.ID.checks[N].details.KEY, steps.ID.state",
+    "matrix": "the values of the current matrix cell: matrix.NAME",
+}
 
 
-def references(text: str) -> list[tuple[str, str | None]]:
-    """The (name, filter) pairs a text refers to."""
-    return [(name, flt) for _, name, flt in located_references(text)]
+class Escaped(str):
+    """Text already fit for a field language (`| q` for shell, `| re` for regex) or for any (`| raw`)."""
 
+    language: str
 
-def located_references(text: str) -> list[tuple[int, str, str | None]]:
-    """The (offset, name, filter) of every reference, so an error can name its line."""
-    return [(m.start(), m.group(1), m.group(2)) for m in VAR_REF.finditer(text)]
+    def __new__(cls, text: str, language: str) -> Escaped:
+        out = super().__new__(cls, text)
+        out.language = language
+        return out
 
 
 def as_text(value: Any) -> str:
-    """How a variable's value is written into text: YAML-style booleans, plain numbers."""
+    """How a value is written into text: YAML-style booleans, plain numbers, lists and mappings as JSON."""
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value)
     return "" if value is None else str(value)
 
 
-def render(text: str, values: Mapping[str, Any], *, shell: bool) -> str:
-    """Substitute every reference; in shell text quote unless `| raw`, elsewhere quote only with `| q`."""
+_ESCAPES: dict[str, Callable[[str], str]] = {"shell": shlex.quote, "regex": re.escape, "text": lambda text: text}
 
-    def one(match: re.Match[str]) -> str:
-        name, flt = match.group(1), match.group(2)
-        value = as_text(values[name])
-        quote = (shell and flt != "raw") or flt == "q"
-        return shlex.quote(value) if quote else value
 
-    return VAR_REF.sub(one, text)
+def _finalize(language: Language) -> Callable[[Any], str]:
+    escape = _ESCAPES[language]
+
+    def finalize(value: Any) -> str:
+        if isinstance(value, Escaped) and value.language in ("raw", language):
+            return str(value)
+        return escape(as_text(value))
+
+    return finalize
+
+
+class ResultUndefined(StrictUndefined):
+    """A missing name or attribute: an error when used, saying what the object it was looked up on does have."""
+
+    __slots__ = ()
+
+    @property
+    def _undefined_message(self) -> str:
+        describe = getattr(self._undefined_obj, "describe_missing", None)
+        if callable(describe) and isinstance(self._undefined_name, str):
+            return describe(self._undefined_name)
+        return super()._undefined_message
+
+
+def _environment(language: Language) -> ImmutableSandboxedEnvironment:
+    env = ImmutableSandboxedEnvironment(
+        undefined=ResultUndefined, finalize=_finalize(language), autoescape=False,
+        keep_trailing_newline=True,  # a `|` block's last newline is part of the command
+        comment_start_string="{##", comment_end_string="##}",
+    )
+    env.filters["raw"] = lambda value: Escaped(as_text(value), "raw")
+    env.filters["q"] = lambda value: Escaped(shlex.quote(as_text(value)), "shell")
+    env.filters["re"] = lambda value: Escaped(re.escape(as_text(value)), "regex")
+    env.globals.update(FUNCTIONS)
+    return env
+
+
+ENVIRONMENTS: dict[str, ImmutableSandboxedEnvironment] = {lang: _environment(lang) for lang in ("shell", "regex", "text")}
+ENV = ENVIRONMENTS["text"]  # for parsing: the three differ only in how they finalize values
+
+
+def is_template(text: str) -> bool:
+    """Whether the text holds template syntax at all (most fields do not: they are taken as they are)."""
+    return "{{" in text or "{%" in text or "{##" in text
+
+
+@lru_cache(maxsize=8192)
+def parse(text: str) -> nodes.Template:
+    """The template's syntax tree; raises jinja2.TemplateSyntaxError (lineno counted within the text)."""
+    return ENV.parse(text)
+
+
+@lru_cache(maxsize=8192)
+def _compiled(language: str, text: str) -> Template:
+    return ENVIRONMENTS[language].from_string(text)
+
+
+@lru_cache(maxsize=8192)
+def names_used(text: str) -> frozenset[str]:
+    """Top-level names a template reads (variables, namespaces, functions); empty for bad syntax or plain text."""
+    if not is_template(text):
+        return frozenset()
+    try:
+        return free_names(parse(text))
+    except TemplateError:
+        return frozenset()
+
+
+def free_names(tree: nodes.Template) -> frozenset[str]:
+    """The names a parsed template reads that it does not set itself (`{% set %}`, loop variables)."""
+    try:
+        return frozenset(find_undeclared_variables(tree))
+    except TemplateError:  # Jinja2's analysis also compiles, and stops at an unknown filter: read the tree instead
+        stored = {n.name for n in tree.find_all(nodes.Name) if n.ctx in ("store", "param")} | {"loop"}
+        return frozenset(n.name for n in tree.find_all(nodes.Name) if n.ctx == "load" and n.name not in stored)
+
+
+def whole_expression(text: str) -> nodes.Expr | None:
+    """The expression of a text that is exactly one `{{ expr }}`, else None."""
+    if not (text.startswith("{{") and text.endswith("}}")) or not is_template(text):
+        return None
+    try:
+        body = parse(text).body
+    except TemplateError:
+        return None
+    if len(body) == 1 and isinstance(body[0], nodes.Output) and len(body[0].nodes) == 1:
+        node = body[0].nodes[0]
+        return None if isinstance(node, nodes.TemplateData) else node
+    return None
 
 
 def is_number(value: Any) -> bool:
@@ -53,45 +164,146 @@ def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def number_reference(text: str, values: Mapping[str, Any], field: str | None) -> Any:
-    """The number a value that is exactly one reference to a numeric variable stands for, else None."""
-    match = WHOLE_REF.match(text) if field not in SHELL_FIELDS else None
-    value = values.get(match.group(1)) if match else None
-    return value if is_number(value) else None
+class RenderError(Exception):
+    """A template that failed while rendering: the message, and the line within the text (1-based) if known."""
+
+    def __init__(self, message: str, line: int | None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.line = line
 
 
-def render_tree(data: Any, values: Mapping[str, Any], field: str | None = None) -> Any:
-    """Render every string in plain data (dicts/lists); the field name decides shell quoting."""
-
-    def leaf(text: str, field: str | None) -> Any:
-        number = number_reference(text, values, field)
-        return number if number is not None else render(text, values, shell=field in SHELL_FIELDS)
-
-    return _map_strings(data, leaf, field)
+def render_text(text: str, values: Mapping[str, Any], language: Language) -> str:
+    """The text with every expression evaluated and escaped for `language`. Raises RenderError."""
+    if not is_template(text):
+        return text
+    return _guarded(lambda: _compiled(language, text).render(values))
 
 
-def fill_numbers(data: Any, values: Mapping[str, Any], field: str | None = None) -> Any:
-    """Only the whole references to numbers replaced (what load-time validation sees); other text untouched."""
+def render_value(text: str, values: Mapping[str, Any], language: Language) -> Any:
+    """A field's value: the number itself when the whole text is one expression that gives one; else text."""
+    if language != "shell" and whole_expression(text) is not None:
+        value = _guarded(lambda: _native(text)(values))
+        if is_number(value):
+            return value
+    return render_text(text, values, language)
 
-    def leaf(text: str, field: str | None) -> Any:
-        number = number_reference(text, values, field)
-        return number if number is not None else text
 
-    return _map_strings(data, leaf, field)
+def _guarded(render: Callable[[], Any]) -> Any:
+    try:
+        return render()
+    except TemplateError as exc:
+        raise RenderError(exc.message or str(exc), _template_line(exc)) from None
+    except Exception as exc:  # an expression's own error (1 / 0, a metric with no values): say which and where
+        raise RenderError(f"{type(exc).__name__}: {exc}", _template_line(exc)) from None
 
 
-def _map_strings(data: Any, leaf: Callable[[str, str | None], Any], field: str | None) -> Any:
-    """Plain data with every string replaced by leaf(string, name of the field it sits in)."""
+@lru_cache(maxsize=4096)
+def _native(text: str) -> Callable[[Mapping[str, Any]], Any]:
+    inner = text[2:-2]
+    # `{{- x -}}` only trims the text around it: the dashes are no part of the expression (`{{ -x }}`'s is).
+    inner = inner[1:] if inner.startswith("-") else inner
+    inner = inner[:-1] if inner.endswith("-") else inner
+    expression = ENV.compile_expression(inner, undefined_to_none=False)
+
+    def evaluate(values: Mapping[str, Any]) -> Any:
+        value = expression(**values)
+        if isinstance(value, StrictUndefined):
+            str(value)  # raises the UndefinedError that says what is missing
+        return value
+
+    return evaluate
+
+
+def line_offset(text: str, line: int) -> int:
+    """The offset where line `line` (1-based) of the text begins."""
+    offset = 0
+    for _ in range(line - 1):
+        found = text.find("\n", offset)
+        if found < 0:
+            break
+        offset = found + 1
+    return offset
+
+
+def _template_line(exc: BaseException) -> int | None:
+    """The line within the template text where rendering failed (Jinja2 maps its frames to `<template>` lines)."""
+    if getattr(exc, "lineno", None):
+        return exc.lineno
+    tb, line = exc.__traceback__, None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == "<template>":
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
+
+
+# --- plain data -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """A template in plain data that could not be rendered: where it is, its text, and why."""
+
+    loc: tuple[Any, ...]
+    text: str
+    error: RenderError
+
+
+def render_tree(data: Any, values: Mapping[str, Any], languages: Mapping[str, Language],
+                loc: tuple[Any, ...] = ()) -> tuple[Any, list[FieldError]]:
+    """Render every string of plain data (dicts/lists); the field a string sits in picks its language.
+
+    Strings that read `steps` when `values` has no `steps` (before the run has results) are left as they
+    are, to be rendered when their step is about to run. Returns the new data and every error.
+    """
+    errors: list[FieldError] = []
+    later = {"steps"} - set(values)
+
+    def leaf(text: str, field: str | None, where: tuple[Any, ...]) -> Any:
+        if not is_template(text) or names_used(text) & later:
+            return text
+        try:
+            return render_value(text, values, languages.get(field or "", "text"))
+        except RenderError as exc:
+            errors.append(FieldError(where, text, exc))
+            return text
+
+    return map_strings(data, leaf, loc), errors
+
+
+def _available(values: Mapping[str, Any]) -> set[str]:
+    return set(values) | set(ENV.globals)
+
+
+def fill_numbers(data: Any, values: Mapping[str, Any], languages: Mapping[str, Language]) -> Any:
+    """Only whole expressions that evaluate to a number replaced (what load-time validation sees); the rest untouched."""
+
+    def leaf(text: str, field: str | None, where: tuple[Any, ...]) -> Any:
+        if languages.get(field or "") == "shell" or whole_expression(text) is None or not names_used(text) <= _available(values):
+            return text
+        try:
+            value = _native(text)(values)
+        except Exception:  # a required variable has no value yet: the run renders it with the real one
+            return text
+        return value if is_number(value) else text
+
+    return map_strings(data, leaf)
+
+
+def map_strings(data: Any, leaf: Callable[[str, str | None, tuple[Any, ...]], Any], loc: tuple[Any, ...] = (),
+                field: str | None = None) -> Any:
+    """Plain data with every string replaced by leaf(string, name of the field it sits in, its location)."""
     if isinstance(data, str):
-        return leaf(data, field)
+        return leaf(data, field, loc)
     if isinstance(data, dict):
-        return {k: _map_strings(v, leaf, k if isinstance(k, str) else field) for k, v in data.items()}
+        return {k: map_strings(v, leaf, loc + (k,), k if isinstance(k, str) else field) for k, v in data.items()}
     if isinstance(data, list):
-        return [_map_strings(v, leaf, field) for v in data]
+        return [map_strings(v, leaf, loc + (i,), field) for i, v in enumerate(data)]
     return data
 
 
-def walk_strings(data: Any, path: tuple[Any, ...] = ()):
+def walk_strings(data: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[tuple[Any, ...], str]]:
     """Yield (path, string) for every string in plain data, for reference checking."""
     if isinstance(data, str):
         yield path, data
