@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.config import ModelConfig
-from training.instructions import ByteTokenizer, HFTokenizer, TokenTable, Tokenizer, token_table
+from training.instructions import ByteTokenizer, HFTokenizer, Tokenizer, TokenTable, token_table
 from training.objectives import flow_matching_loss, l1_chunk_loss, next_token_ce, select_anchor_features
 
 # SigLIP's preprocessing: pixels to [-1, 1] (mean 0.5, std 0.5).

@@ -123,8 +123,8 @@ class Progress:
         if is_main and out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
             # Line-buffered appends: a killed run keeps every line it printed.
-            self._log = open(out_dir / "train_progress.log", "a", buffering=1, encoding="utf-8")
-            self._metrics = open(out_dir / "metrics.jsonl", "a", buffering=1, encoding="utf-8")
+            self._log = open(out_dir / "train_progress.log", "a", buffering=1, encoding="utf-8")  # noqa: SIM115 -- held for the run
+            self._metrics = open(out_dir / "metrics.jsonl", "a", buffering=1, encoding="utf-8")  # noqa: SIM115 -- closed by close()
 
     def __call__(self, line: str) -> None:
         """Emit one line (rank 0 only)."""

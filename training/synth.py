@@ -187,7 +187,7 @@ def features_spec(spec: SynthSpec):
     import tensorflow_datasets as tfds
 
     f = tfds.features
-    image = lambda: f.Image(shape=(spec.image_size, spec.image_size, 3), dtype=np.uint8, encoding_format="jpeg")  # noqa: E731
+    image = lambda: f.Image(shape=(spec.image_size, spec.image_size, 3), dtype=np.uint8, encoding_format="jpeg")
     return f.FeaturesDict({
         "steps": f.Dataset({
             "action": f.Tensor(shape=(spec.action_dim,), dtype=np.float32),

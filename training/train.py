@@ -377,8 +377,7 @@ def training_state(run: Run) -> dict[str, Any]:
 
 def save(run: Run) -> None:
     """Write checkpoint-<step> (every rank takes part), prune old ones, print the line."""
-    from training.checkpoint import (CheckpointContents, capture_rng, finalize, gather_state, prepare_temp, prune,
-                                     temp_dir, write_rank_state)
+    from training.checkpoint import CheckpointContents, capture_rng, finalize, gather_state, prepare_temp, prune, temp_dir, write_rank_state
 
     ctx, st, out = run.ctx, run.state, Path(run.cfg.out_dir)
     model_state, optim_state = gather_state(run.policy, run.optimizer)
