@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     else:
         devices = [(f"cuda:{i}", torch.cuda.get_device_name(i)) for i in range(torch.cuda.device_count())]
-    gpus = [{"index": i, "name": name, "tflops": round(measure(torch, dev, args.size, args.seconds), 2)}
+    gpus = [{"index": i, "name": name, "tflops": float(f"{measure(torch, dev, args.size, args.seconds):.4g}")}
             for i, (dev, name) in enumerate(devices)]
     print(json.dumps({"gpus": gpus, "min_tflops": min(g["tflops"] for g in gpus)}))
     return 0
