@@ -35,6 +35,7 @@ NAME = "vast"
 API_KEY_ENV = "VAST_API_KEY"
 # The SDK's own variable for another API server (read when the SDK is imported); tests point it at a stand-in.
 URL_ENV = "VAST_URL"
+SSH_USER_ENV = "VAST_SSH_USER"
 # One HTTP request gives up after this long; the SDK retries transient failures (its default: 3 tries).
 REQUEST_TIMEOUT_S = 30.0
 # Offers asked of the server per search: our own filters (location, driver) run after, so ask for more than shown.
@@ -81,9 +82,9 @@ class VastProvider:
         self._sdk.client.timeout = request_timeout
 
     @classmethod
-    def from_env(cls, server_url: str | None = None, **options: Any) -> VastProvider:
-        """A provider with the key from $VAST_API_KEY (never from a command line)."""
-        return cls(os.environ.get(API_KEY_ENV, ""), server_url, **options)
+    def from_env(cls, server_url: str | None = None) -> VastProvider:
+        """A provider with the key from $VAST_API_KEY (never from a command line); $VAST_SSH_USER for images not logged into as root."""
+        return cls(os.environ.get(API_KEY_ENV, ""), server_url, ssh_user=os.environ.get(SSH_USER_ENV) or "root")
 
     def __repr__(self) -> str:
         return f"VastProvider({self._sdk.client.server_url!r})"  # never the key
