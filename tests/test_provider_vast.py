@@ -281,3 +281,45 @@ def test_a_wrong_api_key_is_a_clear_error_that_does_not_show_the_key(standin: Va
     with pytest.raises(ProviderAuthError, match="refused the API key") as info:
         VastProvider(wrong, standin.url).search(OfferRequest())
     assert wrong not in str(info.value)
+
+
+def test_an_interrupted_rental_destroys_what_it_created(standin: VastStandIn, provider: VastProvider, journal: Journal,
+                                                        reputation: Reputation, identity: str) -> None:
+    """Ctrl-C while a box is still loading: the rental stops waiting and gives the box back before it returns."""
+    import _thread
+    import threading
+
+    standin.add_offer(1, machine_id=11, plan=BoxPlan(stuck_loading=True))
+    created = threading.Event()
+
+    def interrupt_once_created() -> None:
+        while not standin.live():
+            if created.wait(0.05):
+                return
+        _thread.interrupt_main()
+
+    watcher = threading.Thread(target=interrupt_once_created, daemon=True)
+    watcher.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            rent(provider, _fleet(identity, standin), journal, "run-i", reputation)
+    finally:
+        created.set()
+        watcher.join()
+    assert standin.live() == []
+    assert [r.state for r in journal.rentals("run-i")] == ["destroyed"]
+
+
+def test_teardown_stop_keeps_the_disk_and_down_still_finds_the_stopped_box(
+        standin: VastStandIn, provider: VastProvider, journal: Journal, reputation: Reputation, identity: str) -> None:
+    from agent_ops.provider.lifecycle import teardown
+
+    standin.add_offer(1, machine_id=11)
+    [box] = rent(provider, _fleet(identity, standin), journal, "run-j", reputation)
+
+    stopped = teardown(provider, journal, "run-j", "stop")
+
+    assert stopped.done == [box.instance_id] and provider.show(box.instance_id).state == "stopped"
+    assert [r.state for r in journal.rentals("run-j")] == ["stopped"]
+    assert teardown(provider, journal, "run-j", "keep").done == []
+    assert destroy_all(provider, journal, "run-j").done == [box.instance_id] and standin.live() == []
