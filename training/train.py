@@ -266,7 +266,7 @@ def log_step(run: Run, done: StepOutcome) -> dict[str, float]:
     parts = run.ctx.all_reduce_mean(torch.stack([done.logs[k] for k in keys]).float()).tolist() if keys else []
     run.state.last_loss = done.loss
     lr = run.optimizer.param_groups[0]["lr"]  # the LR the update used, read back from the optimizer
-    log(step_line(done.step, cfg.max_steps, done.loss, lr, done.grad_norm, done.seconds))
+    log(step_line(done.step, cfg.max_steps, done.loss, lr, done.grad_norm, done.seconds, done.aux_weight))
     metrics = {"step": done.step, "loss": done.loss, "lr": lr, "grad_norm": done.grad_norm, "s_per_step": done.seconds,
                **dict(zip(keys, parts, strict=True))}
     if done.aux_weight is not None:
