@@ -293,6 +293,27 @@ def test_flow_matching_and_next_token_ce_objectives_train(data: dict, tmp_path: 
     assert ce[0]["loss"] == pytest.approx(np.log(259), rel=0.1)  # uniform over the byte vocabulary at init
 
 
+def test_a_hybrid_schedule_appends_its_weight_to_the_step_line(data: dict, tmp_path: Path) -> None:
+    from training.config import HybridWeightConfig
+    from training.schedules import weight_at
+
+    out = tmp_path / "hybrid"
+    proc = train(data, out, "objective.aux_ce={start: 1.0, end: 0.2, updates: 4, kind: linear}", "max_steps=6",
+                 "log_every=1", "wandb.mode=disabled", nproc=None)
+    lines = [line for line in gate_lines(proc.stdout) if line.startswith("[train] step=")]
+    spec = HybridWeightConfig(start=1.0, end=0.2, updates=4)
+    logged = metrics(out)
+    assert len(lines) == len(logged) == 6
+    for step, (line, m) in enumerate(zip(lines, logged, strict=True)):
+        before, sep, weight = line.rpartition(" aux_weight=")
+        assert sep and STEP_LINE.match(before), line  # the line as without a schedule, the weight appended at the end
+        assert weight == f"{weight_at(step, spec):.4f}" and m["aux_weight"] == weight_at(step, spec)
+        gate = re.search(r"\[train\] step=(?P<step>\d+)/\d+ loss=(?P<value>[\d.]+)", line)  # the runbooks' metric
+        assert (int(gate["step"]), gate["value"]) == (step, f"{m['loss']:.4f}")
+    assert [line.rpartition("aux_weight=")[2] for line in lines] == ["1.0000", "0.8000", "0.6000", "0.4000", "0.2000",
+                                                                       "0.2000"]
+
+
 def test_non_finite_guard_skips_counts_and_stops_with_a_clear_line(data: dict, tmp_path: Path) -> None:
     from agent_ops.known_issues.diagnose import diagnose
 
