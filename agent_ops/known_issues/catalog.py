@@ -49,6 +49,10 @@ MAX_WINDOW = 400
 MAX_WAIT_S = 30.0
 
 StepTag = Literal["setup", "install", "download", "stats", "convert", "train", "eval"]
+# family: an error class, matched broadly, with a safe generic action or an escalation;
+# cause: one specific way a family happens, with the automatic fix; it fires only where its family matched;
+# hint: an observation that explains a gate that never passed (wandb offline), never a failure by itself.
+Level = Literal["family", "cause", "hint"]
 Scalar = Union[bool, int, float, str]
 
 
@@ -90,9 +94,13 @@ class Signature(Strict):
         None, gt=0, description="Single regex with named groups `value` and `limit`: a line passes only when value > ratio_above x limit."
     )
     not_followed_by: str | None = Field(None, description="Holds only when no later line matches this regex (a job that stalled after a line).")
+    unless: str | None = Field(
+        None, description="A line the regex matches does not count when this regex matches it too (a retry notice, a benign variant)."
+    )
 
     _parts: list[re.Pattern[str]] = PrivateAttr(default_factory=list)
     _after: re.Pattern[str] | None = PrivateAttr(None)
+    _unless: re.Pattern[str] | None = PrivateAttr(None)
 
     @field_validator("regex")
     @classmethod
@@ -107,7 +115,7 @@ class Signature(Strict):
                 raise ValueError(f"part {i}: {exc}" if len(parts) > 1 else str(exc)) from None
         return value
 
-    @field_validator("not_followed_by")
+    @field_validator("not_followed_by", "unless")
     @classmethod
     def _after_compiles(cls, value: str | None) -> str | None:
         if value is not None:
@@ -126,6 +134,7 @@ class Signature(Strict):
         # MULTILINE: the matcher pre-screens a whole log tail at once, where `^` must still mean a line start.
         self._parts = [re.compile(p, re.MULTILINE) for p in self.patterns]
         self._after = re.compile(self.not_followed_by, re.MULTILINE) if self.not_followed_by else None
+        self._unless = re.compile(self.unless) if self.unless else None
 
     @property
     def patterns(self) -> list[str]:
@@ -141,6 +150,11 @@ class Signature(Strict):
     def after(self) -> re.Pattern[str] | None:
         """The compiled `not_followed_by` pattern, if any."""
         return self._after
+
+    @property
+    def exclude(self) -> re.Pattern[str] | None:
+        """The compiled `unless` pattern, if any."""
+        return self._unless
 
 
 class ScaleSpec(Strict):
@@ -322,6 +336,8 @@ class KnownIssue(Strict):
 
     id: str = Field(pattern=ISSUE_ID, description="Slug; the file is named `<id>.yaml`.")
     title: str = Field(min_length=1, description="One line for lists and status output.")
+    level: Level = Field("family", description="`family` (an error class), `cause` (a specific cause inside a family) or `hint`.")
+    family: str | None = Field(None, pattern=ISSUE_ID, description="For a cause: the id of its family; the cause fires only where the family matched.")
     signatures: list[Signature] = Field(min_length=1, description="Evidence; the entry matches when any signature holds, scored by their summed weights.")
     applies_to: list[StepTag] = Field(default_factory=list, description="Step tags this entry is considered for; empty = every step.")
     cause: str = Field(min_length=1, description="Why it happens.")
@@ -335,7 +351,16 @@ class KnownIssue(Strict):
     def _fix_or_escalate(self) -> KnownIssue:
         if not self.fix and not self.escalate:
             raise ValueError("an entry needs fix actions or escalate text")
+        if self.level == "cause" and self.family is None:
+            raise ValueError("a cause needs `family`: the id of the family it refines")
+        if self.level != "cause" and self.family is not None:
+            raise ValueError(f"only a cause has a family (this entry's level is {self.level!r})")
         return self
+
+    @property
+    def family_id(self) -> str:
+        """The family this entry belongs to: its own id for a family or hint."""
+        return self.family or self.id
 
     def applies(self, tags: Iterable[str] | None) -> bool:
         """Whether the entry is considered for a step with these tags (no tags: every entry is)."""
@@ -376,6 +401,10 @@ class Catalog:
         tags = list(tags or ())
         return [issue for issue in self.issues if issue.applies(tags)]
 
+    def causes(self, family_id: str) -> list[KnownIssue]:
+        """The causes filed under a family, in file order."""
+        return [issue for issue in self.issues if issue.family == family_id]
+
 
 def shipped_dir() -> Path:
     """The catalog's YAML entries, shipped beside this loader (`agent_ops/known_issues/data`)."""
@@ -393,6 +422,7 @@ def load_catalog(paths: Iterable[str | Path] | None = None) -> Catalog:
     problems: list[str] = []
     issues: list[KnownIssue] = []
     sources: dict[str, Path] = {}
+    family_lines: dict[str, int] = {}
     for path in files:
         issue, lines, file_problems = _load_file(path)
         problems += file_problems
@@ -402,16 +432,47 @@ def load_catalog(paths: Iterable[str | Path] | None = None) -> Catalog:
             problems.append(f"{path}:{lines.line_of(('id',)) or 1}: id: duplicate id {issue.id!r} (also in {sources[issue.id]})")
             continue
         sources[issue.id] = path
+        family_lines[issue.id] = lines.line_of(("family",)) or 1
         issues.append(issue)
+    problems += _family_problems(issues, sources, family_lines)
     if problems:
         raise CatalogError(problems)
     return Catalog(tuple(issues), sources)
+
+
+def _family_problems(issues: list[KnownIssue], sources: dict[str, Path], lines: dict[str, int]) -> list[str]:
+    """A cause must name a family of the same catalog and apply to no step its family ignores."""
+    by_id = {issue.id: issue for issue in issues}
+    problems = []
+    for cause in (i for i in issues if i.level == "cause"):
+        where = f"{sources[cause.id]}:{lines[cause.id]}: family:"
+        family = by_id.get(cause.family or "")
+        if family is None or family.level != "family":
+            known = ", ".join(i.id for i in issues if i.level == "family")
+            problems.append(f"{where} {cause.family!r} is not a family of this catalog (families: {known})")
+        elif family.applies_to and not set(cause.applies_to or ["every step"]) <= set(family.applies_to):
+            problems.append(f"{where} applies_to must stay inside its family's ({', '.join(family.applies_to)})")
+    return problems
 
 
 @lru_cache(maxsize=1)
 def default_catalog() -> Catalog:
     """The shipped catalog, loaded once per process."""
     return load_catalog()
+
+
+def active_catalog(user_dir: Path | None) -> Catalog:
+    """The shipped catalog plus the user's entries in `user_dir` (`$AGENTOPS_HOME/known_issues/`), reloaded when they change."""
+    if user_dir is None or not user_dir.is_dir() or not any(user_dir.glob("*.yaml")):
+        return default_catalog()
+    stamp = tuple((p.name, p.stat().st_mtime_ns) for p in sorted(user_dir.glob("*.yaml")))
+    return _with_user(user_dir, stamp)
+
+
+@lru_cache(maxsize=8)
+def _with_user(user_dir: Path, stamp: tuple[tuple[str, int], ...]) -> Catalog:
+    # `stamp` is only the cache key: a file added, removed or rewritten since gives a fresh load.
+    return load_catalog([shipped_dir(), user_dir])
 
 
 def _catalog_files(paths: list[Path]) -> list[Path]:
