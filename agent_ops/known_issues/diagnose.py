@@ -105,9 +105,7 @@ class LogView:
         start = max(0, total - tail) if tail else 0
         if start:  # normalise only the tail: the cost follows the tail, not the log
             text = text.split("\n", start)[-1]
-        self.labels, self.lines = normalise_labelled(text)
-        # The width a line had on screen (label included): what a terminal wrapped at.
-        self.widths = [len(line) + (len(label) + 1 if label else 0) for label, line in zip(self.labels, self.lines)]
+        self.labels, self.lines, self.widths = normalise_labelled(text)
         self.numbers = list(range(start + 1, start + len(self.lines) + 1))
         self.first_line = start + 1
         self._found: dict[re.Pattern[str], list[Hit]] = {}
@@ -115,7 +113,7 @@ class LogView:
     @cached_property
     def failure(self) -> RootError:
         """The tail reduced to its failure."""
-        return root_error(self.lines, self.labels)
+        return root_error(self.lines, self.labels, self.widths)
 
     @cached_property
     def _text(self) -> str:

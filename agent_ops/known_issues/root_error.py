@@ -27,6 +27,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 TAIL_BYTES = 64 << 10  # the failure is at the end; a log can be GBs
 MAX_MESSAGE_LINES = 12  # an exception's message lines kept (the rest is a dump, not the error)
@@ -40,15 +41,20 @@ RANK_PREFIX = re.compile(
     r"|\(\w+(?: pid=\d+)?(?:, ip=[\d.]+)?\)(?:\s|$))+",
     re.IGNORECASE,
 )
-# Time stamps a line starts with; one bracketed group that holds a clock time covers most loggers.
+# Time stamps (and the logger fields glued to them) a line starts with; one bracketed group that holds a
+# clock time covers most loggers.
 TIMESTAMP = re.compile(
     r"^(?:\[[^\]\n]{0,60}?\d\d:\d\d:\d\d[^\]\n]{0,40}\]:?"  # [2023-06-02 00:34:14,470]  [Sun Mar 30 08:24:00 2025]
     r"|\[\s*\d+\.\d+\]"  # dmesg: [2059991.491436]
-    r"|\d{4}[-/]\d\d[-/]\d\d(?:[T ]|,\s)\d\d:\d\d:\d\d(?:[.,]\d+)?(?:Z|[+-]\d\d:?\d\d|\sUTC)?"  # 2023-04-29 06:01:12.977
-    r"|\d\d:\d\d:\d\d(?:[.,]\d+)?(?=\s))\s*"  # 10:52:53
+    r"|\[\d{1,6}\](?=\s)"  # a capture's line number: [80746]
+    r"|(?:INFO|WARNING|WARN|ERROR|DEBUG|CRITICAL)\s+\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?\s+[\w./-]+:\d+\]"  # vLLM: ERROR 03-26 05:25:01 engine.py:389]
+    r"|[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+\s+\d+\s+[\w./-]+:\d+\]"  # glog: E0221 13:10:41.400000 7712 api.py:869]
+    r"|\d{4}[-/]\d\d[-/]\d\d(?:[T ]|,\s)\d\d:\d\d:\d\d(?:[.,]\d+)?(?:Z|[+-]\d\d:?\d\d|\sUTC)?:?"  # 2023-04-29 06:01:12.977
+    r"(?:\s[IWEF] [\w./-]+:\d+\])?"  # ... TensorFlow's `: E path/file.cc:672]`
+    r"|\d\d:\d\d:\d\d(?:[.,]\d+)?(?=\s))\s?"  # 10:52:53 (one blank goes: a traceback's indentation stays)
 )
 # A label that says the line is an error: glog `[E1206 ...]`/`E0221 ...`, or a logger's ERROR/CRITICAL/FATAL.
-ERROR_LABEL = re.compile(r"^\[?[EF]\s?\d{0,4}\b|\b(?:ERROR|CRITICAL|FATAL)\b")
+ERROR_LABEL = re.compile(r"(?:^|\s)\[?[EF]\s?\d{0,4}\b|\b(?:ERROR|CRITICAL|FATAL)\b")
 PADDED_WRAP = re.compile(r"(?<=\S) {40,}(?=\S)")  # a terminal copy pads a wrapped line to the full width
 
 TRACEBACK = re.compile(r"Traceback \(most recent call last\)")
@@ -58,6 +64,7 @@ CHAIN = re.compile(
 )
 # A frame of a traceback (plain, notebook `---> 12`, rich `│ ... │`), source, carets, elisions.
 FRAME = re.compile(r"^\s+\S|^\s*$|^\s*File \"|^\s*File [~/\w]|^-*>\s*\d+|^\s*\d+\s|^\s*│|^\s*\.\.\.|^\s*\[Previous line repeated|^Cell In\[|^\S+\.py:\d+,? in ")
+FRAME_LINE = re.compile(r"^\s|^File \"")
 # `RuntimeError: ...`, `torch.distributed.DistBackendError: ...`, `ncclSystemError: ...`, `AssertionError` alone.
 EXCEPTION = re.compile(
     r"^(?:Caused by: |Exception in thread \"[^\"]*\" )?"
@@ -93,16 +100,24 @@ TOOL_ERRORS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
 )
 
 
+class Normalised(NamedTuple):
+    """A log's lines as parallel lists: the label each started with, the normalised text, the width it had on screen."""
+
+    labels: list[str]
+    lines: list[str]
+    widths: list[int]  # with labels and rank prefixes: what a terminal wrapped at
+
+
 def normalise_line(raw: str) -> str:
     """One physical line as displayed and without its labels: last CR rewrite, no ANSI, no rank prefix or time stamp."""
-    return label_and_text(raw)[1]
+    return _split_line(raw)[1]
 
 
-def label_and_text(raw: str) -> tuple[str, str]:
-    """A physical line split into the time stamp / level label it started with ('' if none) and its normalised text."""
+def _split_line(raw: str) -> tuple[str, str, int]:
     segments = [ANSI.sub("", s) for s in raw.split("\r")]
     shown = [s for s in segments if s.strip()]
     line = PADDED_WRAP.sub("", (shown[-1] if shown else "").rstrip())
+    width = len(line)
     label = []
     for _ in range(4):  # `[80746] [rank0]:[E321 02:07:08 ...]` stacks a few; a bound keeps this linear
         line = RANK_PREFIX.sub("", line, count=1)
@@ -111,21 +126,21 @@ def label_and_text(raw: str) -> tuple[str, str]:
             break
         label.append(stamp.group(0).strip())
         line = line[stamp.end() :]
-    return " ".join(label), line
+    return " ".join(label), line, width
 
 
 def normalise(text: str) -> list[str]:
     """Every line of `text`, normalised (a trailing newline does not make an empty last line)."""
-    return normalise_labelled(text)[1]
+    return normalise_labelled(text).lines
 
 
-def normalise_labelled(text: str) -> tuple[list[str], list[str]]:
-    """Every line's label (time stamp, log level) and normalised text, as two parallel lists."""
+def normalise_labelled(text: str) -> Normalised:
+    """Every line's label (time stamp, log level), normalised text and width on screen."""
     physical = text.split("\n")
     if physical and physical[-1] == "":
         physical.pop()
-    pairs = [label_and_text(raw) for raw in physical]
-    return [label for label, _ in pairs], [line for _, line in pairs]
+    parts = [_split_line(raw) for raw in physical]
+    return Normalised([p[0] for p in parts], [p[1] for p in parts], [p[2] for p in parts])
 
 
 def read_tail(path: str | Path, max_bytes: int = TAIL_BYTES) -> str:
@@ -181,122 +196,143 @@ class RootError:
         return self.exception is not None or bool(self.tool_lines)
 
 
-def root_error(lines: list[str], labels: list[str] | None = None) -> RootError:
-    """Reduce normalised lines (and the labels `normalise_labelled` took off them) to their failure."""
-    labels = labels if labels is not None else [""] * len(lines)
-    chain = _exception_chain(lines, labels)
-    standalone = _standalone_exceptions(lines, labels, chain)
-    # The latest exception is the final one: usually the traceback's, but a process can print more after it.
-    final = max((*chain, *standalone), key=lambda e: e.first, default=None)
-    earlier = tuple(e for e in chain if e is not final)
-    tools = _tool_lines(lines, labels)
-    indices: set[int] = {i for i, _, _ in tools}
-    for exc in (*chain, *standalone):
-        indices.update(range(exc.first, exc.last + 1))
-    starts = [i for i, line in enumerate(lines) if TRACEBACK.search(line)]
-    return RootError(final, earlier, tuple(tools), starts[-1] if starts else None, frozenset(indices))
+def root_error(lines: list[str], labels: list[str] | None = None, widths: list[int] | None = None) -> RootError:
+    """Reduce normalised lines (with the labels and widths of `normalise_labelled`) to their failure."""
+    return _Reader(lines, labels, widths).root_error()
 
 
-def _exception_chain(lines: list[str], labels: list[str]) -> list[RaisedException]:
-    """The last traceback's exception, preceded by the exceptions it was chained to."""
-    starts = [i for i, line in enumerate(lines) if TRACEBACK.search(line)]
-    chain: list[RaisedException] = []
-    end = len(lines)
-    for start in reversed(starts):
-        if start >= end:
-            continue
-        exc = _traceback_exception(lines, labels, start, end)
-        if exc is not None:
-            chain.insert(0, exc)
-        # Keep walking back only while this traceback was chained to the one before it.
-        marker = _previous_nonblank(lines, start)
-        if marker is None or not CHAIN.match(lines[marker]):
-            break
-        end = marker
-    return chain
+class _Reader:
+    """One log's normalised lines, read for their failure."""
 
+    def __init__(self, lines: list[str], labels: list[str] | None, widths: list[int] | None):
+        self.lines = lines
+        self.labels = labels if labels is not None else [""] * len(lines)
+        self.widths = widths if widths is not None else [len(line) for line in lines]
+        self.starts = [i for i, line in enumerate(lines) if TRACEBACK.search(line)]
 
-def _previous_nonblank(lines: list[str], index: int) -> int | None:
-    for i in range(index - 1, max(-1, index - 4), -1):
-        if lines[i].strip():
-            return i
-    return None
+    def root_error(self) -> RootError:
+        chain = self._exception_chain()
+        standalone = self._standalone_exceptions(chain)
+        # The latest exception is the final one: usually the traceback's, but a process can print more after it.
+        final = max((*chain, *standalone), key=lambda e: e.first, default=None)
+        earlier = tuple(e for e in chain if e is not final)
+        tools = self._tool_lines()
+        indices: set[int] = {i for i, _, _ in tools}
+        for exc in (*chain, *standalone):
+            indices.update(range(exc.first, exc.last + 1))
+        return RootError(final, earlier, tuple(tools), self.starts[-1] if self.starts else None, frozenset(indices))
 
+    def _exception_chain(self) -> list[RaisedException]:
+        """The last traceback's exception, preceded by the exceptions it was chained to (first = the original)."""
+        if not self.starts:
+            return []
+        chain: list[RaisedException] = []
+        start, end = self.starts[-1], len(self.lines)
+        while True:
+            exc = self._traceback_exception(start, end)
+            if exc is not None:
+                chain.insert(0, exc)
+            # Walk back only while this traceback was chained to an earlier exception.
+            marker = self._previous_nonblank(start)
+            if marker is None or not CHAIN.match(self.lines[marker]):
+                return chain
+            earlier = self._exception_before(marker)
+            if earlier is None:
+                return chain
+            previous = [i for i in self.starts if i < earlier.first]
+            if not previous:  # an excerpt that starts after the earlier traceback's header: its exception still counts
+                chain.insert(0, earlier)
+                return chain
+            start, end = previous[-1], marker
 
-def _traceback_exception(lines: list[str], labels: list[str], start: int, end: int) -> RaisedException | None:
-    """The exception that ends the traceback starting at `start` (its log prefix, if any, taken off each line)."""
-    prefix = _prefix_pattern(lines[start])
-    body = [prefix.sub("", line, count=1) if prefix else line for line in lines[start + 1 : end]]
-    for offset, line in enumerate(body):
-        if FRAME.match(line) and not EXCEPTION.match(line.strip()):
-            continue
-        match = EXCEPTION.match(line.strip())
-        if match is None:
-            return None  # the traceback was cut, or something else interrupted it
-        first = start + 1 + offset
-        message, last = _message(match.group("message") or "", body, labels[start + 1 : end], offset, first)
+    def _exception_before(self, marker: int) -> RaisedException | None:
+        """The exception whose message ends just above a chain marker."""
+        for k in range(marker - 1, max(-1, marker - MAX_MESSAGE_LINES - 2), -1):
+            match = EXCEPTION.match(self.lines[k].strip())
+            if match and not FRAME_LINE.match(self.lines[k]):
+                return self._raised(match, self.lines, k)
+        return None
+
+    def _previous_nonblank(self, index: int) -> int | None:
+        for i in range(index - 1, max(-1, index - 4), -1):
+            if self.lines[i].strip():
+                return i
+        return None
+
+    def _traceback_exception(self, start: int, end: int) -> RaisedException | None:
+        """The exception that ends the traceback starting at `start` (its log prefix, if any, taken off each line)."""
+        prefix = _prefix_pattern(self.lines[start])
+        # `text` is indexed like the log: lines outside this traceback are never looked at.
+        text = list(self.lines)
+        if prefix:
+            text[start + 1 : end] = [prefix.sub("", line, count=1) for line in self.lines[start + 1 : end]]
+        for i in range(start + 1, end):
+            match = EXCEPTION.match(text[i].strip())
+            if match is None and FRAME.match(text[i]):
+                continue
+            return self._raised(match, text[:end], i) if match else None  # None: cut, or interrupted by something else
+        return None
+
+    def _raised(self, match: re.Match[str], text: list[str], first: int) -> RaisedException:
+        message, last = self._message(match.group("message") or "", text, first)
         return RaisedException(match.group("type"), message, first, last)
-    return None
+
+    def _message(self, head: str, text: list[str], first: int) -> tuple[str, int]:
+        """The message from its first line on, continuation lines joined (hard wraps without a space).
+
+        It ends at a blank line, a new traceback or chain marker, another exception, or a line with a
+        time stamp of its own (a new log record; continuation lines of one record carry none).
+        """
+        parts, last = [head.strip()] if head.strip() else [], first
+        stop = min(len(text), first + MAX_MESSAGE_LINES)
+        wrap_width = _wrap_width(self.widths[first:stop])
+        for k in range(first + 1, stop):
+            line = text[k]
+            if MESSAGE_END.search(line) or (EXCEPTION.match(line.strip()) and parts) or self.labels[k]:
+                break
+            # A line cut at the terminal's width mid-word continues without a space; a sentence end never was cut.
+            previous = text[k - 1].rstrip()
+            hard = wrap_width is not None and self.widths[k - 1] == wrap_width and not previous.endswith((".", "!", "?"))
+            if parts and hard:
+                parts[-1] += line.strip()
+            else:
+                parts.append(line.strip())
+            last = k
+        return " ".join(parts), last
+
+    def _standalone_exceptions(self, chain: list[RaisedException]) -> list[RaisedException]:
+        """Exception lines printed without a traceback (a logger's `RuntimeError: ...`, a cut excerpt)."""
+        taken = {i for exc in chain for i in range(exc.first, exc.last + 1)}
+        found = []
+        for i, line in enumerate(self.lines):
+            if i in taken:
+                continue
+            match = EXCEPTION.match(line.strip())
+            if match and (match.group("message") is not None or line.strip().endswith(("Error", "Exception"))):
+                found.append(self._raised(match, self.lines, i))
+        return found
+
+    def _tool_lines(self) -> list[tuple[int, str, str]]:
+        found = []
+        for i, line in enumerate(self.lines):
+            tool = next((tool for tool, pattern in TOOL_ERRORS if pattern.search(line)), None)
+            # A logger that labels every line of a traceback ERROR: its frames are not error lines.
+            if tool is None and ERROR_LABEL.search(self.labels[i]) and not FRAME_LINE.match(line):
+                tool = "log"
+            if tool is not None:
+                found.append((i, tool, line.strip()))
+        return found[-MAX_TOOL_LINES:]
 
 
 def _prefix_pattern(line: str) -> re.Pattern[str] | None:
     """A logger's per-line prefix seen before `Traceback`, as a regex that tolerates other numbers and times."""
     prefix = line[: TRACEBACK.search(line).start()]  # type: ignore[union-attr]
-    if not prefix.strip() or prefix.strip() in {"╭", "│"} or set(prefix.strip()) <= set("╭─"):
+    if not prefix.strip() or set(prefix.strip()) <= set("╭─│"):
         return None
     return re.compile("^" + re.sub(r"\\?\d+", r"\\d+", re.escape(prefix.rstrip())) + r"\s?")
 
 
-def _message(head: str, body: list[str], labels: list[str], offset: int, first: int) -> tuple[str, int]:
-    """The message from its first line on, continuation lines joined (hard wraps without a space).
-
-    It ends at a blank line, a new traceback or chain marker, another exception, or a line with a
-    time stamp of its own (a new log record; continuation lines of one record carry none).
-    """
-    parts, last = [head.strip()] if head.strip() else [], first
-    wrap_width = _wrap_width(body[offset : offset + MAX_MESSAGE_LINES])
-    previous = body[offset]
-    for k in range(offset + 1, min(len(body), offset + MAX_MESSAGE_LINES)):
-        line = body[k]
-        if MESSAGE_END.search(line) or (EXCEPTION.match(line.strip()) and parts) or labels[k]:
-            break
-        # A line cut at the terminal's width mid-word continues without a space; a sentence end never was cut.
-        hard = wrap_width is not None and len(previous) == wrap_width and not previous.endswith((".", "!", "?", " "))
-        if parts and hard:
-            parts[-1] += line.strip()
-        else:
-            parts.append(line.strip())
-        previous, last = line, first + (k - offset)
-    return " ".join(parts), last
-
-
-def _wrap_width(lines: list[str]) -> int | None:
-    """The width a block was hard-wrapped at: the longest length, shared by two lines and wide enough for a terminal."""
-    widths = [len(line) for line in lines]
+def _wrap_width(widths: list[int]) -> int | None:
+    """The width a block was hard-wrapped at: the longest on screen, shared by two lines, and a terminal's."""
     widest = max(widths, default=0)
     return widest if widest >= MIN_WRAP_WIDTH and widths.count(widest) >= 2 else None
-
-
-def _standalone_exceptions(lines: list[str], labels: list[str], chain: list[RaisedException]) -> list[RaisedException]:
-    """Exception lines printed without a traceback (a logger's `RuntimeError: ...`, a cut excerpt)."""
-    taken = {i for exc in chain for i in range(exc.first, exc.last + 1)}
-    found = []
-    for i, line in enumerate(lines):
-        if i in taken:
-            continue
-        match = EXCEPTION.match(line.strip())
-        if match and (match.group("message") is not None or line.strip().endswith(("Error", "Exception"))):
-            message, last = _message(match.group("message") or "", lines, labels, i, i)
-            found.append(RaisedException(match.group("type"), message, i, last))
-    return found
-
-
-def _tool_lines(lines: list[str], labels: list[str]) -> list[tuple[int, str, str]]:
-    found = []
-    for i, line in enumerate(lines):
-        tool = next((tool for tool, pattern in TOOL_ERRORS if pattern.search(line)), None)
-        if tool is None and ERROR_LABEL.search(labels[i]):
-            tool = "log"
-        if tool is not None:
-            found.append((i, tool, line.strip()))
-    return found[-MAX_TOOL_LINES:]
