@@ -461,6 +461,14 @@ def default_catalog() -> Catalog:
     return load_catalog()
 
 
+USER_CATALOG = "known_issues"  # the user's entries live in `$AGENTOPS_HOME/known_issues/`, beside the journal
+
+
+def user_catalog_dir(home: Path) -> Path:
+    """Where the user's (proposed and admitted) entries live under an agentops home directory."""
+    return home / USER_CATALOG
+
+
 def active_catalog(user_dir: Path | None) -> Catalog:
     """The shipped catalog plus the user's entries in `user_dir` (`$AGENTOPS_HOME/known_issues/`), reloaded when they change."""
     if user_dir is None or not user_dir.is_dir() or not any(user_dir.glob("*.yaml")):
