@@ -20,11 +20,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 from pydantic import BaseModel, Field
 
 from agent_ops.known_issues.catalog import Catalog, KnownIssue, Signature, default_catalog
+from agent_ops.known_issues.literals import Literal, may_match, required_literals
 from agent_ops.known_issues.root_error import RootError, normalise_labelled, root_error
 
 DEFAULT_TAIL = 400
@@ -103,8 +104,11 @@ class LogView:
     def __init__(self, text: str, tail: int | None = DEFAULT_TAIL):
         total = text.count("\n") + (0 if text.endswith("\n") or not text else 1)
         start = max(0, total - tail) if tail else 0
-        if start:  # normalise only the tail: the cost follows the tail, not the log
-            text = text.split("\n", start)[-1]
+        if start:  # normalise only the tail: its cost follows the tail, not the log (count and rfind allocate nothing)
+            cut = len(text)
+            for _ in range(total - start + (1 if text.endswith("\n") else 0)):
+                cut = text.rfind("\n", 0, cut)
+            text = text[cut + 1 :]
         self.labels, self.lines, self.widths = normalise_labelled(text)
         self.numbers = list(range(start + 1, start + len(self.lines) + 1))
         self.first_line = start + 1
@@ -134,6 +138,14 @@ class LogView:
         return {sep: sep.join(self.lines) for sep in WRAP_SEPARATORS}
 
     @cached_property
+    def _lowered(self) -> dict[str, str]:
+        return {sep: joined.lower() for sep, joined in self._joined.items()}
+
+    @cached_property
+    def _lowered_lines(self) -> list[str]:
+        return [line.lower() for line in self.lines]
+
+    @cached_property
     def _group_texts(self) -> dict[tuple[int, str], str]:
         return {
             (n, sep): "\n".join(sep.join(self.lines[i : i + n]) for i in starts)
@@ -153,20 +165,24 @@ class LogView:
         return self._found[pattern]
 
     def _search(self, pattern: re.Pattern[str]) -> list[Hit]:
+        literals = _literals(pattern)
+        if not any(may_match(literals, self._joined[sep], self._lowered[sep]) for sep in WRAP_SEPARATORS):
+            return []  # a literal the pattern needs is nowhere, not even across a wrap
         hits: dict[int, Hit] = {}
         if pattern.search(self._text):  # cheap filter: most patterns miss most logs
             for i, line in enumerate(self.lines):
-                if m := pattern.search(line):
+                if may_match(literals, line, self._lowered_lines[i]) and (m := pattern.search(line)):
                     hits[i] = Hit(i, i, m)
         anchored = "^" in pattern.pattern  # `^` matches at a run's start, never inside the full join
+        covered = set(hits)
         for (n, sep), joined in self._group_texts.items():
             if not (anchored or pattern.search(self._joined[sep])) or not pattern.search(joined):
                 continue
             for i in self._groups[n]:
                 # A run that overlaps a hit already found is not a second occurrence.
-                covered = any(h.first <= i + n - 1 and h.last >= i for h in hits.values())
-                if not covered and (m := _spanning(pattern, self.lines[i : i + n], sep)):
+                if covered.isdisjoint(range(i, i + n)) and (m := _spanning(pattern, self.lines[i : i + n], sep)):
                     hits[i] = Hit(i, i + n - 1, m)
+                    covered.update(range(i, i + n))
         return [hits[i] for i in sorted(hits)]
 
     def shown(self, index: int) -> str:
@@ -174,6 +190,11 @@ class LogView:
         text = f"{self.labels[index]} {self.lines[index]}" if self.labels[index] else self.lines[index]
         cut = text if len(text) <= MAX_LINE_CHARS else text[: MAX_LINE_CHARS - 3] + "..."
         return f"{self.numbers[index]}: {cut}"
+
+
+@lru_cache(maxsize=1024)
+def _literals(pattern: re.Pattern[str]) -> list[Literal] | None:
+    return required_literals(pattern)
 
 
 def _spanning(pattern: re.Pattern[str], segments: list[str], sep: str) -> re.Match[str] | None:
