@@ -15,7 +15,7 @@ declares the ones its commands template: `repo_dir`, `python`, `torchrun`,
 `data_dir`, `stats_path`, `batch_size`, `grad_accum_steps`, `learning_rate`,
 `max_grad_norm`, `num_workers`, `shuffle_buffer_size`, `craft_dual_lr`,
 `find_unused_parameters`, `use_reentrant`, `wandb_mode`, `ckpt_path`, `ckpt_dir`,
-`resume_from`, `save_every`. `{{ var }}` in `run` commands is rendered (shell-quoted)
+`resume_from`, `save_every`, `skip_updates`. `{{ var }}` in `run` commands is rendered (shell-quoted)
 by the executor with the run's values.
 """
 from __future__ import annotations
@@ -93,6 +93,11 @@ class Signature(Strict):
     ratio_above: float | None = Field(
         None, gt=0, description="Single regex with named groups `value` and `limit`: a line passes only when value > ratio_above x limit."
     )
+    spike_above: float | None = Field(
+        None, gt=1, description="Single regex with a named group `value` (a loss): holds when the last `count` values are each above "
+        "spike_above x the mean of the `baseline` values logged before them (a spike that lasts, not one noisy step)."
+    )
+    baseline: int = Field(10, ge=2, le=MAX_WINDOW, description="With spike_above: how many earlier values make the recent mean.")
     not_followed_by: str | None = Field(None, description="Holds only when no later line matches this regex (a job that stalled after a line).")
     unless: str | None = Field(
         None, description="A line the regex matches does not count when this regex matches it too (a retry notice, a benign variant)."
@@ -124,10 +129,15 @@ class Signature(Strict):
 
     @model_validator(mode="after")
     def _single_regex_options(self) -> Signature:
-        if isinstance(self.regex, list) and (self.count > 1 or self.ratio_above is not None):
-            raise ValueError("count and ratio_above apply to a single regex, not an ordered list")
-        if self.ratio_above is not None and not {"value", "limit"} <= set(re.compile(self.regex).groupindex):  # type: ignore[arg-type]
+        if isinstance(self.regex, list) and (self.count > 1 or self.ratio_above is not None or self.spike_above is not None):
+            raise ValueError("count, ratio_above and spike_above apply to a single regex, not an ordered list")
+        if self.ratio_above is not None and self.spike_above is not None:
+            raise ValueError("ratio_above and spike_above are two ways of judging a value: pick one")
+        groups = set(re.compile(self.regex).groupindex) if isinstance(self.regex, str) else set()
+        if self.ratio_above is not None and not {"value", "limit"} <= groups:
             raise ValueError("ratio_above needs named groups (?P<value>...) and (?P<limit>...)")
+        if self.spike_above is not None and "value" not in groups:
+            raise ValueError("spike_above needs a named group (?P<value>...)")
         return self
 
     def model_post_init(self, context: Any, /) -> None:
@@ -274,9 +284,15 @@ class RollbackCheckpoint(FixBase):
     resume_var: str = Field("resume_from", pattern=VAR_NAME, description="Runbook variable set to the chosen checkpoint's path.")
     set_vars: dict[str, Scalar] = Field(default_factory=dict, description="Variables set for the restart, e.g. `save_every: 2`.")
     scale_vars: list[ScaleSpec] = Field(default_factory=list, description="Variables scaled for the restart, e.g. learning_rate x0.5.")
+    skip_var: str | None = Field(
+        None, pattern=VAR_NAME, description="Variable set to the updates from the chosen checkpoint to the last step the failing "
+        "log shows, so the trainer skips the batches read when it went wrong (our trainer: `--set data.skip_updates=...`). "
+        "Left alone, and said so, when the runbook lacks it."
+    )
 
     def summary(self) -> str:
         changes = [f"{k}={v}" for k, v in self.set_vars.items()] + [s.describe() for s in self.scale_vars]
+        changes += [f"{self.skip_var}=updates since the checkpoint"] if self.skip_var else []
         tail = f"; {', '.join(changes)}" if changes else ""
         return f"rollback_checkpoint newest {self.glob} with {self.healthy_marker} in {self.dir_var} -> {self.resume_var}{tail}"
 

@@ -17,6 +17,7 @@ healthy lines of equal length together.
 """
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -302,10 +303,31 @@ def _counted(signature: Signature, pattern: re.Pattern[str], view: LogView) -> l
 
 def _single(signature: Signature, view: LogView) -> list[Hit]:
     hits = _counted(signature, signature.compiled[0], view)
+    if signature.spike_above is not None:
+        return _spike(signature, hits)
     recent = hits[-signature.count :]
     if len(hits) < signature.count or not all(_passes(signature, h) for h in recent):
         return []
     return recent[-3:]
+
+
+def _spike(signature: Signature, hits: list[Hit]) -> list[Hit]:
+    """The last `count` values, when each is above spike_above x the mean of the `baseline` values before them."""
+    values = [_number(h.match.group("value")) for h in hits]
+    recent, before = values[-signature.count :], values[-signature.count - signature.baseline : -signature.count]
+    if len(before) < signature.baseline or not all(math.isfinite(v) for v in before):
+        return []
+    mean = sum(before) / len(before)
+    if mean <= 0 or not all(v > signature.spike_above * mean for v in recent):
+        return []  # nan compares false: a non-finite loss is another family's
+    return hits[-signature.count :][-3:]
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return math.nan
 
 
 def _passes(signature: Signature, hit: Hit) -> bool:
@@ -381,7 +403,7 @@ def _partial(signature: Signature, view: LogView) -> tuple[float, list[int]]:
     if score == 1.0:
         # Every part is there, yet the signature does not hold: order or window failed (close), or a
         # condition (count, ratio, not_followed_by) said explicitly that this is not the issue (far).
-        conditional = signature.count > 1 or signature.ratio_above is not None or signature.after is not None
+        conditional = signature.count > 1 or signature.ratio_above is not None or signature.spike_above is not None or signature.after is not None
         score = 0.4 if conditional else 0.9
     return score, sorted(set(lines))
 

@@ -37,6 +37,7 @@ from agent_ops.runbook.schema import Step
 from agent_ops.runbook.template import render
 
 TAIL_BYTES = 64 << 10  # diagnosis reads only the end of a log: the failure is there, and logs can be GBs
+STEP = re.compile(r"\bstep\W{0,2}[=: ]\s*(\d+)", re.IGNORECASE)  # `step=46/80`, `step 265 -`, `Step: 12`, `'step': 42`
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,7 @@ def remediate(run: RunContext, step: Step, attempt: int, text: str) -> RemedyRes
         return _stop(run, step, attempt, issue, lines, "exhausted",
                      f"fix already applied {fired} time(s) without success. {_escalation(issue, result)}")
     try:
-        applied = [apply_fix(run, action) for action in issue.fix]
+        applied = [apply_fix(run, action, failed_step=_last_step(text)) for action in issue.fix]
     except FixNotApplicable as exc:
         return _stop(run, step, attempt, issue, lines, "escalated", f"fix not applicable: {exc}. {_escalation(issue, result)}")
     run.journal.remedy(run.run_id, step.id, attempt, issue_id=issue.id, matched_lines=lines, fix=applied, result="applied")
@@ -146,8 +147,14 @@ def _seen(match: Match | None, result: Diagnosis) -> str:
     return " | ".join(line.split(": ", 1)[-1] for line in (match.matched_lines[-2:] if match else []))
 
 
-def apply_fix(run: RunContext, action: FixAction) -> str:
-    """Apply one fix action; returns what was done, in words (for the journal)."""
+def _last_step(text: str) -> int | None:
+    """The highest training step the log shows: where it had got to when it went wrong."""
+    steps = [int(m.group(1)) for m in STEP.finditer(text)]
+    return max(steps) if steps else None
+
+
+def apply_fix(run: RunContext, action: FixAction, failed_step: int | None = None) -> str:
+    """Apply one fix action; returns what was done, in words (for the journal). `failed_step`: see `_last_step`."""
     if isinstance(action, SetEnv):
         run.env_overrides[action.name] = action.value
         return f"set env {action.name}={action.value}"
@@ -167,7 +174,7 @@ def apply_fix(run: RunContext, action: FixAction) -> str:
     if isinstance(action, RenamePath):
         return _rename(run, action)
     if isinstance(action, RollbackCheckpoint):
-        return _rollback(run, action)
+        return _rollback(run, action, failed_step)
     if isinstance(action, RecreateSession):
         kill_session(run.transport, run.layout)
         prepare_run(run.transport, run.layout)
@@ -211,7 +218,7 @@ def _rename(run: RunContext, action: RenamePath) -> str:
     return f"renamed {old} -> {new}; {action.var} retargeted"
 
 
-def _rollback(run: RunContext, action: RollbackCheckpoint) -> str:
+def _rollback(run: RunContext, action: RollbackCheckpoint, failed_step: int | None) -> str:
     base = str(_var(run, action.dir_var))
     if action.resume_var not in run.loaded.runbook.vars:
         raise FixNotApplicable(f"the runbook has no variable {action.resume_var!r}")
@@ -229,6 +236,8 @@ def _rollback(run: RunContext, action: RollbackCheckpoint) -> str:
     path = f"{base.rstrip('/')}/{chosen}"
     changes: dict[str, Any] = {action.resume_var: path, **action.set_vars}
     notes = [f"rolled back to {path}"]
+    if action.skip_var:
+        notes.append(_skip(run, action.skip_var, chosen, failed_step, changes))
     for spec in action.scale_vars:
         old = _var(run, spec.var)
         changes[spec.var] = spec.apply(old)
@@ -238,3 +247,14 @@ def _rollback(run: RunContext, action: RollbackCheckpoint) -> str:
         notes.append(f"{k} = {v!r}")
     run.set_values(changes)
     return "; ".join(notes)
+
+
+def _skip(run: RunContext, var: str, checkpoint: str, failed_step: int | None, changes: dict[str, Any]) -> str:
+    """Set `var` to the updates from the checkpoint to the failure, so the batches read then are not replayed."""
+    saved = re.findall(r"\d+", checkpoint)
+    if var not in run.loaded.runbook.vars:
+        return f"the runbook has no {var}: no batches skipped"
+    if failed_step is None or not saved:
+        return f"{var} unchanged: no step in the log or the checkpoint's name"
+    changes[var] = max(0, failed_step - int(saved[-1]) + 1)
+    return f"{var} = {changes[var]} (steps {saved[-1].lstrip('0') or '0'}..{failed_step} skipped on resume)"
