@@ -215,3 +215,27 @@ def test_training_health_rollbacks_are_bounded_and_each_is_in_the_journal(tmp_pa
     assert status.vars["learning_rate"] == pytest.approx(1e-4)  # halved twice
     [train] = status.steps
     assert train.attempt == 3 and "fix already applied 2 time(s)" in train.message
+
+
+def test_a_stalled_gate_is_explained_by_a_hint(tmp_path: Path, target: TargetSpec) -> None:
+    # Nothing failed: the run URL never comes because wandb is offline. A hint says so; it is no diagnosis of a job.
+    final, status = _run(tmp_path, target, """
+        name: offline
+        steps:
+          - id: train
+            kind: run
+            tags: [train]
+            background: true
+            command: |
+              echo 'wandb: W&B syncing is set to `offline` in this directory.'
+              sleep 3
+          - id: wandb_url
+            kind: gate
+            tags: [train]
+            job: train
+            patterns: [{regex: 'View run at https://', within: 1}]
+    """)
+    gate = next(s for s in status.steps if s.id == "wandb_url")
+    assert final == "failed" and gate.state == "failed"
+    assert "looks like known issue wandb-offline" in gate.message
+    assert status.remedies == []

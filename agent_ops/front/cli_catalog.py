@@ -37,6 +37,8 @@ class IssueSummary(BaseModel):
 
     id: str
     title: str
+    level: str = Field(description="family, cause (inside `family`) or hint.")
+    family: str = Field(description="The family id (its own for a family).")
     applies_to: list[str] = Field(description="Step tags; empty = every step.")
     fix: list[str] = Field(description="One line per fix action.")
     escalates: bool = Field(description="Whether the entry has text for a person.")
@@ -76,11 +78,14 @@ def list_issues(
         return
     table = Table(title=f"{len(summaries)} known issues")
     table.add_column("id", no_wrap=True)
-    for name in ("title", "applies to", "fix"):
+    for name in ("level", "title", "applies to", "fix"):
         table.add_column(name, overflow="fold")
-    for s in summaries:
+    # A family, then its causes: the catalog read the way diagnosis uses it.
+    order = {s.id: i for i, s in enumerate(summaries)}
+    for s in sorted(summaries, key=lambda s: (order.get(s.family, order[s.id]), s.level == "cause", order[s.id])):
         fix = "\n".join(s.fix) or ("escalate" if s.escalates else "")
-        table.add_row(Text(s.id), Text(s.title), Text(", ".join(s.applies_to) or "all"), Text(fix))
+        level = f"cause of {s.family}" if s.level == "cause" else s.level
+        table.add_row(Text(s.id if s.level != "cause" else f"  {s.id}"), Text(level), Text(s.title), Text(", ".join(s.applies_to) or "all"), Text(fix))
     _out().print(table)
 
 
@@ -192,6 +197,8 @@ def _summary(issue: KnownIssue) -> IssueSummary:
     return IssueSummary(
         id=issue.id,
         title=issue.title,
+        level=issue.level,
+        family=issue.family_id,
         applies_to=list(issue.applies_to),
         fix=issue.fix_summary(),
         escalates=issue.escalate is not None,
