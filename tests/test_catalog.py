@@ -356,3 +356,28 @@ def test_cli_reports_a_bad_catalog(cli, tmp_path):
 def test_cli_prints_nearest_for_unknown_failures(cli):
     result = cli("diagnose", "-", input=UNKNOWN_FAILURE)
     assert result.exit_code == 1 and "nearest" in result.stdout
+
+
+def test_causes_must_name_a_family_of_the_catalog_and_stay_inside_its_steps(tmp_path):
+    family = _entry_yaml("boom").replace("title: t\n", "title: t\napplies_to: [train]\n")
+    stray = _entry_yaml("stray").replace("title: t\n", "title: t\nlevel: cause\nfamily: nowhere\n")
+    wide = _entry_yaml("wide").replace("title: t\n", "title: t\nlevel: cause\nfamily: boom\napplies_to: [install]\n")
+    paths = [_write(tmp_path, f"{n}.yaml", t) for n, t in (("boom", family), ("stray", stray), ("wide", wide))]
+    problems = _problems(*paths)
+    assert problems[0].startswith(f"{paths[1]}:4: family: 'nowhere' is not a family of this catalog (families: boom")
+    assert problems[1] == f"{paths[2]}:4: family: applies_to must stay inside its family's (train)"
+    orphan = _entry_yaml("orphan").replace("title: t\n", "title: t\nlevel: cause\n")
+    (problem,) = _problems(_write(tmp_path, "orphan.yaml", orphan))
+    assert "a cause needs `family`" in problem
+
+
+def test_a_cause_fires_only_where_its_family_matched(tmp_path):
+    family = _entry_yaml("boom", "signatures:\n  - regex: 'BOOM happened'\n")
+    cause = _entry_yaml("boom-disk", "signatures:\n  - regex: 'disk'\n").replace(
+        "title: t\n", "title: t\nlevel: cause\nfamily: boom\n").replace("'BOOM happened', 'x BOOM happened'", "'a', 'b'")
+    catalog = load_catalog([_write(tmp_path, "boom.yaml", family), _write(tmp_path, "boom-disk.yaml", cause)])
+    assert [(m.issue_id, m.level, m.family) for m in diagnose("BOOM happened on disk 3\n", catalog=catalog).matches] == [
+        ("boom-disk", "cause", "boom"), ("boom", "family", "boom")]
+    assert diagnose("the disk is fine\n", catalog=catalog).matches == []  # no family, no cause
+    family_only = diagnose("BOOM happened\n", catalog=catalog)
+    assert [m.issue_id for m in family_only.matches] == ["boom"] and family_only.root_error == ""

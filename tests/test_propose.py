@@ -22,6 +22,7 @@ from agent_ops.run.executor import Executor
 from agent_ops.runbook.loader import load_runbook, resolve_vars
 from agent_ops.transport.target import TargetSpec
 from tests.logcorpus import HEALTHY, corpus
+from tests.runs import events
 
 # A failure no entry knows, with the variable parts a second occurrence would change.
 FROB = "FrobnicatorError: the frobnicator at {path} needs {need} widgets (got {got}), handle 0x{handle}"
@@ -151,3 +152,28 @@ def test_known_failures_and_logs_without_one_are_not_proposed(home: Path):
     assert result.exit_code == 2 and "no failure in the log" in result.stderr
     bad_fix = _cli(home, "known-issues", "propose", "-", "--fix", '[{"action": "reboot"}]', stdin=f"x\n{FROB}\n")
     assert bad_fix.exit_code == 2 and "fix:" in bad_fix.stderr
+
+
+def test_a_broken_user_entry_is_reported_and_the_shipped_catalog_still_diagnoses(tmp_path: Path, home: Path):
+    broken = home / "known_issues" / "broken.yaml"
+    broken.parent.mkdir()
+    broken.write_text("id: broken\ntitle: [unclosed\n")
+    result = _cli(home, "diagnose", "-", stdin="OSError: [Errno 28] No space left on device\n")
+    assert result.exit_code == 2 and result.stderr.startswith(f"{broken}:")  # FILE:LINE, nothing diagnosed
+    final, status = _run(tmp_path, home, """
+        name: locked
+        steps:
+          - id: apt
+            kind: run
+            tags: [install]
+            command: |
+              echo "E: Could not open lock file /var/lib/dpkg/lock-frontend - open (13: Permission denied)"
+              exit 100
+    """)
+    assert final == "failed"
+    [remedy] = status.remedies
+    assert (remedy.issue_id, remedy.result) == ("apt-lock", "escalated")  # a family without a cause: diagnosed, escalated
+    [step] = status.steps
+    assert "Seen: E: Could not open lock file /var/lib/dpkg/lock-frontend" in step.message
+    ignored = [e for e in events(Journal(home / "journal.db"), status.id, "diagnosis") if "user catalog ignored" in e["message"]]
+    assert ignored and ignored[0]["message"].startswith(f"user catalog ignored: {broken}:")

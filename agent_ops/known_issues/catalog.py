@@ -6,6 +6,12 @@ An entry says how a failure shows in a step's log (`signatures`), why it happens
 embeds log samples, so the file documents itself and the test suite proves the
 matcher finds it (and nothing in the healthy samples of `data/_negative/`).
 
+Entries come on two levels (see `Level`): a family is an error class matched broadly, with a
+safe generic action or an escalation; a cause is one specific way a family happens, carries
+the automatic fix, and is only tried where its family matched. The user's entries
+(`$AGENTOPS_HOME/known_issues/`, written by `propose`) load beside the shipped ones; the
+caller names that directory, so this module reads no environment.
+
 Deliberately not an entry: seed 003's "AE at ~14 s/step". It is the normal speed
 (batch 144, 3.6B parameters, 10,000 steps in 40-45 h); an entry could only "fix"
 what is not broken, so a healthy AE log at that speed is a negative sample instead.
@@ -344,7 +350,9 @@ class Samples(Strict):
     """Log excerpts that document the entry and test the matcher."""
 
     positive: list[str] = Field(min_length=2, description="Excerpts in which this entry must be the best match (varied real shapes).")
-    negative: list[str] = Field(default_factory=list, description="Near misses that must match no entry at all.")
+    negative: list[str] = Field(
+        default_factory=list, description="Near misses that must fire neither this entry nor any cause (a family may name the error class)."
+    )
 
 
 class KnownIssue(Strict):
