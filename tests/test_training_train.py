@@ -374,3 +374,22 @@ def test_bad_config_is_refused_with_file_and_field(tmp_path: Path, capsys: pytes
     assert main(["--config", str(unsafe)]) == 2
     assert "out_dir: Value error, path component(s) ['output_2025-10-02||12:35:19'] outside [A-Za-z0-9._-]" \
         in capsys.readouterr().err
+
+
+def test_resume_with_skip_updates_does_not_replay_the_skipped_batches(data: dict, tmp_path: Path) -> None:
+    # The catalog's rollbacks set data.skip_updates: the batches read between the checkpoint and the failure are drawn
+    # and dropped, so the resumed run's data stands exactly that many batches further on.
+    sets = ("log_every=1", "max_steps=8", "checkpoint.save_every=4", "checkpoint.keep_last=3", "wandb.mode=disabled",
+            "data.batch_size=4")
+    out = tmp_path / "run"
+    train(data, out, *sets, nproc=None)
+    plain, skipping = tmp_path / "plain", tmp_path / "skipping"
+    train(data, plain, *sets, nproc=None, resume=str(out / "checkpoint-000004"))
+    proc = train(data, skipping, *sets, "data.skip_updates=3", nproc=None, resume=str(out / "checkpoint-000004"))
+    assert "[train] skipped 3 batches after resume (data.skip_updates=3)" in gate_lines(proc.stdout)
+
+    def cursor(run: Path) -> dict:
+        return json.loads((run / "checkpoint-000008" / "rank-00000.json").read_text())["data"]
+
+    moved, base = cursor(skipping), cursor(plain)
+    assert (moved["epoch"], moved["cursor"]) == (base["epoch"], base["cursor"] + 3 * 4)  # 3 batches of 4 samples further on

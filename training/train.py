@@ -537,9 +537,24 @@ def setup(cfg: TrainConfig, ctx: Any, log: Any, resume: str | None) -> Run:
     elif cfg.runtime.compile:
         log(f"[train] compile: {compile_blocks(policy)} transformer blocks (torch.compile each)")
     craft = CraftGradients(list(policy.parameters()), cfg.craft, ctx.world_size) if cfg.craft.enabled else None
+    batches = iter(loader)
+    if checkpoint is not None and cfg.data.skip_updates:
+        skip_batches(batches, cfg, log)
     return Run(cfg=cfg, ctx=ctx, policy=policy, model=model, anchor=anchor, optimizer=optimizer, loader=loader,
-               batches=iter(loader), tokens=tokens.to(ctx.device), noise=noise, craft=craft, watchdog=watchdog,
+               batches=batches, tokens=tokens.to(ctx.device), noise=noise, craft=craft, watchdog=watchdog,
                tracker=tracker, log=log, state=state, bf16=bf16, stats_path=cfg.data.stats, flops_per_sample=flops)
+
+
+def skip_batches(batches: Any, cfg: TrainConfig, log: Any) -> None:
+    """Draw and drop the batches of `data.skip_updates` updates: a rollback does not replay what went wrong.
+
+    Drawn, not jumped over: the loader's cursor then says exactly where the data stands, across epochs,
+    and the next checkpoint records it.
+    """
+    count = cfg.data.skip_updates * cfg.optim.grad_accum
+    for _ in range(count):
+        next(batches)
+    log(f"[train] skipped {count} batches after resume (data.skip_updates={cfg.data.skip_updates})")
 
 
 def _rescaled_cursor(checkpoint: Path, saved: dict[str, Any], world_size: int) -> dict[str, int]:

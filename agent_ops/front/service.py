@@ -9,12 +9,15 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field
 
 from agent_ops.errors import AgentOpsError, RunbookError
-from agent_ops.record.journal import TERMINAL_RUN_STATES, Journal
+from agent_ops.known_issues.catalog import Catalog, CatalogError, active_catalog, user_catalog_dir
+from agent_ops.known_issues.propose import Proposal, ProposalError, propose
+from agent_ops.record.journal import TERMINAL_RUN_STATES, Journal, journal_home
 from agent_ops.record.status import RunStatus, run_status
 from agent_ops.runbook.loader import BUILTIN_VARS, builtin_values, load_runbook, render_runbook, resolve_vars
 from agent_ops.runbook.plan import build_plan
@@ -262,3 +265,23 @@ def tail(journal: Journal, run_id: str, step_id: str, *, lines: int | None = 50,
         text = "\n".join(text.splitlines()[-lines:]) + ("\n" if text.endswith("\n") else "")
     return TailResult(run_id=run_id, step_id=step_id, attempt=att.attempt, text=text, offset=start,
                       next_offset=start + len(data), ended=ended)
+
+
+def known_issues() -> Catalog:
+    """The catalog the executor uses: the shipped entries and the user's (`$AGENTOPS_HOME/known_issues/`)."""
+    try:
+        return active_catalog(user_catalog_dir(journal_home()))
+    except CatalogError as exc:
+        raise OpError("invalid_catalog", "the catalog does not load", exc.problems) from None
+
+
+def propose_issue(text: str, *, issue_id: str | None = None, title: str | None = None, fix: list[dict] | None = None,
+                  healthy: list[str] | None = None, admit: bool = True) -> Proposal:
+    """Draft a known issue from a failing log; admit it to the user catalog when it is safe (see known_issues.propose)."""
+    try:
+        return propose(text, user_catalog_dir(journal_home()), issue_id=issue_id, title=title, fix=fix,
+                       healthy=[Path(h) for h in healthy or []], admit=admit)
+    except ProposalError as exc:
+        raise OpError("invalid_proposal", str(exc)) from None
+    except CatalogError as exc:
+        raise OpError("invalid_catalog", "the catalog does not load", exc.problems) from None
