@@ -175,5 +175,5 @@ def test_a_broken_user_entry_is_reported_and_the_shipped_catalog_still_diagnoses
     assert (remedy.issue_id, remedy.result) == ("apt-lock", "escalated")  # a family without a cause: diagnosed, escalated
     [step] = status.steps
     assert "Seen: E: Could not open lock file /var/lib/dpkg/lock-frontend" in step.message
-    ignored = [e for e in events(Journal(home / "journal.db"), status.id, "diagnosis") if "user catalog ignored" in e["message"]]
-    assert ignored and ignored[0]["message"].startswith(f"user catalog ignored: {broken}:")
+    ignored = [e for e in events(Journal(home / "journal.db"), status.id, "diagnosis") if "user catalog ignored" in e.message]
+    assert ignored and ignored[0].message.startswith(f"user catalog ignored: {broken}:")

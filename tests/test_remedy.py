@@ -166,14 +166,14 @@ steps:
       echo "[train] done step=100 final_loss=0.2"
 """
 NAN_FAILURE = """\
-        for s in 40 41; do echo "[train] step=$s/100 loss=0.4{{$s}} lr=4.000e-04 grad_norm=0.900 s/step=0.400"; done
+        for s in 40 41; do echo "[train] step=$s/100 loss=0.4${s} lr=4.000e-04 grad_norm=0.900 s/step=0.400"; done
         echo "[train] non-finite loss or grad_norm at step=42 (loss=nan grad_norm=nan): update skipped (1/2)"
         echo "[train] non-finite loss or grad_norm at step=43 (loss=nan grad_norm=nan): update skipped (2/2)"
         echo "[train] stopping: non-finite loss in 2 steps (runtime.max_nonfinite_steps=2); roll back or lower the LR"
 """
 SPIKE_FAILURE = """\
-        for s in 0 1 2 3 4 5 6 7 8 9; do echo "{{'loss': 1.1$s, 'learning_rate': 4e-04, 'step': 3$s}}"; done
-        for s in 40 41 42; do echo "{{'loss': 9.7, 'learning_rate': 4e-04, 'step': $s}}"; done
+        for s in 0 1 2 3 4 5 6 7 8 9; do echo "{'loss': 1.1$s, 'learning_rate': 4e-04, 'step': 3$s}"; done
+        for s in 40 41 42; do echo "{'loss': 9.7, 'learning_rate': 4e-04, 'step': $s}"; done
         echo "Traceback (most recent call last):"
         echo "KeyboardInterrupt"
 """
