@@ -352,3 +352,12 @@ def test_cli_prints_nearest_for_unknown_failures(cli):
     )
     result = cli("diagnose", "-", input=log)
     assert result.exit_code == 1 and "nearest" in result.stdout
+
+
+def test_a_fix_that_deletes_must_say_what(tmp_path):
+    text = _entry_yaml("cleaner") + "fix:\n  - action: run\n    commands: ['df -h', 'rm -rf ~/.cache/huggingface']\n"
+    (problem,) = _problems(_write(tmp_path, "cleaner.yaml", text))
+    assert problem.startswith(f"{tmp_path / 'cleaner.yaml'}:10: fix.0: command 'rm -rf ~/.cache/huggingface' deletes files: say what in `deletes`")
+    said = text + "    deletes: the Hugging Face cache\n"
+    [issue] = load_catalog([_write(tmp_path, "cleaner.yaml", said)]).issues
+    assert issue.deletions() == ["the Hugging Face cache"]

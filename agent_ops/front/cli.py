@@ -138,6 +138,11 @@ def plan(file: str, var: list[str] | None = VarOpt, as_json: bool = JsonOpt) -> 
             out.print(f"  {s.id} [{s.kind}]{needs}", markup=False, highlight=False)
             for line in (s.command or "").rstrip().splitlines():
                 out.print(f"      $ {line}", markup=False, highlight=False, style="dim")
+    if doc.deleting_fixes:
+        out.print("fixes that delete (refused on a local target unless --allow-deleting-fixes):", style="bold")
+    for fix in doc.deleting_fixes:
+        out.print(f"  {fix.issue_id} deletes {'; '.join(fix.deletes)}, if it matches a failure of: {', '.join(fix.steps)}",
+                  markup=False, highlight=False)
 
 
 def _op(as_json: bool, fn, *args, **kwargs):
@@ -169,6 +174,8 @@ def run(
     tmux_socket: str | None = typer.Option(None, "--tmux-socket", help="Private tmux server (-L name) for the jobs."),
     workdir: str | None = typer.Option(None, "--workdir", help="Directory on the target for job files."),
     known_hosts: str | None = typer.Option(None, "--known-hosts", help="known_hosts file (default ~/.ssh/known_hosts)."),
+    allow_deleting_fixes: bool = typer.Option(False, "--allow-deleting-fixes",
+                                              help="On --target local, let known-issue fixes that delete files (caches) run."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan with every var resolved; run nothing."),
     detach: bool = typer.Option(False, "--detach", "-d", help="Start the run in the background; print its id at once."),
     run_id: str | None = typer.Option(None, "--run-id", hidden=True, help="Use this run id (set by --detach)."),
@@ -181,6 +188,8 @@ def run(
     spec = _target(target, identity, inventory, accept_new_host_key, tmux_socket, workdir, as_json)
     if known_hosts:
         spec = spec.model_copy(update={"known_hosts": known_hosts})
+    if allow_deleting_fixes:
+        spec = spec.model_copy(update={"allow_deleting_fixes": True})
     if dry_run:
         plan(file, var, as_json)
         return
@@ -188,8 +197,8 @@ def run(
         target_args = ["--target", target] + sum(([flag, value] for flag, value in (
             ("--identity", identity), ("--inventory", inventory), ("--tmux-socket", tmux_socket),
             ("--workdir", workdir), ("--known-hosts", known_hosts)) if value), [])
-        if accept_new_host_key:
-            target_args.append("--accept-new-host-key")
+        target_args += [flag for flag, on in (("--accept-new-host-key", accept_new_host_key),
+                                              ("--allow-deleting-fixes", allow_deleting_fixes)) if on]
         started = _op(as_json, ops.start_detached, file, _parse_vars(var, as_json), target_args, _journal(as_json))
         if as_json:
             print(started.model_dump_json(indent=2))

@@ -89,7 +89,7 @@ CREATE TABLE IF NOT EXISTS remedies (
     issue_id TEXT NOT NULL,
     matched_lines TEXT NOT NULL,   -- JSON list
     fix TEXT NOT NULL,             -- JSON description of the actions applied
-    result TEXT NOT NULL           -- applied | escalated | exhausted | succeeded | failed
+    result TEXT NOT NULL           -- applied | escalated | exhausted | refused | succeeded | failed
 );
 CREATE INDEX IF NOT EXISTS events_run ON events (run_id, id);
 """

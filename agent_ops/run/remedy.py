@@ -39,7 +39,7 @@ TAIL_BYTES = 64 << 10  # diagnosis reads only the end of a log: the failure is t
 class RemedyResult:
     """What remediation decided: retry (a fix was applied), stop (escalated/exhausted), or none matched."""
 
-    decision: str  # applied | escalated | exhausted | none
+    decision: str  # applied | escalated | exhausted | refused (a deleting fix on this machine) | none
     message: str
 
 
@@ -93,6 +93,11 @@ def remediate(run: RunContext, step: Step, attempt: int, text: str) -> RemedyRes
     if fired >= issue.retry.max_attempts:
         return _stop(run, step, attempt, issue, lines, "exhausted",
                      f"fix already applied {fired} time(s) without success. {_escalation(issue)}")
+    deletes = issue.deletions()
+    if deletes and run.target.is_local and not run.target.allow_deleting_fixes:
+        return _stop(run, step, attempt, issue, lines, "refused",
+                     f"its fix deletes {'; '.join(deletes)} and the target is this machine: not applied without "
+                     f"--allow-deleting-fixes. {_escalation(issue)}")
     try:
         applied = [apply_fix(run, action) for action in issue.fix]
     except FixNotApplicable as exc:
