@@ -381,3 +381,12 @@ def test_a_cause_fires_only_where_its_family_matched(tmp_path):
     assert diagnose("the disk is fine\n", catalog=catalog).matches == []  # no family, no cause
     family_only = diagnose("BOOM happened\n", catalog=catalog)
     assert [m.issue_id for m in family_only.matches] == ["boom"] and family_only.root_error == ""
+
+
+def test_a_fix_that_deletes_must_say_what(tmp_path):
+    text = _entry_yaml("cleaner") + "fix:\n  - action: run\n    commands: ['df -h', 'rm -rf ~/.cache/huggingface']\n"
+    (problem,) = _problems(_write(tmp_path, "cleaner.yaml", text))
+    assert problem.startswith(f"{tmp_path / 'cleaner.yaml'}:10: fix.0: command 'rm -rf ~/.cache/huggingface' deletes files: say what in `deletes`")
+    said = text + "    deletes: the Hugging Face cache\n"
+    [issue] = load_catalog([_write(tmp_path, "cleaner.yaml", said)]).issues
+    assert issue.deletions() == ["the Hugging Face cache"]

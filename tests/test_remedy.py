@@ -1,13 +1,16 @@
 """Known-issue remediation end to end: real tmux jobs, on this machine and over a loopback sshd."""
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 import textwrap
 import uuid
 from pathlib import Path
 
 import pytest
 
+from agent_ops.front import service
 from agent_ops.record.journal import Journal
 from agent_ops.record.status import run_status
 from agent_ops.run.context import start_run
@@ -239,3 +242,55 @@ def test_a_stalled_gate_is_explained_by_a_hint(tmp_path: Path, target: TargetSpe
     assert final == "failed" and gate.state == "failed"
     assert "looks like known issue wandb-offline" in gate.message
     assert status.remedies == []
+
+
+DISK_FULL_RUNBOOK = """
+name: disk
+vars:
+  box: {{default: {box}}}
+steps:
+  - id: write
+    kind: run
+    command: |
+      if [ -f {{{{ box }}}}/purged ]; then echo written; exit 0; fi
+      echo "OSError: [Errno 28] No space left on device"; exit 1
+"""
+
+
+@pytest.mark.parametrize("allowed", [False, True], ids=["refused", "allowed"])
+def test_a_deleting_fix_on_this_machine_needs_permission(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, allowed: bool) -> None:
+    # Stand-ins for the package managers whose caches disk-full's fix purges: they record that they were asked.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("pip", "uv"):
+        (bin_dir / tool).write_text(f"#!/bin/sh\necho \"{tool} $*\" >> {tmp_path}/purged\n")
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    sock = f"ao-remedy-{uuid.uuid4().hex[:8]}"
+    target = TargetSpec(url="local", tmux_socket=sock, workdir=str(tmp_path / "box"), allow_deleting_fixes=allowed)
+    try:
+        final, status = _run(tmp_path, target, DISK_FULL_RUNBOOK.format(box=tmp_path))
+    finally:
+        subprocess.run(["tmux", "-L", sock, "kill-server"], capture_output=True)
+    [remedy] = status.remedies
+    assert remedy.issue_id == "disk-full"
+    if allowed:
+        assert final == "succeeded" and remedy.result == "succeeded"
+        assert (tmp_path / "purged").read_text() == "uv cache clean\npip cache purge\n"
+        return
+    # Refused: nothing was deleted on the user's own machine, and the step says why and how to allow it.
+    assert final == "failed" and remedy.result == "refused" and not (tmp_path / "purged").exists()
+    [step] = status.steps
+    assert step.attempt == 1
+    assert "deletes the uv and pip package caches of the target's user" in step.message
+    assert "--allow-deleting-fixes" in step.message
+
+
+def test_plan_names_the_fixes_that_delete(tmp_path: Path) -> None:
+    path = tmp_path / "disk.yaml"
+    path.write_text(textwrap.dedent(DISK_FULL_RUNBOOK.format(box=tmp_path)))
+    [deleting] = service.plan(str(path), {}).deleting_fixes
+    assert (deleting.issue_id, deleting.steps) == ("disk-full", ["write"])
+    assert deleting.deletes == ["the uv and pip package caches of the target's user"]
+    shown = subprocess.run([sys.executable, "-m", "agent_ops.front.cli", "plan", str(path)], capture_output=True, text=True)
+    assert "disk-full deletes the uv and pip package caches of the target's user, if it matches a failure of: write" in shown.stdout

@@ -126,8 +126,8 @@ def build_server(tier: str | None = None):
         @server.tool(description="Start a run in the background; returns its id at once. Then poll status or wait.")
         async def start_run(file: str, vars: dict[str, str] | None = None, target: str = "local",
                             identity: str | None = None, tmux_socket: str | None = None,
-                            workdir: str | None = None) -> ops.StartResult:
-            args = ["--target", target]
+                            workdir: str | None = None, allow_deleting_fixes: bool = False) -> ops.StartResult:
+            args = ["--target", target] + (["--allow-deleting-fixes"] if allow_deleting_fixes else [])
             for flag, value in (("--identity", identity), ("--tmux-socket", tmux_socket), ("--workdir", workdir)):
                 if value:
                     args += [flag, value]

@@ -64,6 +64,15 @@ class PlanStep(BaseModel):
                              "rendered when it starts, and shown here as written.")
 
 
+class DeletingFix(BaseModel):
+    """A known-issue fix that deletes files, and the steps whose failure may apply it."""
+
+    issue_id: str
+    title: str
+    deletes: list[str]
+    steps: list[str]
+
+
 class PlanResult(BaseModel):
     """The DAG in waves, with variables resolved and secrets masked."""
 
@@ -72,6 +81,9 @@ class PlanResult(BaseModel):
     vars: dict[str, Any]
     secrets: dict[str, str]
     waves: list[list[PlanStep]]
+    deleting_fixes: list[DeletingFix] = Field(
+        default_factory=list, description="Fixes that delete files if their known issue matches a failed step; refused on "
+        "a local target unless the run allows them (--allow-deleting-fixes).")
 
 
 class StartResult(BaseModel):
@@ -121,7 +133,20 @@ def plan(file: str, overrides: dict[str, str]) -> PlanResult:
     waves = [[_plan_step(runbook, runbook.step(sid), masked, loaded.reads.get(sid, [])) for sid in wave]
              for wave in build_plan(runbook.steps).waves]
     return PlanResult(runbook=runbook.name, file=str(loaded.path), vars=values,
-                      secrets=dict.fromkeys(runbook.secrets, "***"), waves=waves)
+                      secrets=dict.fromkeys(runbook.secrets, "***"), waves=waves, deleting_fixes=_deleting_fixes(runbook))
+
+
+def _deleting_fixes(runbook) -> list[DeletingFix]:
+    """The catalog's deleting fixes that apply to a run step of this runbook (only jobs are fixed and re-run)."""
+    from agent_ops.known_issues.catalog import default_catalog
+
+    jobs = [s for s in runbook.steps if s.kind == "run"]
+    found = []
+    for issue in default_catalog():
+        steps = [s.id for s in jobs if issue.applies(s.tags)]
+        if issue.deletions() and steps:
+            found.append(DeletingFix(issue_id=issue.id, title=issue.title, deletes=issue.deletions(), steps=steps))
+    return found
 
 
 def _plan_step(runbook: Runbook, step: Step, secrets: dict[str, str], reads: list[str]) -> PlanStep:

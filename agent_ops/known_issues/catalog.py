@@ -240,6 +240,11 @@ class ScaleVar(ScaleSpec):
         return f"scale_var {self.describe()}"
 
 
+# Commands that delete files: a fix running one must say what it deletes (`deletes`). A net for the catalog's own
+# authors, not a sandbox: the field is what `plan` shows and what a local target refuses.
+DELETING_COMMAND = re.compile(r"\brm\s|\bpurge\b|\bcache\s+clean\b|\bprune\b|\bshred\b|-delete\b|\btruncate\s|\bmkfs")
+
+
 class RunCommands(FixBase):
     """Run commands on the box (as a job, like a step), in order; the first failure ends the fix."""
 
@@ -247,6 +252,17 @@ class RunCommands(FixBase):
     commands: list[str] = Field(min_length=1, description="Bash commands; `{{ var }}` references are rendered shell-quoted.")
     cwd: str | None = Field(None, description="Working directory on the box (may reference `{{ var }}`).")
     timeout_s: float = Field(600, gt=0, le=3600, description="Deadline for all commands together.")
+    deletes: str | None = Field(
+        None, min_length=1,
+        description="What the commands delete, in words (e.g. `package caches (uv, pip)`): `plan` lists it, and on a "
+        "local target (the user's own machine) the fix is refused unless the run allows deleting fixes.")
+
+    @model_validator(mode="after")
+    def _deleting_commands_say_so(self) -> RunCommands:
+        deleting = next((c for c in self.commands if DELETING_COMMAND.search(c)), None)
+        if deleting is not None and self.deletes is None:
+            raise ValueError(f"command {deleting.splitlines()[0]!r} deletes files: say what in `deletes`")
+        return self
 
     def summary(self) -> str:
         where = f" in {self.cwd}" if self.cwd else ""
@@ -394,6 +410,10 @@ class KnownIssue(Strict):
     def fix_summary(self) -> list[str]:
         """One line per fix action."""
         return [action.summary() for action in self.fix]
+
+    def deletions(self) -> list[str]:
+        """What the fix deletes, per action that says (`deletes`); empty for a fix that deletes nothing."""
+        return [action.deletes for action in self.fix if isinstance(action, RunCommands) and action.deletes]
 
 
 @dataclass(frozen=True)

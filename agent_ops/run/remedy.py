@@ -44,7 +44,7 @@ STEP = re.compile(r"\bstep\W{0,2}[=: ]\s*(\d+)", re.IGNORECASE)  # `step=46/80`,
 class RemedyResult:
     """What remediation decided: retry (a fix was applied), stop (escalated/exhausted), or none matched."""
 
-    decision: str  # applied | escalated | exhausted | none
+    decision: str  # applied | escalated | exhausted | refused (a deleting fix on this machine) | none
     message: str
 
 
@@ -116,6 +116,11 @@ def remediate(run: RunContext, step: Step, attempt: int, text: str) -> RemedyRes
     if fired >= issue.retry.max_attempts:
         return _stop(run, step, attempt, issue, lines, "exhausted",
                      f"fix already applied {fired} time(s) without success. {_escalation(issue, result)}")
+    deletes = issue.deletions()
+    if deletes and run.target.is_local and not run.target.allow_deleting_fixes:
+        return _stop(run, step, attempt, issue, lines, "refused",
+                     f"its fix deletes {'; '.join(deletes)} and the target is this machine: not applied without "
+                     f"--allow-deleting-fixes. {_escalation(issue, result)}")
     try:
         applied = [apply_fix(run, action, failed_step=_last_step(text)) for action in issue.fix]
     except FixNotApplicable as exc:

@@ -56,6 +56,8 @@ class TargetSpec(BaseModel):
     connect_timeout: float = Field(10.0, gt=0, description="seconds for one connection attempt")
     reconnect_timeout: float = Field(120.0, ge=0, description="seconds spent re-trying a lost connection before giving up")
     python: str = Field("python3", min_length=1, description="interpreter on the target for the agentops exec runner")
+    allow_deleting_fixes: bool = Field(False, description="on 'local' (this machine), let known-issue fixes that delete "
+                                       "files (caches) run; they always may on a remote box")
 
     @field_validator("url")
     @classmethod
