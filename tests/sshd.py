@@ -7,7 +7,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -38,11 +38,13 @@ class SSHServer:
 
     host = "127.0.0.1"
 
-    def __init__(self, root: Path, extra_config: Iterable[str] = (), home: Path | None = None) -> None:
+    def __init__(self, root: Path, extra_config: Iterable[str] = (), home: Path | None = None,
+                 env: Mapping[str, str] | None = None) -> None:
         self.root = root
         self.user = getpass.getuser()
         self.home = home or root / "home"
         self.home.mkdir(exist_ok=True)
+        self.env = {"HOME": str(self.home), **(env or {})}  # what sessions get, besides what sshd sets itself
         self.port = _free_port()
         self.host_key = root / "host_ed25519"
         self.identity = root / "client_ed25519"
@@ -133,7 +135,7 @@ class SSHServer:
             "PrintMotd no",
             "PrintLastLog no",
             "LogLevel INFO",
-            f"SetEnv HOME={self.home}",
+            "SetEnv " + " ".join(f"{k}={v}" for k, v in self.env.items()),  # sshd takes only its first SetEnv line
             f"Subsystem sftp {SFTP_SERVER} -d {self.home}",
             *extra,
         ]

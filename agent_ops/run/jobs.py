@@ -2,14 +2,17 @@
 
 Nothing is typed into a shell: the script, a wrapper and a mode-600 env file are
 written with Transport.put_files (one round trip), and the window is opened with
-`tmux new-window -d ... bash run.sh` through the transport's control-mode tmux
-client, so a job start forks no shell and no tmux client on the box, only the
-window's own processes. Seed 003's issue 5 (an unfinished `export` swallowing the
-next send-keys) cannot happen by construction. The wrapper runs the job only once
-(an exclusive create of `.started`: a start repeated after a reconnect opens a window
-that ends at once), writes the exit code atomically (`rc.tmp` then `mv`) and wakes
-the controller through the run's wake-up FIFO; the job outlives the controller and
-the SSH connection, and a person can `tmux attach -t <session>` and watch.
+`tmux new-window -d ... bash run.sh` (on a run's own tmux server through the
+transport's control-mode client, so a job start forks no shell and no tmux client on
+the box, only the window's own processes). Seed 003's issue 5 (an unfinished `export`
+swallowing the next send-keys) cannot happen by construction. The wrapper runs the job
+only once (an exclusive create of `.started`: a start repeated after a reconnect opens a
+window that ends at once), writes the exit code atomically (`rc.tmp` then `mv`) and
+wakes the controller through the run's wake-up FIFO; the job outlives the controller and
+the SSH connection, and a person can `tmux -L <socket> attach -t <session>` and watch.
+
+Each run gets a tmux server of its own (socket `agentops-<run id>`) unless the target
+names a socket; RunLayout.on says which, end_run_tmux ends it with the run.
 
 Why a FIFO and not `tmux wait-for`: a wait-for signal sent while nobody waits is
 remembered, but a second one then *cancels* it (tmux 3.3a drops the channel), and a
@@ -28,6 +31,7 @@ from dataclasses import dataclass, field
 from agent_ops.errors import AgentOpsError
 from agent_ops.secret_values import env_file, sed_mask_script
 from agent_ops.transport.base import ProbeRequest, Transport
+from agent_ops.transport.target import TargetSpec, run_tmux_socket
 
 WRAPPER = """#!/usr/bin/env bash
 # Written by agentops: runs one step's script once, records its exit code atomically, wakes the controller.
@@ -91,10 +95,15 @@ class JobError(AgentOpsError):
 
 
 class Tmux:
-    """tmux command lines for one server (the default one, or a private `-L` socket)."""
+    """One tmux server (its `-L` socket) and command lines for it.
 
-    def __init__(self, socket: str | None) -> None:
+    `private`: the server is one run's own, used by nothing else (Transport.tmux: only there does a transport keep
+    a control-mode client), and the run's end ends it.
+    """
+
+    def __init__(self, socket: str | None, private: bool = False) -> None:
         self.socket = socket
+        self.private = private
         self.prefix = "tmux" + (f" -L {shlex.quote(socket)}" if socket else "")
 
     def cmd(self, *args: str) -> str:
@@ -103,11 +112,16 @@ class Tmux:
 
 @dataclass(frozen=True)
 class RunLayout:
-    """Where one run lives on the target: its tmux session, wake-up FIFO and directories."""
+    """Where one run lives on the target: its tmux server and session, wake-up FIFO and directories."""
 
     run_id: str
     run_dir: str  # absolute path on the target
     tmux: Tmux
+
+    @classmethod
+    def on(cls, target: TargetSpec, run_id: str, run_dir: str) -> RunLayout:
+        """The layout of a run on `target`: the tmux socket the target names (shared), else a server of the run's own."""
+        return cls(run_id, run_dir, Tmux(run_tmux_socket(target.tmux_socket, run_id), private=target.tmux_socket is None))
 
     @property
     def session(self) -> str:
@@ -166,19 +180,25 @@ class JobHandle:
 
 
 def prepare_run(transport: Transport, layout: RunLayout) -> None:
-    """Create the run directory, the wake-up FIFO, the probe script and the tmux session (idempotent)."""
+    """Create the run directory, the wake-up FIFO, the probe script and the tmux session (idempotent).
+
+    The session is made through transport.tmux: on a server of the run's own, that first command starts the server
+    with the transport's control-mode client, the one way such a client is opened (remote_runner.TmuxControl).
+    """
     probe = PROBE.format(tmux=layout.tmux.prefix, wake_path=shlex.quote(layout.wake_path),
                          session=shlex.quote(layout.session), jobs=layout.jobs_dir)
     transport.put(f"{layout.run_dir}/probe.sh", probe.encode(), mode=0o755)
     wake = shlex.quote(layout.wake_path)
-    script = (
-        f"mkdir -p {shlex.quote(layout.jobs_dir)} && {{ [ -p {wake} ] || mkfifo -m 600 {wake}; }} && "
-        f"{{ {layout.tmux.cmd('has-session', '-t', layout.session)} 2>/dev/null || "
-        f"{layout.tmux.cmd('new-session', '-d', '-s', layout.session, '-n', 'agentops', '-x', '200', '-y', '50')}; }}"
-    )
-    result = transport.exec(script, timeout=30)
+    made = transport.exec(f"mkdir -p {shlex.quote(layout.jobs_dir)} && {{ [ -p {wake} ] || mkfifo -m 600 {wake}; }}", timeout=30)
+    if not made.ok:
+        raise JobError(f"cannot prepare {layout.run_dir}: {made.stderr.decode(errors='replace').strip()}")
+    tmux, session = layout.tmux, layout.session
+    if transport.tmux(tmux.socket, ["has-session", "-t", f"={session}"], private=tmux.private, timeout=30).ok:
+        return
+    result = transport.tmux(tmux.socket, ["new-session", "-d", "-s", session, "-n", "agentops", "-x", "200", "-y", "50"],
+                            private=tmux.private, timeout=30)
     if not result.ok:
-        raise JobError(f"cannot create tmux session {layout.session}: {result.stderr.decode(errors='replace').strip()}")
+        raise JobError(f"cannot create tmux session {session}: {result.stderr.decode(errors='replace').strip()}")
 
 
 def start_job(transport: Transport, layout: RunLayout, spec: JobSpec) -> JobHandle:
@@ -187,7 +207,7 @@ def start_job(transport: Transport, layout: RunLayout, spec: JobSpec) -> JobHand
     transport.put_files({f"{handle.job_dir}/{name}": file for name, file in _files(layout, spec, handle).items()})
     # argv, not a shell command: tmux execs bash itself, one shell less per job.
     result = transport.tmux(layout.tmux.socket, ["new-window", "-d", "-t", layout.session + ":", "-n", spec.name,
-                                                 "bash", f"{handle.job_dir}/run.sh"], timeout=30)
+                                                 "bash", f"{handle.job_dir}/run.sh"], private=layout.tmux.private, timeout=30)
     if not result.ok:
         raise JobError(f"cannot start job {spec.name}: {result.stderr.decode(errors='replace').strip()}")
     return handle
@@ -225,8 +245,19 @@ def kill_job(transport: Transport, layout: RunLayout, handle: JobHandle) -> None
 
 
 def kill_session(transport: Transport, layout: RunLayout) -> None:
-    """End every job of the run (cancel): the whole tmux session goes."""
+    """End every job of the run: its tmux session goes (the server stays, for a session made anew)."""
     transport.exec(f"{layout.tmux.cmd('kill-session', '-t', layout.session)} 2>/dev/null; true", timeout=30)
+
+
+def end_run_tmux(transport: Transport, layout: RunLayout) -> None:
+    """End every job of the run and what tmux kept for it: a server of the run's own goes whole, with the socket
+    file tmux leaves behind; on a server that others may share (a socket the target names), only the run's session."""
+    if not layout.tmux.private:
+        kill_session(transport, layout)
+        return
+    tmux = layout.tmux
+    transport.exec(f"s=$({tmux.cmd('list-sessions', '-F', '#{socket_path}')} 2>/dev/null | head -n 1); "
+                   f"{tmux.cmd('kill-server')} 2>/dev/null; [ -z \"$s\" ] || rm -f -- \"$s\"; true", timeout=30)
 
 
 def probe_request(layout: RunLayout, wait_s: float, jobs: list[str], files: list[str],
@@ -236,7 +267,7 @@ def probe_request(layout: RunLayout, wait_s: float, jobs: list[str], files: list
     items = tuple(f"{'job' if j in ended else 'run'}:{j}" for j in jobs) + tuple(f"file:{f}" for f in files)
     args = " ".join(shlex.quote(a) for a in [wait, *items])
     return ProbeRequest(wait_s=float(wait), wake_fifo=layout.wake_path, jobs_dir=layout.jobs_dir, items=items,
-                        tmux_socket=layout.tmux.socket, session=layout.session,
+                        tmux_socket=layout.tmux.socket, tmux_private=layout.tmux.private, session=layout.session,
                         script=f"bash {shlex.quote(layout.run_dir)}/probe.sh {args}")
 
 
