@@ -1,4 +1,5 @@
-"""Job faults (issue 11): many controllers on one target. Each runs on this machine and over the loopback sshd.
+"""Job faults (issue 11 items 1, 2): many controllers on one target, a full disk under the workdir. Each runs on
+this machine and over the loopback sshd.
 
 Every test here failed on the code before its fix; tests/bench/bench_job_faults.py runs the long versions
 (10 controllers, 5 rounds) and prints their figures.
@@ -6,6 +7,7 @@ Every test here failed on the code before its fix; tests/bench/bench_job_faults.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.runs import RUNBOOKS, lines, make_box, spawn
+from tests.runs import RUNBOOKS, Box, attempts, lines, make_box, run_api, spawn, step
 from tests.sshd import SSHServer
 
 CONTROLLERS = 10  # at once on one target, as in the issue
@@ -59,3 +61,37 @@ def test_controllers_at_once_on_one_target_all_succeed(kind: str, shared: bool, 
             assert sorted(lines(box.scratch / tag)) == ["first", "last", "left", "right"]
         # Nothing was left running: no run left a tmux server (nor its socket file) behind.
         assert [p.name for p in tmux_dir.glob("tmux-*/agentops-*")] == []
+
+
+# --- item 2: a full disk under the workdir -------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(box: Box) -> Iterator[Path]:
+    """A 1 MiB tmpfs mounted on the box's workdir (this machine is the box for both transports)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small filesystem needs root")
+    workdir = Path(box.spec.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "agentops-test", str(workdir)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    yield workdir
+    box.kill_tmux()  # nothing of the run may keep the mount busy
+    subprocess.run(["umount", "--lazy", str(workdir)], check=True)
+
+
+def test_a_full_disk_under_the_workdir_fails_the_step_naming_the_cause(box: Box, small_disk: Path, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    # Before: the wrapper's rc write failed, `mv` left an empty rc, the probe read it as "running", and the step
+    # stayed running with no message until its timeout (forever without one).
+    monkeypatch.setenv("HOME", str(tmp_path))  # the catalog's disk-full fix clears caches under $HOME: not this machine's
+    run = run_api(box, "disk_full.yaml")
+    assert run.final == "failed"
+    first = attempts(run.journal, run.run_id, "fill")[0]
+    assert "job lost" in first["message"] and "No space left on device" in first["message"], first["message"]
+    cap_s = 2  # disk_full.yaml's poll cap
+    assert first["ended"] - first["started"] < cap_s + 3, "the job ended in milliseconds: one capped poll sees it gone"
+    row = step(run.journal, run.run_id, "fill")
+    assert row["state"] == "failed" and "No space left on device" in row["message"], row["message"]

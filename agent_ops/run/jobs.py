@@ -28,7 +28,7 @@ import time
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
-from agent_ops.errors import AgentOpsError
+from agent_ops.errors import AgentOpsError, TransportError
 from agent_ops.secret_values import env_file, sed_mask_script
 from agent_ops.transport.base import ProbeRequest, Transport
 from agent_ops.transport.target import TargetSpec, run_tmux_socket
@@ -40,8 +40,13 @@ d={job_dir}
 set -C; {{ : > "$d/.started"; }} 2>/dev/null || exit 0; set +C
 echo $$ > "$d/pid"
 # The wake-up goes out as soon as rc.tmp holds the whole line (the probe reads it there): the rename, a process of
-# its own, is not waited for. rc appears whole, by the rename, a moment later.
-finish() {{ printf '%s\\n' "$1" > "$d/rc.tmp"; {wake}; mv -f "$d/rc.tmp" "$d/rc"; exit 0; }}
+# its own, is not waited for. rc appears whole, by the rename, a moment later. A line that cannot be written (a full
+# disk) leaves no rc at all, never an empty one (that reads as "running"): no exit code and no window is a lost job,
+# which the controller then explains.
+finish() {{
+  if printf '%s\\n' "$1" 2>/dev/null > "$d/rc.tmp"; then {wake}; mv -f "$d/rc.tmp" "$d/rc"; else rm -f "$d/rc.tmp"; {wake}; fi
+  exit 0
+}}
 {cd} || {{ echo "agentops: cannot cd to the step's cwd" > "$d/log"; finish 1; }}
 if [ -f "$d/env" ]; then set -a; . "$d/env"; set +a; fi
 if [ -f "$d/mask.sed" ]; then
@@ -258,6 +263,25 @@ def end_run_tmux(transport: Transport, layout: RunLayout) -> None:
     tmux = layout.tmux
     transport.exec(f"s=$({tmux.cmd('list-sessions', '-F', '#{socket_path}')} 2>/dev/null | head -n 1); "
                    f"{tmux.cmd('kill-server')} 2>/dev/null; [ -z \"$s\" ] || rm -f -- \"$s\"; true", timeout=30)
+
+
+def exit_code_written(transport: Transport, handle: JobHandle) -> bool:
+    """Whether the job's rc file holds its whole line (one a full disk left empty does not)."""
+    try:
+        return transport.read_from(handle.rc_path, 0, 64).endswith(b"\n")
+    except FileNotFoundError:
+        return False
+
+
+def unwritable_reason(transport: Transport, handle: JobHandle) -> str | None:
+    """Why a job could leave no exit code, where the box can tell: its directory takes no new bytes (a full disk)."""
+    check = f"{handle.job_dir}/.write-check"
+    try:
+        transport.put(check, b"agentops write check\n", mode=0o600)
+    except TransportError as exc:
+        return f"its directory cannot be written: {exc}"
+    transport.exec(f"rm -f -- {shlex.quote(check)}", timeout=30)
+    return None
 
 
 def probe_request(layout: RunLayout, wait_s: float, jobs: list[str], files: list[str],
