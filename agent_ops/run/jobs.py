@@ -7,9 +7,12 @@ transport's control-mode client, so a job start forks no shell and no tmux clien
 the box, only the window's own processes). Seed 003's issue 5 (an unfinished `export`
 swallowing the next send-keys) cannot happen by construction. The wrapper runs the job
 only once (an exclusive create of `.started`: a start repeated after a reconnect opens a
-window that ends at once), writes the exit code atomically (`rc.tmp` then `mv`) and
-wakes the controller through the run's wake-up FIFO; the job outlives the controller and
-the SSH connection, and a person can `tmux -L <socket> attach -t <session>` and watch.
+window that ends at once), removes the files that hold secrets before the job starts,
+sends the job's output straight to its log file (through a masking filter when it has
+secrets) while the window's pane follows that file, writes the exit code atomically
+(`rc.tmp` then `mv`) and wakes the controller through the run's wake-up FIFO; the job
+outlives the controller and the SSH connection, and a person can `tmux -L <socket>
+attach -t <session>` and watch.
 
 Each run gets a tmux server of its own (socket `agentops-<run id>`) unless the target
 names a socket; RunLayout.on says which, end_run_tmux ends it with the run.
@@ -23,18 +26,21 @@ probe opens it before it looks at any exit code, so no end goes unseen.
 """
 from __future__ import annotations
 
+import inspect
 import shlex
 import time
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from agent_ops.errors import AgentOpsError, TransportError
-from agent_ops.secret_values import env_file, sed_mask_script
+from agent_ops.run import mask_stream
+from agent_ops.secret_values import env_file, hex_mask_list, sed_mask_script
 from agent_ops.transport.base import ProbeRequest, Transport
 from agent_ops.transport.target import TargetSpec, run_tmux_socket
 
 WRAPPER = """#!/usr/bin/env bash
-# Written by agentops: runs one step's script once, records its exit code atomically, wakes the controller.
+# Written by agentops: runs one step's script once, its output straight to its log; records its exit code atomically,
+# wakes the controller.
 d={job_dir}
 # Only the first start runs the job (noclobber's create is exclusive): a start repeated after a reconnect ends here.
 set -C; {{ : > "$d/.started"; }} 2>/dev/null || exit 0; set +C
@@ -47,15 +53,26 @@ finish() {{
   if printf '%s\\n' "$1" 2>/dev/null > "$d/rc.tmp"; then {wake}; mv -f "$d/rc.tmp" "$d/rc"; else rm -f "$d/rc.tmp"; {wake}; fi
   exit 0
 }}
-{cd} || {{ echo "agentops: cannot cd to the step's cwd" > "$d/log"; finish 1; }}
+# Secrets stay on disk only until the job starts: the env file is sourced, the mask opened (fd 3), then all removed.
+secret_files=(); for f in env mask.hex mask.sed; do [ -e "$d/$f" ] && secret_files+=("$d/$f"); done
 if [ -f "$d/env" ]; then set -a; . "$d/env"; set +a; fi
-if [ -f "$d/mask.sed" ]; then
-  bash -eo pipefail "$d/script.sh" < /dev/null 2>&1 | sed -u -f "$d/mask.sed" | tee "$d/log"
+mask=()
+if [ -f "$d/mask.hex" ] && command -v python3 > /dev/null; then exec 3< "$d/mask.hex"; mask=(python3 {mask_program})
+elif [ -f "$d/mask.sed" ]; then exec 3< "$d/mask.sed"; mask=(sed -u -f /dev/fd/3); fi
+[ ${{#secret_files[@]}} = 0 ] || rm -f -- "${{secret_files[@]}}"
+{cd} || {{ echo "agentops: cannot cd to the step's cwd" >> "$d/log"; finish 1; }}
+# The job writes to its log file, never through tmux (a pane slowed a 1 GiB write 38x); the pane follows the file.
+: >> "$d/log"
+tail -n +1 -f "$d/log" 3<&- 2> /dev/null &
+follower=$!
+if [ ${{#mask[@]}} -gt 0 ]; then
+  bash -eo pipefail "$d/script.sh" < /dev/null 2>&1 3<&- | "${{mask[@]}}" >> "$d/log"
   rc=${{PIPESTATUS[0]}}
 else
-  bash -eo pipefail "$d/script.sh" < /dev/null 2>&1 | tee "$d/log"
-  rc=${{PIPESTATUS[0]}}
+  bash -eo pipefail "$d/script.sh" < /dev/null >> "$d/log" 2>&1
+  rc=$?
 fi
+kill "$follower" 2> /dev/null
 finish "$rc"
 """
 
@@ -145,6 +162,11 @@ class RunLayout:
     def jobs_dir(self) -> str:
         return f"{self.run_dir}/jobs"
 
+    @property
+    def mask_program(self) -> str:
+        """run/mask_stream.py on the box: the filter that masks secrets in the output of jobs that have them."""
+        return f"{self.run_dir}/mask.py"
+
     def job_dir(self, name: str) -> str:
         return f"{self.jobs_dir}/{name}"
 
@@ -185,14 +207,15 @@ class JobHandle:
 
 
 def prepare_run(transport: Transport, layout: RunLayout) -> None:
-    """Create the run directory, the wake-up FIFO, the probe script and the tmux session (idempotent).
+    """Create the run directory, the wake-up FIFO, the probe and mask programs and the tmux session (idempotent).
 
     The session is made through transport.tmux: on a server of the run's own, that first command starts the server
     with the transport's control-mode client, the one way such a client is opened (remote_runner.TmuxControl).
     """
     probe = PROBE.format(tmux=layout.tmux.prefix, wake_path=shlex.quote(layout.wake_path),
                          session=shlex.quote(layout.session), jobs=layout.jobs_dir)
-    transport.put(f"{layout.run_dir}/probe.sh", probe.encode(), mode=0o755)
+    transport.put_files({f"{layout.run_dir}/probe.sh": (probe.encode(), 0o755),
+                         layout.mask_program: (inspect.getsource(mask_stream).encode(), 0o644)})
     wake = shlex.quote(layout.wake_path)
     made = transport.exec(f"mkdir -p {shlex.quote(layout.jobs_dir)} && {{ [ -p {wake} ] || mkfifo -m 600 {wake}; }}", timeout=30)
     if not made.ok:
@@ -227,11 +250,13 @@ def _files(layout: RunLayout, spec: JobSpec, handle: JobHandle) -> dict[str, tup
         cd = 'cd "$HOME"' + (f"/{shlex.quote(cwd[2:])}" if cwd[2:] else "")
     else:
         cd = f"cd -- {shlex.quote(cwd)}"
-    wrapper = WRAPPER.format(job_dir=shlex.quote(handle.job_dir), wake=layout.wake_command(), cd=cd)
+    wrapper = WRAPPER.format(job_dir=shlex.quote(handle.job_dir), wake=layout.wake_command(), cd=cd,
+                             mask_program=shlex.quote(layout.mask_program))
     files = {"script.sh": (spec.script.encode(), 0o700)}
     if spec.env:
         files["env"] = (env_file(spec.env), 0o600)
-    if spec.mask_values:
+    if spec.mask_values:  # the wrapper masks with python3 where the box has it, else with sed (slow, but correct)
+        files["mask.hex"] = (hex_mask_list(spec.mask_values), 0o600)
         files["mask.sed"] = (sed_mask_script(spec.mask_values), 0o600)
     files["run.sh"] = (wrapper.encode(), 0o700)
     return files
