@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 
 from agent_ops.bounds import MAX_POLL_S
 from agent_ops.record.journal import TERMINAL_RUN_STATES, Journal, RunRow
+from agent_ops.transport.target import run_tmux_socket
 
 HEARTBEAT_STALE_S = 15.0
 
@@ -135,10 +136,10 @@ def run_status(journal: Journal, run_id: str) -> RunStatus | None:
         ))
     remedies = [RemedyView(**{k: getattr(r, k) for k in RemedyView.model_fields}) for r in journal.remedies(run_id)]
     target = run.target.get("url", "local") if isinstance(run.target, dict) else str(run.target)
-    tmux_socket = run.target.get("tmux_socket") if isinstance(run.target, dict) else None
+    tmux_socket = run_tmux_socket(run.target.get("tmux_socket") if isinstance(run.target, dict) else None, run.id)
     # A finished run's session is gone unless a job was left running (keep_running): only then is there anything to watch.
     watchable = run.state not in TERMINAL_RUN_STATES or any(s.state in ("running", "started") for s in steps)
-    attach = (f"tmux{' -L ' + tmux_socket if tmux_socket else ''} attach -t {run.tmux_session}"
+    attach = (f"tmux -L {tmux_socket} attach -t {run.tmux_session}"
               if run.tmux_session and watchable else None)
     alive = controller_alive(run)
     end = run.ended or now

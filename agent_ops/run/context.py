@@ -17,7 +17,7 @@ from typing import Any
 
 from agent_ops.errors import AgentOpsError
 from agent_ops.record.journal import TERMINAL_RUN_STATES, TERMINAL_STEP_STATES, Journal
-from agent_ops.run.jobs import RunLayout, Tmux, kill_session
+from agent_ops.run.jobs import RunLayout, end_run_tmux
 from agent_ops.runbook.loader import LoadedRunbook, builtin_values, load_runbook, render_runbook, render_step
 from agent_ops.runbook.results import steps_view
 from agent_ops.runbook.schema import Runbook, Step
@@ -92,7 +92,7 @@ def start_run(
     masker = Masker(secret_values.values())
     journal.masker = masker
     run_dir = _expand(target.workdir, transport.home()) + f"/runs/{run_id}"
-    layout = RunLayout(run_id=run_id, run_dir=run_dir, tmux=Tmux(target.tmux_socket))
+    layout = RunLayout.on(target, run_id, run_dir)
     artifacts = journal.path.parent / "runs" / run_id
     artifacts.mkdir(parents=True, exist_ok=True)
     builtins = builtin_values(run_id=run_id, run_dir=run_dir, runbook_dir=str(loaded.path.parent), artifacts_dir=str(artifacts))
@@ -145,7 +145,7 @@ def resume_run(journal: Journal, run_id: str, *, observer: Observer | None = Non
     transport = connect(target)
     masker = Masker(secret_values.values())
     journal.masker = masker
-    layout = RunLayout(run_id=run_id, run_dir=row.run_dir, tmux=Tmux(target.tmux_socket))
+    layout = RunLayout.on(target, run_id, row.run_dir)
     artifacts = Path(row.artifacts_dir)
     builtins = builtin_values(run_id=run_id, run_dir=row.run_dir, runbook_dir=str(loaded.path.parent), artifacts_dir=str(artifacts))
     ctx = RunContext(run_id, loaded, {**row.vars, **builtins}, secret_values, target, transport, journal, layout,
@@ -174,12 +174,12 @@ def cancel_run(journal: Journal, run_id: str) -> str:
     target = TargetSpec.model_validate(row.target)
     transport = connect(target)
     try:
-        kill_session(transport, RunLayout(run_id=run_id, run_dir=row.run_dir, tmux=Tmux(target.tmux_socket)))
+        end_run_tmux(transport, RunLayout.on(target, run_id, row.run_dir))
     finally:
         transport.close()
     for step in journal.steps(run_id):
         if step.state not in TERMINAL_STEP_STATES:
             journal.set_step(run_id, step.step_id, state="cancelled", ended=time.time(), message="cancelled")
     journal.set_run(run_id, state="cancelled", ended=time.time(), message="cancelled (no controller was running)")
-    journal.event(run_id, None, "run_cancelled", "cancelled: jobs stopped, tmux session closed")
+    journal.event(run_id, None, "run_cancelled", "cancelled: jobs stopped, tmux closed")
     return "cancelled"

@@ -19,7 +19,7 @@ from typing import Any
 from agent_ops.errors import JournalError
 from agent_ops.record.journal import DONE_OK
 from agent_ops.run.context import RunContext
-from agent_ops.run.jobs import kill_job, kill_session, prepare_run
+from agent_ops.run.jobs import end_run_tmux, kill_job, prepare_run
 from agent_ops.run.monitor import Monitor
 from agent_ops.run.poll import Backoff
 from agent_ops.run.steps import StepContext, StepOutcome, drive_step
@@ -168,12 +168,12 @@ class Executor:
     def _cancel(self) -> None:
         self._cancelled = True
         self.stop_flag.set()
-        kill_session(self.ctx.transport, self.ctx.layout)
+        end_run_tmux(self.ctx.transport, self.ctx.layout)
         for sid, st in self.state.items():
             if st in ("pending", "running", "started"):
                 self.state[sid] = "cancelled"
                 self.ctx.journal.set_step(self.ctx.run_id, sid, state="cancelled", ended=time.time(), message="cancelled")
-        self.ctx.event("jobs_stopped", None, "cancelled: jobs stopped, tmux session closed")  # run_cancelled comes from _finish
+        self.ctx.event("jobs_stopped", None, "cancelled: jobs stopped, tmux closed")  # run_cancelled comes from _finish
 
     def _finish(self, final: str, error: str | None = None) -> None:
         ctx = self.ctx
@@ -185,9 +185,10 @@ class Executor:
         left = [sid for sid, st in self.state.items() if st == "started"]
         note = f"; left running: {', '.join(left)}" if left else ""
         if not left:
-            # Every job has ended (their output is in the job logs): the empty session would only pile up on the box.
+            # Every job has ended (their output is in the job logs): an empty session, or the run's own tmux server,
+            # would only pile up on the box.
             try:
-                kill_session(ctx.transport, ctx.layout)
+                end_run_tmux(ctx.transport, ctx.layout)
             except Exception:
                 pass
         counts: dict[str, int] = {}
