@@ -66,8 +66,11 @@ def env_file(values: Mapping[str, str]) -> bytes:
 
 
 def hex_mask_list(values: Iterable[str]) -> bytes:
-    """The secrets for the box's output filter (run/mask_stream.py): every form Masker masks, hex-encoded, one a line."""
-    forms = {form for v in values if v for form in (v, shlex.quote(v))}
+    """The secrets for the box's output filter (run/mask_stream.py): every form Masker masks, hex-encoded, one a line.
+
+    Pieces, not only whole values: a multi-line secret's lines are masked on their own (mask_pieces).
+    """
+    forms = {form for v in mask_pieces(values) for form in (v, shlex.quote(v))}
     return "".join(form.encode().hex() + "\n" for form in sorted(forms, key=len, reverse=True)).encode()
 
 

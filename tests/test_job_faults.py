@@ -110,7 +110,7 @@ def test_a_jobs_output_goes_to_its_log_file_and_the_pane_follows_it(box: Box) ->
     run = run_api(box, "output.yaml", {"sock": box.socket})
     assert run.final == "succeeded", [(s.step_id, s.message) for s in run.journal.steps(run.run_id)]
     [where] = attempts(run.journal, run.run_id, "where")
-    assert lines(box.scratch / "job-fds") == [f"{where['job_dir']}/log"] * 2  # stdout and stderr: the file itself
+    assert lines(box.scratch / "job-fds") == [f"{where.job_dir}/log"] * 2  # stdout and stderr: the file itself
     assert step(run.journal, run.run_id, "pane").state == "succeeded"  # the talker's line showed in its pane
 
 
@@ -120,14 +120,14 @@ def test_a_chatty_job_with_a_secret_is_masked_at_the_speed_of_its_writes(box: Bo
     run = run_api(box, "chatty_secret.yaml", {"lines": count}, secrets={"AO_TEST_SECRET": SECRET})
     assert run.final == "succeeded"
     [attempt] = attempts(run.journal, run.run_id, "chatty")
-    log = Path(attempt["job_dir"], "log").read_bytes()
+    log = Path(attempt.job_dir, "log").read_bytes()
     assert log.count(b"\n") == count and log.count(b"token=*** ") == count and SECRET.encode() not in log
     # The same lines written to a file here, by the same shell pipeline outside agentops:
     started = time.monotonic()
     subprocess.run(["bash", "-c", f'{{ yes "step=1/100 loss=0.5123 token=$S lr=1e-4" || true; }} | head -n {count} > out'],
                    cwd=tmp_path, env={**os.environ, "S": SECRET}, check=True)
     outside = time.monotonic() - started
-    assert attempt["ended"] - attempt["started"] < max(10.0, 20 * outside), outside
+    assert attempt.ended - attempt.started < max(10.0, 20 * outside), outside
 
 
 def test_the_mask_filter_passes_output_on_at_once_and_masks_a_secret_split_between_reads(tmp_path: Path) -> None:
@@ -166,4 +166,4 @@ def test_secret_files_are_gone_from_the_box_while_the_job_still_runs(box: Box, m
     assert not seen & {"env", "mask.hex", "mask.sed"} and {"script.sh", "run.sh"} <= seen, seen
     assert (box.scratch / "secret.copy").read_text() == SECRET
     [attempt] = attempts(run.journal, run.run_id, "holder")
-    assert Path(attempt["job_dir"], "log").read_text() == "token is ***\n"
+    assert Path(attempt.job_dir, "log").read_text() == "token is ***\n"
