@@ -3,6 +3,8 @@
 A value that is nothing but one reference to a number (`within: "{{ timeout }}"`,
 `equals: "{{ steps }}"`) takes the number itself, outside shell fields, so numeric
 fields and JSON comparisons can follow variables; everything else renders to text.
+A dotted name (`{{ matrix.seed }}`) reads a mapping among the values: a matrix cell's
+values reach its steps that way.
 """
 from __future__ import annotations
 
@@ -11,8 +13,10 @@ import shlex
 from collections.abc import Callable, Mapping
 from typing import Any
 
-WHOLE_REF = re.compile(r"^\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}$")
-VAR_REF = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\|\s*([A-Za-z_][A-Za-z0-9_]*)\s*)?\}\}")
+NAME = r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*"  # a variable, or a dotted path into a mapping value
+WHOLE_REF = re.compile(rf"^\{{\{{\s*({NAME})\s*\}}\}}$")
+VAR_REF = re.compile(rf"\{{\{{\s*({NAME})\s*(?:\|\s*([A-Za-z_][A-Za-z0-9_]*)\s*)?\}}\}}")
+MISSING = object()
 FILTERS = ("raw", "q")
 
 # Fields whose text is bash: interpolations there are quoted so a value can never become code.
@@ -29,6 +33,16 @@ def located_references(text: str) -> list[tuple[int, str, str | None]]:
     return [(m.start(), m.group(1), m.group(2)) for m in VAR_REF.finditer(text)]
 
 
+def lookup(values: Mapping[str, Any], name: str) -> Any:
+    """The value a (dotted) name stands for, or MISSING."""
+    value: Any = values
+    for part in name.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return MISSING
+        value = value[part]
+    return value
+
+
 def as_text(value: Any) -> str:
     """How a variable's value is written into text: YAML-style booleans, plain numbers."""
     if isinstance(value, bool):
@@ -41,7 +55,10 @@ def render(text: str, values: Mapping[str, Any], *, shell: bool) -> str:
 
     def one(match: re.Match[str]) -> str:
         name, flt = match.group(1), match.group(2)
-        value = as_text(values[name])
+        found = lookup(values, name)
+        if found is MISSING:
+            raise KeyError(name)  # load-time validation names every unknown reference: this is a bug
+        value = as_text(found)
         quote = (shell and flt != "raw") or flt == "q"
         return shlex.quote(value) if quote else value
 
@@ -56,7 +73,7 @@ def is_number(value: Any) -> bool:
 def number_reference(text: str, values: Mapping[str, Any], field: str | None) -> Any:
     """The number a value that is exactly one reference to a numeric variable stands for, else None."""
     match = WHOLE_REF.match(text) if field not in SHELL_FIELDS else None
-    value = values.get(match.group(1)) if match else None
+    value = lookup(values, match.group(1)) if match else None
     return value if is_number(value) else None
 
 
