@@ -112,7 +112,7 @@ def load_runbook(name: str | os.PathLike[str]) -> LoadedRunbook:
     for loc, msg in graph_problems(exp):
         report.add(loc, msg)
     _report_references(report, data)
-    for loc, msg in _put_problems(exp, defaults, path.resolve().parent):
+    for loc, msg in [*_put_problems(exp, defaults, path.resolve().parent), *_throttle_problems(data, exp)]:
         report.add(loc, msg)
     if report.found:
         raise RunbookError(report.problems())
@@ -275,6 +275,15 @@ def render_runbook(loaded: LoadedRunbook, values: dict[str, Any]) -> Runbook:
     if report.found or runbook is None:
         raise RunbookError(report.problems())
     return runbook
+
+
+def _throttle_problems(data: dict[str, Any], exp: Expansion) -> list[tuple[tuple, str]]:
+    """A throttled tag that no step carries is a typo: it would limit nothing."""
+    throttle = data.get("throttle")
+    tags = {t for n in exp.nodes if isinstance(n.data, dict) and isinstance(n.data.get("tags"), list)
+            for t in n.data["tags"] if isinstance(t, str)}
+    return [(("throttle", tag), f"no step has the tag {tag!r}{did_you_mean(str(tag), tags)} (tags: {', '.join(sorted(tags)) or 'none'})")
+            for tag in (throttle if isinstance(throttle, dict) else ()) if tag not in tags]
 
 
 # --- files a put step copies ---------------------------------------------------------------------

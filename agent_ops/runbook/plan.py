@@ -7,6 +7,7 @@ live are all reported in the same pass as schema problems, wherever the schema i
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -32,15 +33,17 @@ def graph_problems(exp: Expansion) -> list[Problem]:
     kinds = {n.id: n.kind for n in exp.nodes if n.id}
     for node in _written_once(exp):
         found += _reference_problems(exp, node, known, kinds)
-    ids = [n.id for n in exp.nodes if n.id]
-    # A cycle is only meaningful once ids are unique and no step needs itself (both reported above).
-    if len(set(ids)) == len(ids) and not any(n.id in _deps(n) for n in exp.nodes):
-        cycle = find_cycle({n.id: _deps(n) for n in exp.nodes if n.id})
-        if cycle:
-            path = " -> ".join(cycle + [cycle[0]])
-            found.append((_edge_loc(exp, cycle[0], cycle[1 % len(cycle)]), f"dependency cycle (each step needs the next): {path}"))
-        else:
-            found += _gate_liveness_problems(exp)
+    # Cycles among the steps whose ids are unique, self-needs left out (both are reported above): a duplicate
+    # elsewhere in the file does not hide a cycle.
+    ids = Counter(n.id for n in exp.nodes if n.id)
+    unique = {i for i, count in ids.items() if count == 1}
+    deps = {n.id: [d for d in _deps(n) if d in unique and d != n.id] for n in exp.nodes if n.id in unique}
+    cycle = find_cycle(deps)
+    if cycle:
+        path = " -> ".join(cycle + [cycle[0]])
+        found.append((_edge_loc(exp, cycle[0], cycle[1 % len(cycle)]), f"dependency cycle (each step needs the next): {path}"))
+    elif len(unique) == len(ids):
+        found += _gate_liveness_problems(exp)
     return list(dict.fromkeys(found))  # the cells of a matrix repeat their step's problems: report each once
 
 
