@@ -14,6 +14,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from agent_ops.errors import AgentOpsError, RunbookError, TransportError
 from agent_ops.front import service as ops
@@ -244,7 +245,7 @@ def _print_reports(runbook, status) -> None:
     reported = {s.id for s in runbook.steps if getattr(s, "report", False)}
     for step in status.steps:
         if step.id in reported and step.log_tail:
-            err.rule(f"{step.id}", style="dim")
+            err.rule(Text(step.id), style="dim")  # Text: a cell id's brackets are not markup
             for line in step.log_tail:
                 err.print(line, markup=False, highlight=False)
 

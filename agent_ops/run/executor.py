@@ -144,6 +144,9 @@ class Executor:
 
     def _stop_background(self, running: set[str]) -> None:
         for sid in running:
+            cell = self.runbook.cell_of(sid)
+            if cell and not cell.fail_fast and all(self.state[m] != "failed" for m in self.cells[(cell.group, cell.cell)]):
+                continue  # fail_fast: false: another cell's failure does not end this one's job
             handle = self.handles.get(sid)
             if handle is not None and sid not in self._stopping:
                 self._stopping.add(sid)
