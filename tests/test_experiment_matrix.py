@@ -41,7 +41,9 @@ def test_the_grid_is_a_short_runbook_that_validates_and_plans() -> None:
     assert len(RUNBOOK.read_text().splitlines()) <= 40  # seed 001 needed 83 lines of YAML anchors for eight cells
     plan = subprocess.run([*CLI, "plan", str(RUNBOOK), "--json"], capture_output=True, text=True, timeout=60)
     assert plan.returncode == 0, plan.stderr
-    waves = [[s["id"] for s in wave] for wave in json.loads(plan.stdout)["waves"]]
+    doc = json.loads(plan.stdout)
+    waves = [[s["id"] for s in wave] for wave in doc["waves"]]
+    assert [s["always"] for s in doc["waves"][3] + doc["waves"][4]] == [True, True]  # the table is made whatever failed
     assert waves == [["data[suite=object,seed=1]", "data[suite=spatial,seed=2]"], [f"train[{c}]" for c in CELLS],
                      [f"gate[{c}]" for c in CELLS], ["results"], ["fetch_results"]]
 

@@ -131,6 +131,7 @@ def plan(file: str, var: list[str] | None = VarOpt, as_json: bool = JsonOpt) -> 
         for s in wave:
             needs = f"  (needs {', '.join(s.needs)})" if s.needs else ""
             needs += f"  (after {', '.join(s.after)} finished)" if s.after else ""
+            needs += "  (if: always)" if s.always else ""
             out.print(f"  {s.id} [{s.kind}]{needs}", markup=False, highlight=False)
             for line in (s.command or "").rstrip().splitlines():
                 out.print(f"      $ {line}", markup=False, highlight=False, style="dim")

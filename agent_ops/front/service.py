@@ -53,6 +53,7 @@ class PlanStep(BaseModel):
     kind: str
     needs: list[str]
     after: list[str] = []  # needs that must have finished (a background job exited), not merely started
+    always: bool = False  # `if: always`: runs whatever happened to what it needs
     command: str | None = None
 
 
@@ -107,11 +108,11 @@ def validate(file: str) -> ValidateResult:
 
 def plan(file: str, overrides: dict[str, str]) -> PlanResult:
     loaded, values = _load(file, overrides)
-    builtins = builtin_values(**{k: f"<{k}>" for k in BUILTIN_VARS})
+    builtins = {**builtin_values(**{k: f"<{k}>" for k in BUILTIN_VARS}), "runbook_dir": str(loaded.path.parent)}
     runbook = render_runbook(loaded, {**values, **builtins})
     steps = {s.id: s for s in runbook.steps}
     waves = [[PlanStep(id=sid, kind=steps[sid].kind, needs=steps[sid].needs, after=steps[sid].after,
-                         command=getattr(steps[sid], "command", None))
+                       always=steps[sid].if_ == "always", command=getattr(steps[sid], "command", None))
               for sid in wave] for wave in build_plan(runbook.steps).waves]
     return PlanResult(runbook=runbook.name, file=str(loaded.path), vars=values,
                       secrets=dict.fromkeys(runbook.secrets, "***"), waves=waves)
