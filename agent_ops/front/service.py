@@ -299,9 +299,10 @@ def tail(journal: Journal, run_id: str, step_id: str, *, lines: int | None = 50,
     row = journal.run(run_id)
     if row is None:
         raise OpError("unknown_run", f"unknown run {run_id!r}")
-    attempts = [a for a in journal.attempts(run_id, step_id) if a.job_dir]
+    source = log_source(journal, run_id, step_id)  # a gate reads the log of the job it watches
+    attempts = [a for a in journal.attempts(run_id, source.step_id) if a.job_dir]
     if not attempts:
-        raise OpError("unknown_step", f"run {run_id} has no job log for step {step_id!r}")
+        raise OpError("not_started", f"run {run_id} has no job log for step {source.step_id!r} yet")
     att = attempts[-1]
     masker = Masker(os.environ[n] for n in row.secret_names if os.environ.get(n))
     transport = connect(TargetSpec.model_validate(row.target))

@@ -82,8 +82,7 @@ def expand(steps: Any, values: Mapping[str, Any]) -> Expansion:
 
 
 def _written_id(item: Any) -> str | None:
-    raw = item.get("id") if isinstance(item, dict) else None
-    return str(raw) if isinstance(raw, (str, int)) and not isinstance(raw, bool) else None
+    return _name(item.get("id")) if isinstance(item, dict) else None
 
 
 def _expand_group(out: Expansion, group: dict[str, Any], loc: tuple, values: Mapping[str, Any]) -> None:
@@ -132,8 +131,8 @@ def _node(item: Any, loc: tuple, cell: CellRef | None, siblings: dict[str, str],
     for name in REF_FIELDS:
         refs = _refs(shared.get(name), loc[:2] + (name,)) if shared else []
         setattr(node, name, refs + _refs(item.get(name), loc + (name,)))
-    job = item.get("job")
-    node.job = (job, loc + ("job",)) if isinstance(job, str) else None
+    job = _name(item.get("job"))
+    node.job = (job, loc + ("job",)) if job else None
     tags = shared.get("tags") if isinstance(shared.get("tags"), list) else []
     data = {k: v for k, v in item.items() if k != "matrix"}
     if tags:
@@ -144,7 +143,12 @@ def _node(item: Any, loc: tuple, cell: CellRef | None, siblings: dict[str, str],
 
 
 def _refs(raw: Any, loc: tuple) -> list[Ref]:
-    return [(name, loc + (j,)) for j, name in enumerate(raw) if isinstance(name, str)] if isinstance(raw, list) else []
+    return [(name, loc + (j,)) for j, item in enumerate(raw) if (name := _name(item))] if isinstance(raw, list) else []
+
+
+def _name(item: Any) -> str | None:
+    """A step name as written; a YAML number counts as its text (ids and needs are text, as the schema reads them)."""
+    return str(item) if isinstance(item, (str, int)) and not isinstance(item, bool) else None
 
 
 # --- cells --------------------------------------------------------------------------------------
