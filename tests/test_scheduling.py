@@ -6,13 +6,16 @@ journal's step rows (started / ended), never from the test's own clock.
 """
 from __future__ import annotations
 
+import json
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from agent_ops.record.journal import Journal
-from tests.runs import RUNBOOKS, Box, events, make_box, run_api, step
+from tests.runs import RUNBOOKS, Box, agentops, events, lines, make_box, only_run_id, run_api, spawn, step, wait_for
 
 
 @pytest.fixture
@@ -123,3 +126,19 @@ def test_fail_fast_stops_starting_cells_after_one_fails(local: Box) -> None:
     assert [e.step_id for e in events(run.journal, run.run_id, "matrix_halted")] == ["train[suite=object,seed=1]"]
     assert rows["report"].state == "succeeded"  # if: always
     assert step(run.journal, run.run_id, "gate[suite=goal,seed=7]").state == "cancelled"
+
+
+def test_a_matrix_run_resumes_by_cell_ids_without_repeating_a_cell(local: Box) -> None:
+    proc = spawn(local, "run", str(RUNBOOKS / "matrix_resume.yaml"), *local.cli_target(), "--var", f"box={local.scratch}")
+    journal = local.journal()
+    run_id = wait_for("the run in the journal", lambda: only_run_id(journal), timeout=60)
+    counter = local.scratch / "counter"
+    wait_for("cell 2 to run", lambda: lines(counter) == ["1", "2"], timeout=60)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    resumed = agentops(local, "resume", run_id, "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    doc = json.loads(resumed.stdout)
+    assert {s["id"]: s["state"] for s in doc["steps"]} == {f"cell[n={n}]": "succeeded" for n in (1, 2, 3)}
+    assert lines(counter) == ["1", "2", "3"]
+    assert [e.step_id for e in events(journal, run_id, "job_reattached")] == ["cell[n=2]"]
