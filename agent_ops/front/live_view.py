@@ -79,9 +79,10 @@ def render_status(status: RunStatus) -> Group:
         table.add_column(col, overflow="fold" if col == "detail" else "ellipsis", no_wrap=col != "detail")
     for s in status.steps:
         table.add_row(
-            Text(ICON.get(s.state, "?"), style=STATE_STYLE.get(s.state, "")), s.id, s.kind,
+            # Text, not markup: a matrix cell's id (`train[seed=42]`) and log lines (`[train] step=...`) hold brackets.
+            Text(ICON.get(s.state, "?"), style=STATE_STYLE.get(s.state, "")), Text(s.id), s.kind,
             Text(s.state, style=STATE_STYLE.get(s.state, "")), str(s.attempt or ""),
-            f"{s.elapsed_s:.1f}s" if s.elapsed_s is not None else "", _detail(s),
+            f"{s.elapsed_s:.1f}s" if s.elapsed_s is not None else "", Text(_detail(s)),
         )
     parts = [head, table]
     if status.attach:

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -60,6 +61,7 @@ class PlanStep(BaseModel):
     kind: str
     needs: list[str]
     after: list[str] = []  # needs that must have finished (a background job exited), not merely started
+    always: bool = False  # `if: always`: runs whatever happened to what it needs
     command: str | None = None
     env: dict[str, str] = Field(default_factory=dict, description="A run step's job environment (secrets as ***).")
     reads: list[str] = Field(default_factory=list, description="Steps whose results its templates read: those parts are "
@@ -134,7 +136,7 @@ def plan(file: str, overrides: dict[str, str]) -> PlanResult:
     from agent_ops.runbook.plan import build_plan
 
     loaded, values = _load(file, overrides)
-    builtins = builtin_values(**{k: f"<{k}>" for k in BUILTIN_VARS})
+    builtins = {**builtin_values(**{k: f"<{k}>" for k in BUILTIN_VARS}), "runbook_dir": str(loaded.path.parent)}
     runbook = render_runbook(loaded, {**values, **builtins})
     masked = dict.fromkeys(runbook.secrets, "***")
     waves = [[_plan_step(runbook, runbook.step(sid), masked, loaded.reads.get(sid, [])) for sid in wave]
@@ -163,8 +165,8 @@ def _plan_step(runbook: Runbook, step: Step, secrets: dict[str, str], reads: lis
     env = runbook.job_env(step, secrets) if isinstance(step, RunStep) else {}
     if isinstance(step, RunStep) and step.outputs:
         env[OUTPUT_ENV] = "<its job directory>/outputs"
-    return PlanStep(id=step.id, kind=step.kind, needs=step.needs, after=step.after, command=getattr(step, "command", None),
-                    env=env, reads=reads)
+    return PlanStep(id=step.id, kind=step.kind, needs=step.needs, after=step.after, always=step.if_ == "always",
+                    command=getattr(step, "command", None), env=env, reads=reads)
 
 
 def _load(file: str, overrides: dict[str, str]):
@@ -264,6 +266,29 @@ def wait(journal: Journal, run_id: str, timeout: float = MAX_BLOCK_S) -> WaitRes
             return WaitResult(changed=_fingerprint(now) != before, waited_s=round(waited, 3), status=now)
 
 
+def wait_until_done(journal: Journal, run_id: str, timeout: float | None, on_change: Callable[[WaitResult], None]) -> WaitResult:
+    """Wait in bounded slices (<= 30 s each) until the run ends or `timeout` seconds pass; report the state at
+    the start and at each change.
+
+    A run that no controller drives any more (interrupted, or its controller died) will not end by waiting:
+    that is an OpError naming `agentops resume`.
+    """
+    t0 = time.monotonic()
+    on_change(WaitResult(changed=False, waited_s=0.0, status=status(journal, run_id)))
+    while True:
+        left = None if timeout is None else max(0.0, timeout - (time.monotonic() - t0))
+        result = wait(journal, run_id, MAX_BLOCK_S if left is None else min(MAX_BLOCK_S, left))
+        result = result.model_copy(update={"waited_s": round(time.monotonic() - t0, 3)})
+        st = result.status
+        if result.changed:
+            on_change(result)
+        if st.terminal or (left is not None and time.monotonic() - t0 >= timeout):
+            return result
+        if st.state == "interrupted" or (st.state in ("running", "cancelling") and not st.controller_alive):
+            raise OpError("run_stalled", f"run {run_id} is {st.state} and no controller drives it: continue it with "
+                                         f"agentops resume {run_id}")
+
+
 def cancel(journal: Journal, run_id: str) -> str:
     from agent_ops.run.context import RunStateError, cancel_run
 
@@ -271,6 +296,51 @@ def cancel(journal: Journal, run_id: str) -> str:
         return cancel_run(journal, run_id)
     except RunStateError as exc:
         raise OpError("unknown_run" if "unknown run" in str(exc) else "run_finished", str(exc)) from None
+
+
+class LogSource(BaseModel):
+    """Whose job log to read for a step: its own, or (for a gate) the job it watches, with a note saying so."""
+
+    step_id: str
+    note: str | None = None
+
+
+def log_source(journal: Journal, run_id: str, step_id: str) -> LogSource:
+    """The step whose job log `logs RUN STEP` shows; a step that has no log is an OpError saying what it has instead."""
+    from agent_ops.yaml_models import did_you_mean
+
+    run = journal.run(run_id)
+    if run is None:
+        raise OpError("unknown_run", f"unknown run {run_id!r}")
+    steps = {s.step_id: s for s in journal.steps(run_id)}
+    row = steps.get(step_id)
+    if row is None:
+        raise OpError("unknown_step", f"run {run_id} has no step {step_id!r}{did_you_mean(step_id, steps)}")
+    if row.kind == "run":
+        return LogSource(step_id=step_id)
+    if row.kind != "gate":
+        raise OpError("no_log", f"step {step_id!r} is a {row.kind} step: it runs no job and has no log "
+                                f"({row.state}{': ' + row.message if row.message else ''})")
+    gate = _rendered_step(run, step_id)
+    if gate is None:
+        raise OpError("no_log", f"step {step_id!r} is a gate; which job it watches cannot be read from {run.runbook_path} "
+                                f"(see agentops status {run_id})")
+    if gate.job is None:
+        raise OpError("no_log", f"step {step_id!r} is a gate on the file {gate.file} on the target, not on a job: read that file")
+    return LogSource(step_id=gate.job, note=f"{step_id} is a gate on job {gate.job}: showing {gate.job}'s log")
+
+
+def _rendered_step(run: Any, step_id: str) -> Any:
+    """A step of a run as the run rendered it (vars from the journal), or None when the runbook cannot give it."""
+    from pathlib import Path
+
+    try:
+        loaded = load_runbook(run.runbook_path)
+        builtins = builtin_values(run_id=run.id, run_dir=run.run_dir or "", runbook_dir=str(Path(run.runbook_path).parent),
+                                  artifacts_dir=run.artifacts_dir or "")
+        return render_runbook(loaded, {**run.vars, **builtins}).step(step_id)
+    except (RunbookError, KeyError):
+        return None
 
 
 def tail(journal: Journal, run_id: str, step_id: str, *, lines: int | None = 50, offset: int | None = None,
@@ -282,9 +352,10 @@ def tail(journal: Journal, run_id: str, step_id: str, *, lines: int | None = 50,
     row = journal.run(run_id)
     if row is None:
         raise OpError("unknown_run", f"unknown run {run_id!r}")
-    attempts = [a for a in journal.attempts(run_id, step_id) if a.job_dir]
+    source = log_source(journal, run_id, step_id)  # a gate reads the log of the job it watches
+    attempts = [a for a in journal.attempts(run_id, source.step_id) if a.job_dir]
     if not attempts:
-        raise OpError("unknown_step", f"run {run_id} has no job log for step {step_id!r}")
+        raise OpError("not_started", f"run {run_id} has no job log for step {source.step_id!r} yet")
     att = attempts[-1]
     masker = Masker(os.environ[n] for n in row.secret_names if os.environ.get(n))
     transport = connect(TargetSpec.model_validate(row.target))
