@@ -334,6 +334,8 @@ def _rendered_step(run: Any, step_id: str) -> Any:
     """A step of a run as the run rendered it (vars from the journal), or None when the runbook cannot give it."""
     from pathlib import Path
 
+    from agent_ops.runbook.loader import builtin_values, load_runbook, render_runbook
+
     try:
         loaded = load_runbook(run.runbook_path)
         builtins = builtin_values(run_id=run.id, run_dir=run.run_dir or "", runbook_dir=str(Path(run.runbook_path).parent),
