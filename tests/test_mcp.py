@@ -107,6 +107,7 @@ async def _session_run(tmp_path: Path, sock: str) -> dict:
             if st["steps"][0]["state"] == "running":
                 break
             await asyncio.sleep(0.2)
+        seen["pane"] = _data(await call("pane", {"run_id": slow["run_id"], "step_id": "nap", "lines": 5}))
         seen["cancel"] = _data(await call("cancel", {"run_id": slow["run_id"]}))
         for _ in range(100):
             st = _data(await call("status", {"run_id": slow["run_id"]}))
@@ -127,7 +128,7 @@ def test_mcp_server_end_to_end(tmp_path: Path) -> None:
         subprocess.run(["tmux", "-L", sock, "kill-server"], capture_output=True)
 
     assert {"validate", "plan", "start_run", "status", "wait", "tail", "diagnose_log", "known_issues", "known_issue",
-            "cancel", "resume", "propose_known_issue"} <= set(seen["tools"])
+            "cancel", "resume", "propose_known_issue", "pane"} <= set(seen["tools"])
     # Bounded by contract: the schema refuses waits over 30 s, and server-side work gives up before 30 s.
     assert seen["wait_schema"]["maximum"] == 30 and seen["too_long"] is True
     assert TOOL_TIMEOUT_S < 30
@@ -154,6 +155,8 @@ def test_mcp_server_end_to_end(tmp_path: Path) -> None:
     assert seen["proposal"]["admitted"] and seen["proposal"]["path"] == str(tmp_path / "home" / "known_issues" / "frob-widgets.yaml")
     assert seen["learnt"]["matches"][0]["issue_id"] == "frob-widgets"
 
+    # A running job that waits for nothing: its pane answers, with no prompt.
+    assert seen["pane"]["window"] == "nap-1" and seen["pane"]["waiting_for_input"] is None
     assert seen["cancel"]["state"] in ("cancelling", "cancelled")
     assert seen["cancelled"]["state"] == "cancelled"
     assert seen["again"]["code"] == "run_finished"

@@ -3,17 +3,20 @@ an answer typed into its pane lets it finish."""
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 
 import libtmux
 import pytest
 
+from agent_ops.front import service as ops
 from agent_ops.run.pane import prompt_line
 from agent_ops.runbook.loader import load_runbook
 from agent_ops.transport.target import connect
 from tests.runs import RUNBOOKS, Box, agentops, events, lines, only_run_id, spawn, step, wait_for
 
 PROMPT = "Continue? [Y/n]"
+SECRET = f"ao-pane-{uuid.uuid4().hex}"
 
 
 def _answer(box: Box, run_id: str, window: str, keys: str) -> None:
@@ -30,8 +33,9 @@ def _answer(box: Box, run_id: str, window: str, keys: str) -> None:
         transport.close()
 
 
-def test_job_at_a_prompt_is_reported_waiting_and_an_answer_lets_it_finish(box: Box) -> None:
+def test_job_at_a_prompt_is_reported_waiting_and_an_answer_lets_it_finish(box: Box, monkeypatch: pytest.MonkeyPatch) -> None:
     cap_s = load_runbook(RUNBOOKS / "prompt.yaml").runbook.poll.cap_s
+    monkeypatch.setenv("AO_TEST_SECRET", SECRET)  # the pane operation masks with the run's secrets, as `tail` does
     proc = spawn(box, "run", str(RUNBOOKS / "prompt.yaml"), *box.cli_target(), "--var", f"box={box.scratch}", "--json")
     try:
         journal = box.journal()
@@ -49,6 +53,10 @@ def test_job_at_a_prompt_is_reported_waiting_and_an_answer_lets_it_finish(box: B
         ask = next(s for s in json.loads(status.stdout)["steps"] if s["id"] == "ask")
         assert ask["state"] == "running" and ask["waiting_for_input"] == PROMPT
         assert f"waiting for input: {PROMPT}" in agentops(box, "status", run_id).stdout
+        # What the MCP `pane` tool returns: the pane as a person attached sees it, secrets masked.
+        shown = ops.pane(journal, run_id, "ask", lines=20)
+        assert shown.waiting_for_input == PROMPT and shown.window == "ask-1"
+        assert "token is ***" in shown.text and SECRET not in shown.text
 
         _answer(box, run_id, "ask-1", "y")
         out, err = proc.communicate(timeout=60)
