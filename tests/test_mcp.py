@@ -4,13 +4,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
 import sys
 import textwrap
 import time
 import uuid
 from pathlib import Path
 
+import libtmux
 import pytest
 
 mcp = pytest.importorskip("mcp")
@@ -18,6 +18,7 @@ from mcp.client.session import ClientSession  # noqa: E402
 from mcp.client.stdio import StdioServerParameters, stdio_client  # noqa: E402
 
 from agent_ops.front.mcp_server import TOOL_TIMEOUT_S  # noqa: E402
+from tests.runs import kill_tmux_server  # noqa: E402
 
 SECRET = "mcp-secret-value-93c1"
 
@@ -125,7 +126,7 @@ def test_mcp_server_end_to_end(tmp_path: Path) -> None:
     try:
         seen = asyncio.run(_session_run(tmp_path, sock))
     finally:
-        subprocess.run(["tmux", "-L", sock, "kill-server"], capture_output=True)
+        kill_tmux_server(libtmux.Server(socket_name=sock))
 
     assert {"validate", "plan", "start_run", "status", "wait", "tail", "diagnose_log", "known_issues", "known_issue",
             "cancel", "resume", "propose_known_issue", "pane"} <= set(seen["tools"])
