@@ -57,6 +57,7 @@ CREATE TABLE IF NOT EXISTS steps (
     progress TEXT,                 -- gate/metric progress as JSON
     outputs TEXT,                  -- results later steps' templates read, JSON: {outputs, metrics, checks} (masked)
     env TEXT,                      -- the newest attempt's job environment, JSON (secrets as ***)
+    waiting_for_input TEXT,        -- the prompt a running job's pane shows while it waits at one (masked), else NULL
     PRIMARY KEY (run_id, step_id)
 );
 CREATE TABLE IF NOT EXISTS attempts (
@@ -115,7 +116,7 @@ CREATE INDEX IF NOT EXISTS rentals_run ON rentals (run_id);
 """
 
 # Columns added to `steps` after the first release (ALTER TABLE on older journals).
-MIGRATED_STEP_COLUMNS = ("tail", "outputs", "env")
+MIGRATED_STEP_COLUMNS = ("tail", "outputs", "env", "waiting_for_input")
 # The schema's identity, kept in the journal's user_version once it is created or migrated (a positive 31-bit number).
 SCHEMA_ID = zlib.crc32((SCHEMA + repr(MIGRATED_STEP_COLUMNS)).encode()) & 0x7FFFFFFF
 
@@ -170,6 +171,7 @@ class StepRow:
     progress: dict[str, Any] | None
     outputs: dict[str, Any] | None  # {outputs, metrics, checks}: what `{{ steps.ID... }}` reads
     env: dict[str, str] | None  # the newest attempt's job environment, secrets as ***
+    waiting_for_input: str | None = None  # the prompt line a running job waits at (its pane shows it), else None
 
 
 @dataclass(frozen=True)
@@ -340,8 +342,9 @@ class Journal:
             db.execute(f"UPDATE runs SET {cols} WHERE id = ?", (*fields.values(), run_id))
 
     def set_step(self, run_id: str, step_id: str, **fields: Any) -> None:
-        """Update step columns (state, attempt, started, ended, message, last_line, progress, outputs, env)."""
-        for key in ("message", "last_line"):
+        """Update step columns (state, attempt, started, ended, message, last_line, progress, outputs, env,
+        waiting_for_input)."""
+        for key in ("message", "last_line", "waiting_for_input"):
             if key in fields:
                 fields[key] = self._m(fields[key])
         for key in ("progress", "tail", "outputs", "env"):
