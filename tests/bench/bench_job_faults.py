@@ -12,8 +12,9 @@ tmux servers live in a private TMUX_TMPDIR, so nothing here touches the user's o
 
 - controllers: N `agentops run` processes (the CLI, fresh processes) started at once against
   one target, R rounds, with a tmux server per run (the default) and with one named socket
-  that all of them share; counts the runs that succeeded and the tmux servers left behind, and
-  the tmux segfaults the kernel logged meanwhile (where `dmesg` is readable).
+  that all of them share; counts the runs that succeeded, the tmux servers left behind, and
+  core dumps of the bench's own tmux servers (and, for context, every tmux segfault the kernel
+  logged meanwhile, where `dmesg` is readable: other users' tmux included).
 - disk: a 1 MiB tmpfs mounted on the target's workdir and a job that fills it, so its wrapper
   cannot write the exit code: how long until the attempt failed, and what it said.
 - output: a job writing M MiB to its stdout (into its log) against the same command writing
@@ -31,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -52,11 +54,18 @@ SECRET = "ao-bench-secret-0123456789abcdef"
 
 
 def tmux_segfaults() -> int | None:
-    """How many tmux server segfaults the kernel has logged (None where dmesg cannot be read)."""
+    """How many tmux server segfaults the kernel has logged, any user's (None where dmesg cannot be read)."""
     proc = subprocess.run(["dmesg"], capture_output=True, text=True)
     if proc.returncode != 0:
         return None
     return sum(1 for line in proc.stdout.splitlines() if "tmux: server" in line and "segfault" in line)
+
+
+def core_files(root: Path) -> int:
+    """Core dumps under `root`: crashes of this bench's own tmux servers, which run there (main() allows cores and
+    works in `root`; a server keeps the directory of the client that started it). Where the kernel pipes cores
+    elsewhere (core_pattern |...), this stays 0: the dmesg count is the one to read then."""
+    return sum(1 for p in root.rglob("core*") if p.is_file())
 
 
 def boxes(root: Path, server: SSHServer) -> list[Box]:
@@ -74,7 +83,7 @@ def controllers(root: Path, server: SSHServer, tmux_dir: Path, count: int, round
                            **({} if shared else {"tmux_socket": None}))
             where = ["--target", "local"] if box.inventory is None else ["--inventory", str(box.inventory), "--target", "box"]
             socket = ["--tmux-socket", box.socket] if shared else []
-            ok, walls, left, crashes_before = 0, [], 0, tmux_segfaults()
+            ok, walls, left, crashes_before, cores_before = 0, [], 0, tmux_segfaults(), core_files(root)
             for r in range(rounds):
                 started = time.monotonic()
                 procs = [spawn(box, "run", str(RUNBOOKS / "concurrent.yaml"), *where, *socket, "--workdir", box.spec.workdir,
@@ -91,10 +100,10 @@ def controllers(root: Path, server: SSHServer, tmux_dir: Path, count: int, round
                 box.kill_tmux()
             row = {"target": kind, "tmux": "one named socket" if shared else "a server per run", "runs": count * rounds,
                    "succeeded": ok, "round_wall_s_median": statistics.median(walls), "servers_left": left,
-                   "tmux_segfaults_meanwhile": crashes}
+                   "tmux_cores": core_files(root) - cores_before, "tmux_segfaults_system_wide": crashes}
             print(f"controllers: {kind:<5} {row['tmux']:<17} {ok}/{count * rounds} runs succeeded, "
-                  f"round {row['round_wall_s_median']:.1f} s, servers left {left}, tmux segfaults meanwhile {crashes}",
-                  flush=True)
+                  f"round {row['round_wall_s_median']:.1f} s, servers left {left}, our tmux servers' core dumps "
+                  f"{row['tmux_cores']} (segfaults of any tmux on this machine meanwhile: {crashes})", flush=True)
             rows.append(row)
     return rows
 
@@ -199,6 +208,9 @@ def main() -> int:
         return 2
     only = set(args.only or ["controllers", "disk", "output"])
     root = Path(tempfile.mkdtemp(prefix="ao-faults-"))  # short: tmux socket paths must fit 108 bytes
+    os.chdir(root)  # where the CLIs, and so the tmux servers they start, run: a crash leaves its core here
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))  # this tree's code
+    resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
     tmux_dir = root / "tmux"
     tmux_dir.mkdir()
     os.environ["TMUX_TMPDIR"] = str(tmux_dir)  # this process's tmux (local targets) and, below, the sshd sessions'
@@ -225,7 +237,7 @@ def main() -> int:
         out.write_text(json.dumps(result, indent=2))
         print(f"results: {out}")
         shutil.rmtree(root, ignore_errors=True)
-    bad = [r for r in result.get("controllers", []) if r["succeeded"] < r["runs"] or r["servers_left"]]
+    bad = [r for r in result.get("controllers", []) if r["succeeded"] < r["runs"] or r["servers_left"] or r["tmux_cores"]]
     bad += [r for r in result.get("disk", []) if not r["named"]]
     bad += [r for r in result.get("output", []) if r["ratio"] > OUTPUT_GOAL]
     return 1 if bad else 0
