@@ -53,6 +53,7 @@ def test_job_at_a_prompt_is_reported_waiting_and_an_answer_lets_it_finish(box: B
         ask = next(s for s in json.loads(status.stdout)["steps"] if s["id"] == "ask")
         assert ask["state"] == "running" and ask["waiting_for_input"] == PROMPT
         assert f"waiting for input: {PROMPT}" in agentops(box, "status", run_id).stdout
+        assert f"waiting for input: {PROMPT}" in agentops(box, "wait", run_id, "--timeout", "0").stdout
         # What the MCP `pane` tool returns: the pane as a person attached sees it, secrets masked.
         shown = ops.pane(journal, run_id, "ask", lines=20)
         assert shown.waiting_for_input == PROMPT and shown.window == "ask-1"
