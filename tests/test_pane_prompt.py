@@ -3,6 +3,7 @@ an answer typed into its pane lets it finish."""
 from __future__ import annotations
 
 import json
+import sqlite3
 import uuid
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import libtmux
 import pytest
 
 from agent_ops.front import service as ops
+from agent_ops.record.journal import Journal
 from agent_ops.run.pane import prompt_line
 from agent_ops.runbook.loader import load_runbook
 from agent_ops.transport.target import connect
@@ -53,6 +55,7 @@ def test_job_at_a_prompt_is_reported_waiting_and_an_answer_lets_it_finish(box: B
         ask = next(s for s in json.loads(status.stdout)["steps"] if s["id"] == "ask")
         assert ask["state"] == "running" and ask["waiting_for_input"] == PROMPT
         assert f"waiting for input: {PROMPT}" in agentops(box, "status", run_id).stdout
+        assert f"waiting for input: {PROMPT}" in agentops(box, "wait", run_id, "--timeout", "0").stdout
         # What the MCP `pane` tool returns: the pane as a person attached sees it, secrets masked.
         shown = ops.pane(journal, run_id, "ask", lines=20)
         assert shown.waiting_for_input == PROMPT and shown.window == "ask-1"
@@ -87,3 +90,20 @@ def test_a_prompt_on_the_last_line_is_recognised(line: str) -> None:
 ])
 def test_answered_prompts_and_plain_output_are_not(text: str) -> None:
     assert prompt_line(text) is None
+
+
+def test_a_journal_written_before_the_column_gains_it(tmp_path: Path) -> None:
+    """An older journal (no waiting_for_input column, an older schema id) is migrated when opened, its rows kept."""
+    path = tmp_path / "journal.db"
+    old = Journal(path)
+    old.create_run({"id": "r1", "runbook_name": "old", "runbook_path": "/x.yaml", "runbook_sha": "0", "target": {},
+                    "vars": {}, "secret_names": [], "tmux_session": "agentops-r1", "run_dir": "/r", "artifacts_dir": "/a"},
+                   [("ask", "run")])
+    old.close()
+    with sqlite3.connect(path) as db:  # as a journal written before this column existed
+        db.execute("ALTER TABLE steps DROP COLUMN waiting_for_input")
+        db.execute("PRAGMA user_version = 1")
+    journal = Journal(path)
+    assert journal.step("r1", "ask").waiting_for_input is None
+    journal.set_step("r1", "ask", waiting_for_input=PROMPT)
+    assert journal.step("r1", "ask").waiting_for_input == PROMPT

@@ -257,7 +257,8 @@ def status(journal: Journal, run_id: str | None) -> RunStatus:
 
 
 def _fingerprint(st: RunStatus) -> tuple:
-    return (st.state, len(st.remedies), tuple((s.id, s.state, s.attempt) for s in st.steps),
+    # waiting_for_input counts: an agent blocked in `wait` must hear that a job now waits for its answer.
+    return (st.state, len(st.remedies), tuple((s.id, s.state, s.attempt, s.waiting_for_input) for s in st.steps),
             tuple(sum(bool(p.get("matched")) for p in (s.progress or {}).get("patterns", [])) for s in st.steps))
 
 

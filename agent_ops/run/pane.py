@@ -41,7 +41,7 @@ def prompt_line(text: str) -> str | None:
 
 
 def capture(transport: Transport, layout: RunLayout, window: str, lines: int = CAPTURE_LINES) -> str:
-    """What the job's pane (its window's active pane) shows now, its last `lines` lines; "" if the window is gone."""
+    """What the job's pane shows now, its last `lines` lines; "" if the window is gone."""
     if isinstance(transport, LocalTransport):
         return _capture_local(layout, window, lines)
     target = f"={layout.session}:={window}"
@@ -55,9 +55,10 @@ def _capture_local(layout: RunLayout, window: str, lines: int) -> str:
     try:
         session = server.sessions.get(session_name=layout.session, default=None)
         found = session.windows.get(window_name=window, default=None) if session else None
-        if found is None or found.active_pane is None:
+        if found is None or not found.panes:
             return ""
-        return "\n".join(found.active_pane.capture_pane(start=-lines, join_wrapped=True))
+        # The same capture-pane arguments as over SSH (a job's window has one pane), so both ways see the same text.
+        return "\n".join(found.panes[0].cmd("capture-pane", "-p", "-J", "-S", f"-{lines}").stdout)
     except LibTmuxException:  # the server or window went between the look-up and the capture
         return ""
 
