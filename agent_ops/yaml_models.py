@@ -249,7 +249,8 @@ def _key(node: yaml.Node) -> Any:
     key = _scalar(node) if isinstance(node, yaml.ScalarNode) else None
     if not isinstance(node, yaml.ScalarNode) or not isinstance(key, Hashable):
         raise yaml.MarkedYAMLError(problem="a mapping key must be a plain value, not a list or mapping", problem_mark=node.start_mark)
-    return key
+    # YAML 1.1 reads `on:` (a step field) and `yes:`/`no:` as booleans; no key of ours is a boolean, so keep the word.
+    return node.value if isinstance(key, bool) else key
 
 
 def _scalar(node: yaml.Node) -> Any:

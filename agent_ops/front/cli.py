@@ -60,8 +60,10 @@ def _journal() -> Journal:
 
 
 def _target(target: str, identity: str | None, inventory: str | None, accept: bool, tmux_socket: str | None,
-            workdir: str | None, as_json: bool):
-    from agent_ops.transport.target import load_inventory, parse_target
+            workdir: str | None, as_json: bool, known_hosts: str | None = None):
+    """The fleet `-t` names (a single target is a fleet of one), options applied to every node."""
+    from agent_ops.fleet.nodes import resolve_fleet
+    from agent_ops.transport.target import read_inventory
 
     options: dict[str, Any] = {}
     if identity:
@@ -72,13 +74,10 @@ def _target(target: str, identity: str | None, inventory: str | None, accept: bo
         options["tmux_socket"] = tmux_socket
     if workdir:
         options["workdir"] = workdir
+    if known_hosts:
+        options["known_hosts"] = known_hosts
     try:
-        if inventory:
-            hosts = load_inventory(inventory)
-            if target not in hosts:
-                _fail(EXIT_INPUT, f"{inventory}: no host {target!r} (hosts: {', '.join(hosts)})", as_json, "invalid_target")
-            return hosts[target].model_copy(update=options)
-        return parse_target(target, **options)
+        return resolve_fleet(target, read_inventory(inventory) if inventory else None, options)
     except RunbookError as exc:
         _fail(EXIT_INPUT, str(exc), as_json, exc.code, exc.problems)
 
@@ -159,9 +158,10 @@ def schema() -> None:
 def run(
     file: str = typer.Argument(..., help="A runbook file, or the name of one shipped with agentops."),
     var: list[str] | None = VarOpt,
-    target: str = typer.Option("local", "--target", "-t", help="local, ssh://user@host:port, or a host of --inventory."),
+    target: str = typer.Option("local", "--target", "-t", help="local, ssh://user@host:port, a host or group of --inventory; "
+                               "several, comma-separated, make a fleet (the first is the head)."),
     identity: str | None = typer.Option(None, "--identity", "-i", help="SSH private key."),
-    inventory: str | None = typer.Option(None, "--inventory", help="YAML file of named hosts."),
+    inventory: str | None = typer.Option(None, "--inventory", help="YAML file of named hosts and groups of them."),
     accept_new_host_key: bool = typer.Option(False, "--accept-new-host-key", help="Trust an unknown host key and record it."),
     tmux_socket: str | None = typer.Option(None, "--tmux-socket", help="Private tmux server (-L name) for the jobs."),
     workdir: str | None = typer.Option(None, "--workdir", help="Directory on the target for job files (run_dir is WORKDIR/runs/RUN; "
@@ -176,9 +176,7 @@ def run(
     from agent_ops.run.context import start_run
 
     loaded, values = _load(file, var, as_json)
-    spec = _target(target, identity, inventory, accept_new_host_key, tmux_socket, workdir, as_json)
-    if known_hosts:
-        spec = spec.model_copy(update={"known_hosts": known_hosts})
+    fleet = _target(target, identity, inventory, accept_new_host_key, tmux_socket, workdir, as_json, known_hosts)
     if dry_run:
         plan(file, var, as_json)
         return
@@ -202,12 +200,13 @@ def run(
         _fail(EXIT_INPUT, f"{loaded.path}: secrets missing from the environment: {exc.args[0]}", as_json, "missing_secret")
     journal = _journal()
     _execute(journal, as_json,
-             lambda observer: start_run(loaded, values, secret_values, spec, journal, run_id=run_id, observer=observer))
+             lambda observer: start_run(loaded, values, secret_values, fleet, journal, run_id=run_id, observer=observer))
 
 
 def _execute(journal: Journal, as_json: bool, make_ctx) -> None:
     from agent_ops.front.live_view import LiveView, PlainView, render_status
     from agent_ops.record.status import run_status
+    from agent_ops.run.context import close_run
     from agent_ops.run.executor import Executor
 
     plain = PlainView()
@@ -230,7 +229,7 @@ def _execute(journal: Journal, as_json: bool, make_ctx) -> None:
     finally:
         if view:
             view.close()
-        ctx.transport.close()
+        close_run(ctx)
     status = run_status(journal, ctx.run_id)
     if as_json:
         print(status.model_dump_json(indent=2))
@@ -294,6 +293,10 @@ def status(
         print(st.model_dump_json(indent=2))
         return
     out.print(render_status(st))
+    for s in st.steps if verbose and len(st.nodes) > 1 else ():
+        for p in s.nodes:
+            out.print(f"{s.id}@{p.node}: {p.state} (try {p.attempt}) {p.message or p.last_line or ''}", markup=False,
+                      highlight=False)
     for s in st.steps if verbose else ():
         for k, v in (s.env or {}).items():
             out.print(f"{s.id}: env {k}={v}", markup=False, highlight=False)
@@ -344,7 +347,8 @@ def list_runs(limit: int = typer.Option(20, help="How many runs."), as_json: boo
         return
     for r in runs:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created))
-        out.print(f"{r.id}  {when}  {r.state:<10} {r.runbook}  {r.target}", markup=False, highlight=False)
+        where = f"{len(r.nodes)} nodes: {','.join(r.nodes)}" if len(r.nodes) > 1 else r.target
+        out.print(f"{r.id}  {when}  {r.state:<10} {r.runbook}  {where}", markup=False, highlight=False)
 
 
 @app.command()
@@ -352,25 +356,18 @@ def logs(
     run_id: str,
     step: str,
     attempt: int | None = typer.Option(None, help="Attempt number (default: the latest)."),
+    node: str | None = typer.Option(None, "--node", "-n", help="The node whose log to print (default: the head, or the "
+                                    "first node the step ran on)."),
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new output until the job ends."),
     offset: int = typer.Option(0, help="Start at this byte offset."),
 ) -> None:
-    """Print a run step's job log from the target (by byte offset; --follow polls <= 1 s)."""
+    """Print a run step's job log from its node (by byte offset; --follow polls <= 1 s)."""
     from agent_ops.secret_values import Masker
-    from agent_ops.transport.target import TargetSpec, connect
+    from agent_ops.transport.target import connect
 
-    journal = _journal()
-    row = journal.run(run_id)
-    if row is None:
-        _fail(EXIT_STATE, f"unknown run {run_id!r}", False, "unknown_run")
-    attempts = [a for a in journal.attempts(run_id, step) if a.job_dir]
-    if attempt is not None:
-        attempts = [a for a in attempts if a.attempt == attempt]
-    if not attempts:
-        _fail(EXIT_STATE, f"run {run_id} has no job log for step {step!r}", False, "unknown_step")
-    chosen = attempts[-1]
+    row, chosen, target = _op(False, ops.job_attempt, _journal(), run_id, step, node, attempt)
     masker = Masker(v for v in (read_secrets_quiet(row.secret_names)))
-    transport = connect(TargetSpec.model_validate(row.target))
+    transport = connect(target)
     try:
         path = f"{chosen.job_dir}/log"
         while True:

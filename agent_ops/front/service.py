@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 from agent_ops.errors import AgentOpsError, RunbookError
 from agent_ops.record.journal import TERMINAL_RUN_STATES, Journal
 from agent_ops.record.status import RunStatus, run_status
-from agent_ops.runbook.loader import BUILTIN_VARS, builtin_values, load_runbook, render_runbook, resolve_vars
+from agent_ops.runbook.loader import builtin_values, load_runbook, render_runbook, resolve_vars
 from agent_ops.runbook.plan import build_plan
 from agent_ops.runbook.results import OUTPUT_ENV
 from agent_ops.runbook.schema import MAX_POLL_S, Runbook, RunStep, Step
@@ -95,6 +95,7 @@ class TailResult(BaseModel):
 
     run_id: str
     step_id: str
+    node: str = ""
     attempt: int
     text: str
     offset: int
@@ -112,7 +113,7 @@ def validate(file: str) -> ValidateResult:
 
 def plan(file: str, overrides: dict[str, str]) -> PlanResult:
     loaded, values = _load(file, overrides)
-    builtins = builtin_values(**{k: f"<{k}>" for k in BUILTIN_VARS})
+    builtins = builtin_values(**{k: f"<{k}>" for k in ("run_id", "run_dir", "runbook_dir", "artifacts_dir")})
     runbook = render_runbook(loaded, {**values, **builtins})
     masked = dict.fromkeys(runbook.secrets, "***")
     waves = [[_plan_step(runbook, runbook.step(sid), masked, loaded.reads.get(sid, [])) for sid in wave]
@@ -233,21 +234,42 @@ def cancel(journal: Journal, run_id: str) -> str:
         raise OpError("unknown_run" if "unknown run" in str(exc) else "run_finished", str(exc)) from None
 
 
-def tail(journal: Journal, run_id: str, step_id: str, *, lines: int | None = 50, offset: int | None = None,
-         limit: int = 64 << 10) -> TailResult:
-    """A step's job log: the last `lines` lines, or `limit` bytes from `offset` (a cursor for the next call)."""
-    from agent_ops.secret_values import Masker
-    from agent_ops.transport.target import TargetSpec, connect
+def job_attempt(journal: Journal, run_id: str, step_id: str, node: str | None = None, attempt: int | None = None):
+    """(run row, the job attempt whose log to read, that node's target): the newest attempt, on the head unless
+    `node` names another node."""
+    from agent_ops.run.context import fleet_rows
 
     row = journal.run(run_id)
     if row is None:
         raise OpError("unknown_run", f"unknown run {run_id!r}")
-    attempts = [a for a in journal.attempts(run_id, step_id) if a.job_dir]
+    fleet = fleet_rows(journal, row)
+    names = [spec.name for spec, _, _ in fleet]
+    if node is not None and node not in names:
+        raise OpError("unknown_node", f"run {run_id} has no node {node!r} (nodes: {', '.join(names)})")
+    spec = next(s for s, _, _ in fleet if s.name == (node or names[0]))
+    attempts = [a for a in journal.attempts(run_id, step_id, node=spec.name) if a.job_dir]
+    if not attempts and node is None:  # a step that ran on other nodes only: its first node's log
+        attempts = [a for a in journal.attempts(run_id, step_id) if a.job_dir]
+        if attempts:
+            spec = next(s for s, _, _ in fleet if s.name == attempts[0].node)
+            attempts = [a for a in attempts if a.node == spec.name]
+    if attempt is not None:
+        attempts = [a for a in attempts if a.attempt == attempt]
     if not attempts:
-        raise OpError("unknown_step", f"run {run_id} has no job log for step {step_id!r}")
-    att = attempts[-1]
+        on = f" on node {node}" if node else ""
+        raise OpError("unknown_step", f"run {run_id} has no job log for step {step_id!r}{on}")
+    return row, attempts[-1], spec.target
+
+
+def tail(journal: Journal, run_id: str, step_id: str, *, lines: int | None = 50, offset: int | None = None,
+         limit: int = 64 << 10, node: str | None = None) -> TailResult:
+    """A step's job log (on `node`, default the head): the last `lines` lines, or `limit` bytes from `offset`."""
+    from agent_ops.secret_values import Masker
+    from agent_ops.transport.target import connect
+
+    row, att, target = job_attempt(journal, run_id, step_id, node)
     masker = Masker(os.environ[n] for n in row.secret_names if os.environ.get(n))
-    transport = connect(TargetSpec.model_validate(row.target))
+    transport = connect(target)
     try:
         path = f"{att.job_dir}/log"
         st = transport.stat(path)
@@ -260,5 +282,5 @@ def tail(journal: Journal, run_id: str, step_id: str, *, lines: int | None = 50,
     text = masker.mask(data.decode("utf-8", "replace"))
     if offset is None and lines is not None:
         text = "\n".join(text.splitlines()[-lines:]) + ("\n" if text.endswith("\n") else "")
-    return TailResult(run_id=run_id, step_id=step_id, attempt=att.attempt, text=text, offset=start,
+    return TailResult(run_id=run_id, step_id=step_id, node=att.node, attempt=att.attempt, text=text, offset=start,
                       next_offset=start + len(data), ended=ended)

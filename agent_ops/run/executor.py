@@ -1,10 +1,11 @@
-"""The executor: runs a rendered runbook's DAG on a target, recording everything in the journal.
+"""The executor: runs a rendered runbook's DAG on a fleet of nodes, recording everything in the journal.
 
 The scheduler (one loop in the calling thread) starts ready steps up to
-`max_parallel`; each step runs in a driver thread; a single Monitor thread polls
-the box for all of them. Drivers report back through a queue. The journal is
-written as things happen, so another process can read status at any moment and
-`resume` can pick the run up after the controller dies.
+`max_parallel`; each step runs in a driver thread, which drives the step's part
+on each of its nodes (run/fanout.py); one Monitor thread per node polls that box
+for every job on it. Drivers report back through a queue. The journal is written
+as things happen, so another process can read status at any moment and `resume`
+can pick the run up after the controller dies. A single box is a fleet of one.
 """
 from __future__ import annotations
 
@@ -13,15 +14,17 @@ import queue
 import socket
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 from agent_ops.record.journal import DONE_OK
 from agent_ops.run.context import RunContext
-from agent_ops.run.jobs import kill_job, kill_session, prepare_run
+from agent_ops.run.fanout import FleetDrive, drive_step
+from agent_ops.run.jobs import JobHandle, kill_job, kill_session, prepare_run
 from agent_ops.run.monitor import Monitor
+from agent_ops.run.nodes import Node
 from agent_ops.run.poll import Backoff
-from agent_ops.run.steps import StepContext, StepOutcome, drive_step
+from agent_ops.run.steps import HandleKey, StepOutcome
 from agent_ops.runbook.plan import dependencies
 from agent_ops.runbook.schema import Step
 
@@ -35,8 +38,8 @@ class Executor:
         self.deps = dependencies(self.runbook.steps)
         self.after = {s.id: frozenset(s.after) for s in self.runbook.steps}  # deps that must have finished, not just started
         self.state: dict[str, str] = {s.id: "pending" for s in self.runbook.steps}
-        self.handles: dict[str, Any] = {}  # step id -> current JobHandle (gates follow them)
-        self.monitor = Monitor(ctx.transport, ctx.layout, Backoff(self.runbook.poll))
+        self.handles: dict[HandleKey, JobHandle] = {}  # (step id, node) -> current job (gates follow them)
+        self.monitors = {n.name: Monitor(n.transport, n.layout, Backoff(self.runbook.poll)) for n in ctx.nodes}
         self.events: queue.Queue[tuple[str, str, StepOutcome | None]] = queue.Queue()
         self.stop_flag = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=len(self.runbook.steps), thread_name_prefix="step")
@@ -50,11 +53,12 @@ class Executor:
         ctx = self.ctx
         ctx.journal.set_run(ctx.run_id, state="running", started=time.time(), controller_pid=os.getpid(),
                             controller_host=socket.gethostname(), heartbeat=time.time(), message=None)
-        ctx.event("run_started", None, f"run {ctx.run_id} on {ctx.transport.name} (tmux: {ctx.layout.attach_hint()})")
+        ctx.event("run_started", None, f"run {ctx.run_id} on {_where(ctx.nodes)} (tmux: {ctx.layout.attach_hint()})")
         error = None
         try:
-            prepare_run(ctx.transport, ctx.layout)
-            self.monitor.start()
+            self._on_each(lambda node: prepare_run(node.transport, node.layout))
+            for monitor in self.monitors.values():
+                monitor.start()
             self._restore()
             final = self._schedule()
         except Exception as exc:  # a target that cannot host the run (or a bug): the run still ends, failed, saying why
@@ -63,9 +67,24 @@ class Executor:
         finally:
             self.stop_flag.set()
             self._pool.shutdown(wait=True, cancel_futures=False)
-            self.monitor.stop()
+            for monitor in self.monitors.values():
+                monitor.stop()
         self._finish(final, error)
         return final
+
+    def _on_each(self, action: Callable[[Node], None], nodes: list[Node] | None = None) -> None:
+        """`action` on every node (reachable ones: a node whose monitor lost it is left alone) side by side; the
+        first error, named by node, is raised after all have finished."""
+        nodes = [n for n in (nodes or self.ctx.nodes) if self.monitors[n.name].error is None]
+        if len(nodes) == 1:
+            action(nodes[0])
+            return
+        with ThreadPoolExecutor(max_workers=min(16, len(nodes)) or 1, thread_name_prefix="fleet") as pool:
+            futures = [(n, pool.submit(action, n)) for n in nodes]
+        for node, future in futures:
+            exc = future.exception()
+            if exc is not None:
+                raise type(exc)(f"node {node.name}: {exc}") from exc
 
     def _restore(self) -> None:
         """On resume: steps that already succeeded stay done and are never re-run."""
@@ -108,11 +127,12 @@ class Executor:
 
     def _stop_background(self, running: set[str]) -> None:
         for sid in running:
-            handle = self.handles.get(sid)
-            if handle is not None and sid not in self._stopping:
+            jobs = {node: h for (step, node), h in self.handles.items() if step == sid}
+            if jobs and sid not in self._stopping:
                 self._stopping.add(sid)
                 self.ctx.event("step_stopping", sid, "stopping background job: the run has failed")
-                kill_job(self.ctx.transport, self.ctx.layout, handle)
+                self._on_each(lambda node, jobs=jobs: kill_job(node.transport, node.layout, jobs[node.name]),
+                              [n for n in self.ctx.nodes if n.name in jobs])
 
     def _ready(self, sid: str) -> bool:
         after = self.after[sid]
@@ -136,10 +156,10 @@ class Executor:
                     changed = True
 
     def _drive(self, step: Step) -> None:
-        sctx = StepContext(self.ctx, self.monitor, self.handles, self.stop_flag,
-                           started=lambda sid: self.events.put(("started", sid, None)))
+        fd = FleetDrive(self.ctx, self.monitors, self.handles, self.stop_flag,
+                        started=lambda sid: self.events.put(("started", sid, None)))
         try:
-            outcome = drive_step(sctx, step)
+            outcome = drive_step(fd, step)
         except Exception as exc:  # a bug or a lost target must still end the step, never hang the run
             outcome = StepOutcome("failed", f"{type(exc).__name__}: {exc}")
             self.ctx.journal.set_step(self.ctx.run_id, step.id, state="failed", ended=time.time(), message=outcome.message)
@@ -155,7 +175,7 @@ class Executor:
     def _cancel(self) -> None:
         self._cancelled = True
         self.stop_flag.set()
-        kill_session(self.ctx.transport, self.ctx.layout)
+        self._on_each(lambda node: kill_session(node.transport, node.layout))
         for sid, st in self.state.items():
             if st in ("pending", "running", "started"):
                 self.state[sid] = "cancelled"
@@ -174,9 +194,11 @@ class Executor:
         if not left:
             # Every job has ended (their output is in the job logs): the empty session would only pile up on the box.
             try:
-                kill_session(ctx.transport, ctx.layout)
+                self._on_each(lambda node: kill_session(node.transport, node.layout))
             except Exception:
                 pass
+        if ctx.out:
+            note += "; out of the fleet: " + ", ".join(f"{n} ({why})" for n, why in ctx.out.items())
         counts: dict[str, int] = {}
         for st in self.state.values():
             counts[st] = counts.get(st, 0) + 1
@@ -184,5 +206,12 @@ class Executor:
         why = f"{error}; " if error else ""
         ctx.journal.set_run(ctx.run_id, state=final, ended=time.time(), message=f"{final}: {why}{summary}{note}",
                             heartbeat=time.time())
-        ctx.event(f"run_{final}", None, f"run {final}: {why}{summary}{note} (max poll interval {self.monitor.max_interval:.2f}s)",
-                  {"max_poll_interval_s": self.monitor.max_interval})
+        longest = max(m.max_interval for m in self.monitors.values())
+        ctx.event(f"run_{final}", None, f"run {final}: {why}{summary}{note} (max poll interval {longest:.2f}s)",
+                  {"max_poll_interval_s": longest})
+
+
+def _where(nodes: list[Node]) -> str:
+    if len(nodes) == 1:
+        return nodes[0].transport.name
+    return f"{len(nodes)} nodes: " + ", ".join(f"{n.name} ({n.transport.name})" for n in nodes)

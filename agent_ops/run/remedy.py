@@ -70,11 +70,11 @@ def _best(run: RunContext, step: Step, text: str):
     result = diagnose(text, tags=step.tags or None)
     if not result.matches:
         near = ", ".join(f"{c.issue_id} ({c.score:.2f})" for c in result.nearest[:3]) or "none"
-        run.event("diagnosis", step.id, f"no known issue matched; nearest candidates: {near}")
+        run.event("diagnosis", step.id, f"no known issue matched; nearest candidates: {near}", node=run.node.name)
         return None, near
     match = result.matches[0]
     run.event("diagnosis", step.id, f"known issue {match.issue_id}: {match.title}",
-              {"matched_lines": match.matched_lines, "score": match.score})
+              {"matched_lines": match.matched_lines, "score": match.score}, node=run.node.name)
     return match, ""
 
 
@@ -85,8 +85,9 @@ def remediate(run: RunContext, step: Step, attempt: int, text: str) -> RemedyRes
         return RemedyResult("none", f"no known issue matched (nearest: {near})")
     issue = default_catalog().get(match.issue_id)
     lines = match.matched_lines
+    # Counted per node: each node's part of a step has its own budget of fixes.
     fired = sum(1 for r in run.journal.remedies(run.run_id) if r.step_id == step.id and r.issue_id == issue.id
-                and r.result in ("applied", "succeeded", "failed"))
+                and r.node in (run.node.name, None) and r.result in ("applied", "succeeded", "failed"))
     if not issue.fix or issue.retry.max_attempts == 0 or any(isinstance(f, Escalate) for f in issue.fix):
         return _stop(run, step, attempt, issue, lines, "escalated", _escalation(issue))
     if fired >= issue.retry.max_attempts:
@@ -96,8 +97,10 @@ def remediate(run: RunContext, step: Step, attempt: int, text: str) -> RemedyRes
         applied = [apply_fix(run, action) for action in issue.fix]
     except FixNotApplicable as exc:
         return _stop(run, step, attempt, issue, lines, "escalated", f"fix not applicable: {exc}. {_escalation(issue)}")
-    run.journal.remedy(run.run_id, step.id, attempt, issue_id=issue.id, matched_lines=lines, fix=applied, result="applied")
-    run.event("remedy_applied", step.id, f"{issue.id}: " + "; ".join(applied), {"issue_id": issue.id, "fix": applied})
+    run.journal.remedy(run.run_id, step.id, attempt, issue_id=issue.id, matched_lines=lines, fix=applied, result="applied",
+                       node=run.node.name)
+    run.event("remedy_applied", step.id, f"{issue.id}: " + "; ".join(applied), {"issue_id": issue.id, "fix": applied},
+              node=run.node.name)
     if issue.retry.backoff_s:
         time.sleep(issue.retry.backoff_s)
     return RemedyResult("applied", f"{issue.id}: " + "; ".join(applied))
@@ -105,8 +108,8 @@ def remediate(run: RunContext, step: Step, attempt: int, text: str) -> RemedyRes
 
 def _stop(run: RunContext, step: Step, attempt: int, issue: KnownIssue, lines: list[str], result: str, why: str) -> RemedyResult:
     run.journal.remedy(run.run_id, step.id, attempt, issue_id=issue.id, matched_lines=lines, fix={"escalate": why},
-                       result=result)
-    run.event(f"remedy_{result}", step.id, f"{issue.id}: {why}")
+                       result=result, node=run.node.name)
+    run.event(f"remedy_{result}", step.id, f"{issue.id}: {why}", node=run.node.name)
     return RemedyResult(result, f"known issue {issue.id} ({issue.title}): {why}")
 
 

@@ -29,7 +29,15 @@ BUILTIN_VARS: dict[str, str] = {
                "target); each job's script, log and exit code live in its jobs/ directory",
     "artifacts_dir": "the run's directory on the controller, $AGENTOPS_HOME/runs/RUN_ID: `get` steps copy files here",
     "runbook_dir": "the runbook file's directory on the controller (a `put` step's relative src starts here)",
+    "node": "the node this step's job runs on: node.name, node.rank (0 = the head), node.address (where the other nodes "
+            "reach it: the inventory's `address:`, else the URL's host); each node's job is rendered with its own",
+    "fleet": "the run's nodes: fleet.size, fleet.names and fleet.addresses (lists, head first), fleet.head.name, "
+             "fleet.head.address (also fleet.head_address): what a multi-node launch needs (torchrun --nnodes, "
+             "--rdzv_endpoint)",
 }
+# Which nodes of the fleet a step runs on: a word, or node names.
+NodeSelector = Union[Literal["all", "head", "workers"], Annotated[list[Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")]],
+                                                                  Field(min_length=1)]]
 # Template marks: the language inserted values are escaped for (see template.py); `agentops schema` shows them.
 SHELL: dict[str, Any] = {"x-template": "shell"}
 REGEX: dict[str, Any] = {"x-template": "regex"}
@@ -76,6 +84,11 @@ class StepBase(Strict):
     skip_if: Check | None = Field(None, description="A check; when it passes the step is skipped (idempotent steps).")
     tags: list[str] = Field(default_factory=list, description="Labels such as install, download, stats, train; known issues apply by tag.")
     timeout: float | None = Field(None, gt=0, description="Wall-clock deadline of one attempt, in seconds.")
+    on: NodeSelector | None = Field(
+        None, description="The nodes of the fleet this step runs on: `all` (the default; a gate's default is its job's "
+        "nodes), `head` (rank 0), `workers` (every node but the head), or a list of node names (checked against the fleet "
+        "when the run starts). On several nodes the step is one job (or check, copy, gate) per node, each with its own "
+        "attempts, retries, remedies and skip_if; it succeeds when every node's part does (see on_node_failure).")
 
     @property
     def title(self) -> str:
@@ -258,6 +271,11 @@ class Runbook(Strict):
     env: dict[str, str] = Field(default_factory=dict, description="Environment for every job.")
     poll: PollSpec = Field(default_factory=PollSpec, description="Polling bounds.")
     max_parallel: int = Field(4, ge=1, le=32, description="Most steps running at once.")
+    on_node_failure: Literal["stop_all", "continue"] = Field(
+        "stop_all", description="What one node's failure (after its retries and remedies) does to the others: `stop_all` "
+        "(the default, for training: that step's jobs on every other node are stopped at once, the step fails, and the run "
+        "with it) or `continue` (the others finish; the failed node is taken out of the fleet and later steps run on the "
+        "nodes left; a step succeeds when every node still in the fleet succeeded).")
     steps: list[Step] = Field(min_length=1, description="The steps; `needs` makes them a DAG.")
 
     @field_validator("vars")
