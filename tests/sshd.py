@@ -7,7 +7,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -38,8 +38,10 @@ class SSHServer:
 
     host = "127.0.0.1"
 
-    def __init__(self, root: Path, extra_config: Iterable[str] = (), home: Path | None = None) -> None:
+    def __init__(self, root: Path, extra_config: Iterable[str] = (), home: Path | None = None,
+                 env: Mapping[str, str] | None = None) -> None:
         self.root = root
+        self.env = dict(env or {})  # more variables for sessions (sshd takes only its first SetEnv line, so they join HOME's)
         self.user = getpass.getuser()
         self.home = home or root / "home"
         self.home.mkdir(exist_ok=True)
@@ -133,7 +135,7 @@ class SSHServer:
             "PrintMotd no",
             "PrintLastLog no",
             "LogLevel INFO",
-            f"SetEnv HOME={self.home}",
+            " ".join(["SetEnv", f"HOME={self.home}", *(f"{k}={v}" for k, v in self.env.items())]),
             f"Subsystem sftp {SFTP_SERVER} -d {self.home}",
             *extra,
         ]

@@ -50,7 +50,7 @@ def bash(command: str) -> str:
 EXPRESSIONS = """
     name: x
     vars:
-      tasks: [0, 1, 2, 3, 4]
+      tasks: {default: [0, 1, 2, 3, 4]}
       trials: 5
       train_steps: 95
       resume: false
@@ -326,6 +326,7 @@ def test_schema_describes_builtins_filters_results_and_escaping() -> None:
     assert schema["$defs"]["GatePattern"]["properties"]["regex"]["x-template"] == "regex"
     assert schema["$defs"]["CommandCheck"]["properties"]["regex"]["x-template"] == "regex"
     assert "AGENTOPS_OUTPUT" in schema["$defs"]["RunStep"]["properties"]["outputs"]["description"]
+    assert set(templates["escaping"]) == {"shell", "regex", "text"} and "number" in templates["numbers"]
 
 
 def test_the_readme_examples_load_and_mean_what_they_say(tmp_path: Path) -> None:

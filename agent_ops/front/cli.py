@@ -18,6 +18,7 @@ from rich.console import Console
 from agent_ops.errors import AgentOpsError, RunbookError, TransportError
 from agent_ops.front import service as ops
 from agent_ops.front.cli_catalog import diagnose_command, known_issues_app
+from agent_ops.front.cli_provider import down_command, offers_command, rent_command, rentals_command
 from agent_ops.record.journal import Journal
 from agent_ops.runbook.loader import load_runbook, resolve_vars
 from agent_ops.runbook.schema import Runbook
@@ -26,6 +27,10 @@ from agent_ops.secret_values import MissingSecret, read_secrets
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, rich_markup_mode=None)
 app.add_typer(known_issues_app, name="known-issues", help="The known-issue catalog.")
 app.command("diagnose", help="Match a log against the known-issue catalog.")(diagnose_command)
+app.command("offers", help="Boxes for rent matching a request, cheapest for the work first.")(offers_command)
+app.command("rent", help="Rent N boxes, ready over SSH and qualified (all or none).")(rent_command)
+app.command("rentals", help="A run's rented boxes: state, $/h, spent so far.")(rentals_command)
+app.command("down", help="Give back every box a run rented.")(down_command)
 
 # soft_wrap: a line such as FILE:LINE: field: message is never broken at the terminal width (tools parse it).
 err = Console(stderr=True, soft_wrap=True)

@@ -7,8 +7,8 @@ tool result is an error whose text is JSON `{"code", "message", "problems"}` —
 traceback. Nothing but protocol goes to stdout; logs go to stderr.
 
 Safety tiers (`AGENTOPS_MCP_TIER`): `readonly` exposes only validate, plan, status, wait,
-tail, diagnose and the catalog; `mutating` (default) adds start and resume; `destructive`
-adds cancel.
+tail, diagnose, the catalog, offers and rentals; `mutating` (default) adds start and resume;
+`destructive` adds cancel, and rent and down (they spend money and destroy boxes).
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ import sys
 from pydantic import BaseModel, Field
 
 from agent_ops.front import service as ops
+from agent_ops.front.mcp_provider import register_provider_tools
 from agent_ops.known_issues.catalog import KnownIssue, default_catalog
 from agent_ops.known_issues.diagnose import Diagnosis, diagnose
 from agent_ops.record.journal import Journal
@@ -136,6 +137,8 @@ def build_server(tier: str | None = None):
         @server.tool(description="Continue a run whose controller died, in the background.")
         async def resume(run_id: str) -> ops.StartResult:
             return await _bounded(ops.resume_detached, run_id, journal)
+
+    register_provider_tools(server, tier, journal, _bounded)
 
     if tier == "destructive":
         @server.tool(description="Cancel a run: its jobs are stopped and the journal records it.")

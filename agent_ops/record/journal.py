@@ -126,6 +126,23 @@ CREATE TABLE IF NOT EXISTS remedies (
     result TEXT NOT NULL           -- applied | escalated | exhausted | succeeded | failed
 );
 CREATE INDEX IF NOT EXISTS events_run ON events (run_id, id);
+CREATE TABLE IF NOT EXISTS rentals (
+    run_id TEXT NOT NULL,          -- the run that rented the box (the provider's label names it too)
+    provider TEXT NOT NULL,
+    instance_id TEXT NOT NULL,
+    offer_id TEXT,
+    machine_id TEXT,
+    state TEXT NOT NULL,           -- created | ready | failed | stopped | destroyed
+    dph REAL,                      -- $/h when rented
+    target TEXT,                   -- TargetSpec as JSON once SSH answered
+    host_key TEXT,                 -- the box's host key, recorded on first contact ("ssh-ed25519 AAAA...")
+    message TEXT,
+    created REAL NOT NULL,
+    ready REAL,
+    ended REAL,
+    PRIMARY KEY (provider, instance_id)
+);
+CREATE INDEX IF NOT EXISTS rentals_run ON rentals (run_id);
 """
 
 RunState = Literal["pending", "running", "succeeded", "failed", "cancelling", "cancelled", "interrupted"]
@@ -264,6 +281,29 @@ class RemedyRow:
     matched_lines: list[str]
     fix: Any
     result: str
+
+
+RentalState = Literal["created", "ready", "failed", "stopped", "destroyed"]
+LIVE_RENTAL_STATES: tuple[RentalState, ...] = ("created", "ready", "failed", "stopped")  # still costing money
+
+
+@dataclass(frozen=True)
+class RentalRow:
+    """One box a run rented: from the moment the provider created it until it is destroyed."""
+
+    run_id: str
+    provider: str
+    instance_id: str
+    offer_id: str | None
+    machine_id: str | None
+    state: RentalState
+    dph: float | None
+    target: dict[str, Any] | None  # TargetSpec fields
+    host_key: str | None
+    message: str | None
+    created: float
+    ready: float | None
+    ended: float | None
 
 
 def journal_home() -> Path:
@@ -446,7 +486,37 @@ class Journal:
                 (outcome, run_id, step_id, attempt, node),
             )
 
+    def add_rental(self, run_id: str, provider: str, instance_id: str, *, offer_id: str | None, machine_id: str | None,
+                   dph: float | None) -> None:
+        """Record a box the moment the provider created it: from here on `down` can find it."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO rentals (run_id, provider, instance_id, offer_id, machine_id, state, dph, created)"
+                " VALUES (?,?,?,?,?, 'created', ?, ?)",
+                (run_id, provider, instance_id, offer_id, machine_id, dph, time.time()),
+            )
+
+    def set_rental(self, provider: str, instance_id: str, **fields: Any) -> None:
+        """Update a rental's columns (state, target, host_key, message, ready, ended)."""
+        if "message" in fields:
+            fields["message"] = self._m(fields["message"])
+        if "target" in fields:
+            fields["target"] = self._j(fields["target"])
+        cols = ", ".join(f"{k} = ?" for k in fields)
+        with self._tx() as db:
+            db.execute(f"UPDATE rentals SET {cols} WHERE provider = ? AND instance_id = ?", (*fields.values(), provider, instance_id))
+
     # --- reads ----------------------------------------------------------------------------
+
+    def rentals(self, run_id: str) -> list[RentalRow]:
+        rows = self._db.execute("SELECT * FROM rentals WHERE run_id = ? ORDER BY created, rowid", (run_id,)).fetchall()
+        return [RentalRow(**_decode(r)) for r in rows]
+
+    def live_rentals(self) -> list[RentalRow]:
+        """Every box, of any run, not yet destroyed."""
+        marks = ",".join("?" * len(LIVE_RENTAL_STATES))
+        rows = self._db.execute(f"SELECT * FROM rentals WHERE state IN ({marks}) ORDER BY created, rowid", LIVE_RENTAL_STATES)
+        return [RentalRow(**_decode(r)) for r in rows.fetchall()]
 
     def run(self, run_id: str) -> RunRow | None:
         row = self._db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from agent_ops.runbook.results import RESULT_PARTS, SERIES_PARTS
-from agent_ops.runbook.template import FILTERS, FUNCTIONS, NAMESPACES, Language
+from agent_ops.runbook.template import FILTERS, FUNCTIONS, LANGUAGES, NAMESPACES, NUMBERS, Language
 from checks.kinds import Check
 
 # Step ids become file and tmux window names on the box: keep them filesystem- and tmux-safe.
@@ -258,14 +258,14 @@ class Runbook(Strict):
     model_config = ConfigDict(json_schema_extra={"x-templates": {
         "builtins": BUILTIN_VARS, "namespaces": NAMESPACES, "steps.ID": RESULT_PARTS, "metric series": SERIES_PARTS,
         "filters": {**FILTERS, "(Jinja2's)": "default, length, join, int, float, round, lower, upper, replace, ..."},
-        "functions": sorted(FUNCTIONS), "comments": "{## ... ##}",
+        "functions": [*sorted(FUNCTIONS), "range"], "comments": "{## ... ##}", "escaping": LANGUAGES, "numbers": NUMBERS,
     }})
 
     name: str = Field(min_length=1, description="Runbook name.")
     description: str | None = Field(None, description="What the runbook does.")
-    vars: dict[str, VarSpec | str | int | float | bool | list[Any] | None] = Field(
+    vars: dict[str, VarSpec | str | int | float | bool | None] = Field(
         default_factory=dict, description="Variables: a plain default or a {default, description, choices} mapping; null = required. "
-        "A list's `--var` value is comma-separated (`--var tasks=0,1`)."
+        "A list default is written as {default: [...]}; its `--var` value is comma-separated (`--var tasks=0,1`)."
     )
     secrets: list[str] = Field(default_factory=list, description="Names read from the controller's environment; jobs see them as env vars.")
     env: dict[str, str] = Field(default_factory=dict, description="Environment for every job.")

@@ -28,6 +28,13 @@ from jinja2.meta import find_undeclared_variables
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 Language = Literal["shell", "regex", "text"]
+# What an inserted value becomes in a field of each language (fields are marked `x-template` in the schema).
+LANGUAGES: dict[str, str] = {
+    "shell": "shell-quoted: one literal word, never code",
+    "regex": "regex-escaped: matches the value literally, never widens the pattern",
+    "text": "the value's text (unmarked fields)",
+}
+NUMBERS = "a field whose whole text is one {{ expression }} giving a number takes the number (outside shell fields)"
 
 # Ours, beside Jinja2's builtin filters (default, length, join, int, round, ...). Shown by the README and the schema.
 FILTERS: dict[str, str] = {

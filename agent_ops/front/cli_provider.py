@@ -1,0 +1,247 @@
+"""CLI for renting boxes: `offers`, `rent`, `rentals`, `down`, mounted on the main app.
+
+The API key comes from $VAST_API_KEY only (no flag: a key on a command line lands in shell
+history and `ps`). Exit codes: 0 done; 1 the rental failed (every box it created was destroyed)
+or `down` could not give a box back; 2 bad input or no credentials, nothing rented; 3 the
+provider could not be reached.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+from pydantic import BaseModel, ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from agent_ops.front import provider_ops
+from agent_ops.front.service import OpError
+from agent_ops.provider.base import OfferRequest
+from agent_ops.provider.lifecycle import FleetRequest, OfferList
+from agent_ops.record.journal import Journal
+from agent_ops.yaml_models import Report, YamlProblems, read_yaml
+
+EXIT_FAILED, EXIT_INPUT, EXIT_PROVIDER = 1, 2, 3
+_INPUT_CODES = ("invalid_request", "provider_auth", "provider_missing")
+_FAILED_CODES = ("rent_failed",)
+
+JSON = typer.Option(False, "--json", help="Print one JSON document on stdout.")
+PROVIDER = typer.Option("vast", "--provider", help="Where to rent (credentials from the environment: VAST_API_KEY).")
+# Offer flags, shared by `offers` and `rent` (None: not given, the model's default or the request file's value holds).
+GPUS = typer.Option(None, "--gpus", help="GPUs per box.")
+GPU_NAME = typer.Option(None, "--gpu-name", help="GPU model, '_' for spaces: RTX_4090, H100_SXM, RTX_PRO_6000.")
+MIN_GPU_RAM = typer.Option(None, "--min-gpu-ram", help="GB per GPU, at least.")
+DISK = typer.Option(None, "--disk", help="GB of disk on the box.")
+MIN_CUDA = typer.Option(None, "--min-cuda", help="CUDA version the driver supports, at least (12.4).")
+MIN_DRIVER = typer.Option(None, "--min-driver", help="NVIDIA driver version, at least (550.54).")
+MIN_RELIABILITY = typer.Option(None, "--min-reliability", help="Provider reliability score 0..1, at least.")
+MAX_DPH = typer.Option(None, "--max-dph", help="$/h per box, at most.")
+LOCATION = typer.Option(None, "--location", help="Text the location must contain (US, DE).")
+MIN_INET_DOWN = typer.Option(None, "--min-inet-down", help="Download Mbit/s, at least.")
+HOURS = typer.Option(None, "--hours", help="Expected hours of work (ranks by the cost of the work).")
+DOWNLOAD_GB = typer.Option(None, "--download-gb", help="GB the box will download (priced by the offer's $/GB).")
+
+_OFFER_FLAGS = {"gpus": "--gpus", "gpu_name": "--gpu-name", "min_gpu_ram_gb": "--min-gpu-ram", "disk_gb": "--disk",
+                "min_cuda": "--min-cuda", "min_driver": "--min-driver", "min_reliability": "--min-reliability",
+                "max_dph": "--max-dph", "location": "--location", "min_inet_down_mbps": "--min-inet-down",
+                "hours": "--hours", "download_gb": "--download-gb", "limit": "--limit"}
+_FLEET_FLAGS = {"nodes": "--nodes", "image": "--image", "identity": "--identity", "onstart": "--onstart",
+                "provision_deadline_s": "--deadline", "max_boxes": "--max-boxes"}
+_QUALIFY_FLAGS = {"min_disk_free_gb": "--min-disk-free", "download_url": "--download-url",
+                  "min_download_mbps": "--min-download", "burn_in_s": "--burn-in", "min_tflops": "--min-tflops"}
+
+
+def _out() -> Console:
+    return Console(highlight=False, soft_wrap=True)
+
+
+def _fail(code: int, message: str, as_json: bool, kind: str = "error", problems: list[str] | None = None) -> typer.Exit:
+    if as_json:
+        print(json.dumps({"error": {"code": kind, "message": message, "problems": problems or []}}))
+    else:
+        for line in problems or [message]:
+            typer.echo(line, err=True)
+    return typer.Exit(code)
+
+
+def _op(as_json: bool, fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except OpError as exc:
+        code = EXIT_INPUT if exc.code in _INPUT_CODES else EXIT_FAILED if exc.code in _FAILED_CODES else EXIT_PROVIDER
+        raise _fail(code, exc.message, as_json, exc.code, exc.problems) from None
+
+
+def _given(values: dict[str, Any], flags: dict[str, str]) -> dict[str, Any]:
+    return {field: values[field] for field in flags if values.get(field) is not None}
+
+
+def _flag_problems(exc: ValidationError, flags: dict[tuple, str]) -> list[str]:
+    return [f"{flags.get(tuple(e['loc']), '.'.join(map(str, e['loc'])))}: {e['msg']}" for e in exc.errors()]
+
+
+def offers_command(
+    gpus: int | None = GPUS, gpu_name: str | None = GPU_NAME, min_gpu_ram: float | None = MIN_GPU_RAM,
+    disk: float | None = DISK, min_cuda: float | None = MIN_CUDA, min_driver: str | None = MIN_DRIVER,
+    min_reliability: float | None = MIN_RELIABILITY, max_dph: float | None = MAX_DPH, location: str | None = LOCATION,
+    min_inet_down: float | None = MIN_INET_DOWN, hours: float | None = HOURS, download_gb: float | None = DOWNLOAD_GB,
+    limit: int | None = typer.Option(None, "--limit", help="How many offers to show."),
+    provider: str = PROVIDER, as_json: bool = JSON,
+) -> None:
+    """Offers matching a request, cheapest for the requested work first (bad machines left out)."""
+    values = {"gpus": gpus, "gpu_name": gpu_name, "min_gpu_ram_gb": min_gpu_ram, "disk_gb": disk, "min_cuda": min_cuda,
+              "min_driver": min_driver, "min_reliability": min_reliability, "max_dph": max_dph, "location": location,
+              "min_inet_down_mbps": min_inet_down, "hours": hours, "download_gb": download_gb, "limit": limit}
+    try:
+        request = OfferRequest(**_given(values, _OFFER_FLAGS))
+    except ValidationError as exc:
+        problems = _flag_problems(exc, {(k,): v for k, v in _OFFER_FLAGS.items()})
+        raise _fail(EXIT_INPUT, "invalid offer request", as_json, "invalid_request", problems) from None
+    found = _op(as_json, provider_ops.offers, request, Journal(), provider)
+    if as_json:
+        print(found.model_dump_json(indent=2))
+        return
+    _print_offers(found)
+
+
+def _print_offers(found: OfferList) -> None:
+    req = found.request
+    table = Table(title=f"offers for {req.gpus} x {req.gpu_name or 'any GPU'}, {req.hours:g} h + {req.download_gb:g} GB down")
+    for col in ("offer", "machine", "GPU", "GB/GPU", "disk", "$/h", "work $", "reliab.", "CUDA", "Mbit/s down", "where"):
+        table.add_column(col, justify="left" if col in ("GPU", "where") else "right")
+    for offer, cost in zip(found.offers, found.costs):
+        table.add_row(offer.id, offer.machine_id, f"{offer.gpus} x {offer.gpu_name}", f"{offer.gpu_ram_gb:g}", f"{offer.disk_gb:g}",
+                      f"{offer.dph:.3f}", f"{cost:.2f}", f"{offer.reliability or 0:.3f}", f"{offer.cuda or '-'}",
+                      f"{offer.inet_down_mbps or 0:.0f}", offer.location or "-")
+    console = _out()
+    console.print(table)
+    if found.skipped_bad_machines:
+        console.print(f"{found.skipped_bad_machines} offers left out: their machines failed qualification before")
+
+
+def rent_command(
+    request_file: Path | None = typer.Option(None, "--request", help="Fleet request (YAML or JSON); flags override it."),
+    nodes: int | None = typer.Option(None, "--nodes", help="Boxes to rent."),
+    image: str | None = typer.Option(None, "--image", help="Container image for every box."),
+    identity: str | None = typer.Option(None, "--identity", "-i", help="SSH private key; IDENTITY.pub goes on every box."),
+    onstart: str | None = typer.Option(None, "--onstart", help="bash run on each box at start."),
+    deadline: float | None = typer.Option(None, "--deadline", help="Seconds from create to a qualified box, per box."),
+    max_boxes: int | None = typer.Option(None, "--max-boxes", help="Boxes created in all, failures included."),
+    min_disk_free: float | None = typer.Option(None, "--min-disk-free", help="GB free on the box, at least."),
+    download_url: str | None = typer.Option(None, "--download-url", help="A large file to time the box's download with."),
+    min_download: float | None = typer.Option(None, "--min-download", help="Mbit/s from --download-url, at least."),
+    burn_in: float | None = typer.Option(None, "--burn-in", help="Seconds of matmul burn-in per GPU (0: none)."),
+    min_tflops: float | None = typer.Option(None, "--min-tflops", help="bf16 TFLOP/s of the slowest GPU, at least."),
+    gpus: int | None = GPUS, gpu_name: str | None = GPU_NAME, min_gpu_ram: float | None = MIN_GPU_RAM,
+    disk: float | None = DISK, min_cuda: float | None = MIN_CUDA, min_driver: str | None = MIN_DRIVER,
+    min_reliability: float | None = MIN_RELIABILITY, max_dph: float | None = MAX_DPH, location: str | None = LOCATION,
+    min_inet_down: float | None = MIN_INET_DOWN,
+    run_id: str | None = typer.Option(None, "--run-id", help="Name the rental (default: a new run id); `down RUN` gives it back."),
+    detach: bool = typer.Option(False, "--detach", "-d", help="Rent in the background; print the run id at once."),
+    provider: str = PROVIDER, as_json: bool = JSON,
+) -> None:
+    """Rent N boxes: each created with your key, waited for, reached over SSH and qualified — all or none."""
+    from agent_ops.run.context import new_run_id
+
+    values = {"gpus": gpus, "gpu_name": gpu_name, "min_gpu_ram_gb": min_gpu_ram, "disk_gb": disk, "min_cuda": min_cuda,
+              "min_driver": min_driver, "min_reliability": min_reliability, "max_dph": max_dph, "location": location,
+              "min_inet_down_mbps": min_inet_down, "nodes": nodes, "image": image, "identity": identity, "onstart": onstart,
+              "provision_deadline_s": deadline, "max_boxes": max_boxes, "min_disk_free_gb": min_disk_free,
+              "download_url": download_url, "min_download_mbps": min_download, "burn_in_s": burn_in, "min_tflops": min_tflops}
+    request = _fleet_request(request_file, values, as_json)
+    run_id = run_id or new_run_id()
+    journal = Journal()
+    if detach:
+        started = _op(as_json, provider_ops.rent_detached, request, journal, run_id, provider)
+        print(started.model_dump_json(indent=2) if as_json else started.run_id)
+        return
+    result = _op(as_json, provider_ops.rent_boxes, request, journal, run_id, provider)
+    if as_json:
+        print(result.model_dump_json(indent=2))
+        return
+    console = _out()
+    for box in result.boxes:
+        console.print(f"{box.instance_id}  {box.offer.gpus} x {box.offer.gpu_name}  ${box.offer.dph:.3f}/h  {box.target.url}  "
+                      f"({box.endpoint.kind}; host key {box.host_key.split()[0]} recorded)", markup=False)
+    console.print(f"rented {len(result.boxes)} boxes for {run_id}; give them back with: agentops down {run_id}", markup=False)
+
+
+def _fleet_request(path: Path | None, values: dict[str, Any], as_json: bool) -> FleetRequest:
+    """The request file (if any) with the flags given laid over it; problems as FILE:LINE or --flag."""
+    data: dict[str, Any] = {}
+    lines = None
+    label = str(path) if path else "command line"
+    if path is not None:
+        try:
+            data, lines, _ = read_yaml(path, label)
+        except FileNotFoundError:
+            raise _fail(EXIT_INPUT, f"{path}: no such request file", as_json, "invalid_request") from None
+        except YamlProblems as exc:
+            raise _fail(EXIT_INPUT, f"{path}: invalid request", as_json, "invalid_request", exc.problems) from None
+        data = dict(data) if isinstance(data, dict) else {}
+    data.update(_given(values, _FLEET_FLAGS))
+    data["offer"] = {**(data.get("offer") or {}), **_given(values, _OFFER_FLAGS)}
+    data["qualify"] = {**(data.get("qualify") or {}), **_given(values, _QUALIFY_FLAGS)}
+    try:
+        return FleetRequest.model_validate(data)
+    except ValidationError as exc:
+        raise _fail(EXIT_INPUT, f"{label}: invalid fleet request", as_json, "invalid_request",
+                    _request_problems(exc, data, label, lines, values)) from None
+
+
+def _request_problems(exc: ValidationError, data: dict[str, Any], label: str, lines, values: dict[str, Any]) -> list[str]:
+    by_flag = {(f,): flag for f, flag in _FLEET_FLAGS.items() if values.get(f) is not None}
+    by_flag |= {("offer", f): flag for f, flag in _OFFER_FLAGS.items() if values.get(f) is not None}
+    by_flag |= {("qualify", f): flag for f, flag in _QUALIFY_FLAGS.items() if values.get(f) is not None}
+    report = Report(label, lines, FleetRequest)
+    problems = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        if loc in by_flag:
+            problems.append(f"{by_flag[loc]}: {err['msg']}")
+        else:
+            report.add_errors(data, [err])
+    return problems + report.problems()
+
+
+class _Down(BaseModel):
+    run_id: str
+    policy: str
+    done: list[str]
+    failed: list[str]
+
+
+def down_command(
+    run_id: str = typer.Argument(..., help="The run (or rental) whose boxes to give back."),
+    policy: str = typer.Option("destroy", "--policy", help="destroy | stop (disk kept) | keep."),
+    provider: str = PROVIDER, as_json: bool = JSON,
+) -> None:
+    """Give back every box a run rented: those in the journal, and any the provider shows with the run's label."""
+    if policy not in ("destroy", "stop", "keep"):
+        raise _fail(EXIT_INPUT, f"--policy {policy!r}: expected destroy, stop or keep", as_json, "invalid_request")
+    result = _op(as_json, provider_ops.down, Journal(), run_id, policy, provider)
+    if as_json:
+        print(result.model_dump_json(indent=2))
+    else:
+        console = _out()
+        verb = {"destroy": "destroyed", "stop": "stopped", "keep": "kept"}[policy]
+        console.print(f"{run_id}: {verb} {len(result.done)} boxes{': ' + ', '.join(result.done) if result.done else ''}", markup=False)
+        for line in result.failed:
+            console.print(f"could not give back {line}", markup=False, style="red")
+    if result.failed:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def rentals_command(run_id: str = typer.Argument(..., help="The run whose boxes to show."), as_json: bool = JSON) -> None:
+    """A run's boxes from the journal: state, $/h, spent so far (no provider call)."""
+    found = provider_ops.rentals(Journal(), run_id)
+    if as_json:
+        print(found.model_dump_json(indent=2))
+        return
+    console = _out()
+    for r in found.rentals:
+        console.print(f"{r.instance_id:>10} {r.state:<9} ${r.dph or 0:.3f}/h  ${r.spent_usd:.2f} so far  {r.ssh or '-'}  "
+                      f"{r.message or ''}", markup=False)
+    console.print(f"{found.live} live, ${found.dph_live:.3f}/h now, ${found.spent_usd:.2f} spent", markup=False)
