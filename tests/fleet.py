@@ -71,7 +71,8 @@ def run_fleet(fleet: Fleet, runbook: Path, overrides: dict[str, Any] | None = No
               specs: list[NodeSpec] | None = None) -> tuple[str, str, Journal]:
     """Run a runbook over the fleet to the end in this process (real executor, tmux and sshd): (run id, final state, journal)."""
     loaded = load_runbook(runbook)
-    values = resolve_vars(loaded, {"box": str(fleet.scratch), **(overrides or {})})
+    scratch = {"box": str(fleet.scratch)} if "box" in loaded.runbook.vars else {}
+    values = resolve_vars(loaded, {**scratch, **(overrides or {})})
     journal = Journal(fleet.home / "journal.db")
     ctx = start_run(loaded, values, {}, specs or fleet.specs, journal)
     try:

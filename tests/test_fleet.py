@@ -137,7 +137,8 @@ def test_a_lost_node_stops_the_others_under_stop_all(make_sshd, tmp_path: Path) 
         assert parts[name].ended - parts["n3"].failed_at < 5
         assert not (fleet.scratch / f"done-{name}").exists()
     work = journal.step(run_id, "work")
-    assert work.state == "failed" and work.message.startswith("failed on n3: n3: node n3 unreachable")
+    assert work.state == "failed" and work.message.startswith("failed on n3; node n3 first: node n3 unreachable")
+    assert work.message.endswith("; stopped on n1, n2")
     assert work.blame["node"] == "n3"
     assert journal.step(run_id, "after").state == "cancelled"
     # Nothing is lost: every node's attempt is in the journal and the reachable nodes' logs are on their boxes.
@@ -162,3 +163,21 @@ def test_a_lost_node_is_taken_out_under_continue(make_sshd, tmp_path: Path) -> N
     nodes = {n.name: n for n in journal.nodes(run_id)}
     assert nodes["n3"].state == "out" and "failed at step work" in nodes["n3"].message
     assert "out of the fleet: n3" in journal.run(run_id).message
+
+
+def test_a_check_compares_one_commands_output_across_the_fleet(fleet: Fleet, tmp_path: Path) -> None:
+    runbook = tmp_path / "compare.yaml"
+    runbook.write_text(
+        "name: compare\nsteps:\n"
+        "  - id: same\n    kind: check\n    checks:\n"
+        "      - {kind: same_across_nodes, name: stack, run: 'echo stack-1.0'}\n"
+        "      - {kind: clock_skew, max_skew_s: 1}\n"
+        "  - id: differs\n    kind: check\n    needs: [same]\n    checks:\n"
+        "      - {kind: same_across_nodes, name: version, run: \"echo v-{{ 'old' if node.name == 'n2' else 'new' }}\"}\n")
+    run_id, final, journal = run_fleet(fleet, runbook)
+    assert final == "failed"
+    assert journal.step(run_id, "same").state == "succeeded"
+    differs = journal.step(run_id, "differs")
+    assert differs.message == "version: differs across nodes: n1, n3: 'v-new'; n2: 'v-old'"
+    # Each node's part passed on its own: the disagreement is the fleet's, found over all of them.
+    assert {p.state for p in journal.step_nodes(run_id, "differs")} == {"succeeded"}

@@ -20,7 +20,8 @@ SIGNAL = re.compile(r"Signal (?P<num>\d+) \((?P<name>SIG\w+)\) received by PID (
 EXCEPTION = re.compile(r"^(?:\[rank\d+\]:\s*)?(?P<line>(?:[A-Za-z_][\w]*\.)*[A-Z]\w*(?:Error|Exception|Exit|Interrupt|Failure)\b(?::.*)?)$")
 # Exceptions that only wrap a worker's failure (the worker's own error is further up the log).
 WRAPPERS = re.compile(r"ChildFailedError|elastic\.multiprocessing\.errors")
-ERRORISH = re.compile(r"\b(?:error|failed|fatal|killed|terminated|abort(?:ed)?|segmentation fault|out of memory)\b", re.I)
+ERRORISH = re.compile(r"\b(?:error|failed|fatal|killed|terminated|abort(?:ed)?|segmentation fault|out of memory"
+                      r"|timeout|timed out)\b", re.I)
 # What a node reports when a peer died or agentops stopped it: never the cause.
 KNOCK_ON = re.compile(
     r"Connection (?:closed|reset) by peer|Broken pipe|ECONNRESET|Connection refused"

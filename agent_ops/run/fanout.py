@@ -15,14 +15,20 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from agent_ops.fleet.blame import NodeFailure, blame, root_error
+from agent_ops.fleet.blame import Blame, NodeFailure, blame, is_knock_on, root_error
+from agent_ops.fleet.compare import disagreements
 from agent_ops.run.context import RunContext
 from agent_ops.run.jobs import JobHandle
 from agent_ops.run.monitor import Monitor
 from agent_ops.run.nodes import Node, step_node_names
 from agent_ops.run.remedy import log_tail
 from agent_ops.run.steps import HandleKey, StepContext, StepOutcome, StopSignal, drive_on_node
-from agent_ops.runbook.schema import GateStep, Step
+from agent_ops.runbook.schema import CheckStep, GateStep, Step
+
+# A node that failed only because a peer died (its socket closed, a collective timed out) waits this long for the
+# peer's own failure before the others are stopped: stopping the peer first would erase the evidence blame needs
+# (torchrun notices a dead worker on its next look, 0.1 s by default, while a closed socket is seen at once).
+KNOCK_ON_GRACE_S = 2.0
 
 
 @dataclass
@@ -61,20 +67,26 @@ def drive_step(fd: FleetDrive, step: Step) -> StepOutcome:
                    else StepOutcome("skipped", f"skipped: on: {step.on} names no node in a fleet of {len(run.nodes)}"))
         return _end(run, step, outcome)
     stop = StopSignal()
-    gate = _StartedWhenAll(len(nodes), lambda: fd.started(step.id))
+    started = _StartedWhenAll([n.name for n in nodes], lambda: fd.started(step.id))
+    first_pass = _passes_on_any(step) and len(nodes) > 1
 
     def part(node: Node, lead: bool) -> StepOutcome:
-        sctx = StepContext(run.for_node(node), fd.monitors[node.name], fd.handles, fd.stop_flag, gate.started, stop, lead)
+        sctx = StepContext(run.for_node(node), fd.monitors[node.name], fd.handles, fd.stop_flag,
+                           lambda _sid: started.mark(node.name, True), stop, lead)
         try:
             outcome = drive_on_node(sctx, step)
         except Exception as exc:  # a bug or a lost node must still end this part, never hang the step
             outcome = StepOutcome("failed", f"{type(exc).__name__}: {exc}")
             sctx.record(step.id, state="failed", ended=time.time(), message=outcome.message, failed_at=time.time())
-        gate.ended()
-        if _own_failure(outcome) and run.runbook.on_node_failure == "stop_all" and len(nodes) > 1 \
-                and stop.set(f"node {node.name} failed"):
-            run.event("step_stopping", step.id, f"node {node.name} failed ({outcome.message}); stopping the others",
-                      node=node.name)
+        started.mark(node.name, False)
+        if first_pass and outcome.state == "succeeded":
+            stop.set(f"the gate passed on node {node.name}")
+        elif _decisive(step, outcome) and run.runbook.on_node_failure == "stop_all" and len(nodes) > 1:
+            if _knock_on(run.for_node(node), outcome):
+                stop.wait(KNOCK_ON_GRACE_S)  # the peer that died shows its own failure first, if it will
+            if stop.set(f"node {node.name} failed"):
+                run.event("step_stopping", step.id, f"node {node.name} failed ({outcome.message}); stopping the others",
+                          node=node.name)
         return outcome
 
     if len(nodes) == 1:
@@ -86,27 +98,24 @@ def drive_step(fd: FleetDrive, step: Step) -> StepOutcome:
 
 
 class _StartedWhenAll:
-    """A background step is `started` (its dependents may go) once every node's job runs or its part has ended."""
+    """A background step is `started` (its dependents may go) once every node's job runs or its part has ended,
+    and at least one job runs."""
 
-    def __init__(self, parts: int, fire: Callable[[], None]) -> None:
-        self._left, self._fired, self._any = parts, False, False
+    def __init__(self, parts: list[str], fire: Callable[[], None]) -> None:
+        self._waiting = set(parts)
+        self._any, self._fired = False, False
         self._fire = fire
         self._lock = threading.Lock()
 
-    def started(self, _step_id: str) -> None:
-        self._count(started=True)
-
-    def ended(self) -> None:
-        self._count(started=False)
-
-    def _count(self, started: bool) -> None:
+    def mark(self, node: str, started: bool) -> None:
+        """A node's job is running (started) or its part ended; each node counts once, whichever comes first."""
         with self._lock:
-            if self._fired or (not started and self._left <= 0):
+            if node not in self._waiting:
                 return
-            self._left -= 1
+            self._waiting.discard(node)
             self._any = self._any or started
-            fire = self._left == 0 and self._any
-            self._fired = fire
+            fire = not self._waiting and self._any and not self._fired
+            self._fired = self._fired or fire
         if fire:
             self._fire()
 
@@ -115,14 +124,39 @@ def _own_failure(outcome: StepOutcome) -> bool:
     return outcome.state == "failed" and outcome.kind != "stopped"
 
 
+def _knock_on(view: RunContext, outcome: StepOutcome) -> bool:
+    """Whether a part's failure reads as a consequence of another node's (its root error is a knock-on error)."""
+    if outcome.kind == "unreachable":
+        return False
+    try:
+        text = log_tail(view, outcome.log_path) if outcome.log_path else ""
+    except Exception:  # the log cannot be read: judge on the message
+        text = ""
+    return is_knock_on(root_error(text) or outcome.message)
+
+
+def _passes_on_any(step: Step) -> bool:
+    return isinstance(step, GateStep) and step.pass_on == "any"
+
+
+def _decisive(step: Step, outcome: StepOutcome) -> bool:
+    """Whether a part's failure decides the step: for a `pass_on: any` gate, a pattern not seen on one node does not
+    (another node may show it); a fail_on match, a failed metric assertion or a lost job does."""
+    if not _own_failure(outcome):
+        return False
+    return not (_passes_on_any(step) and outcome.kind in ("deadline", "eof"))
+
+
 def _judge(run: RunContext, step: Step, nodes: Sequence[Node], outcomes: Sequence[StepOutcome]) -> StepOutcome:
     """One outcome for the step from its parts, under the runbook's failure policy."""
     if len(nodes) == 1 and run.runbook.on_node_failure == "stop_all":
         return outcomes[0]
     parts = dict(zip((n.name for n in nodes), outcomes))
+    passed = [name for name, o in parts.items() if o.state == "succeeded"]
+    if _passes_on_any(step) and passed and not any(_decisive(step, o) for o in outcomes):
+        return _passed_on(run, step, passed[0], parts[passed[0]])
     failed = [name for name, o in parts.items() if _own_failure(o)]
-    if failed and len(nodes) > 1:
-        _record_blame(run, step, nodes, outcomes)
+    blamed = _record_blame(run, step, nodes, outcomes) if failed and len(nodes) > 1 else None
     if failed and run.runbook.on_node_failure == "continue":
         for name in failed:
             _take_out(run, name, f"failed at step {step.id}: {parts[name].message}")
@@ -133,15 +167,36 @@ def _judge(run: RunContext, step: Step, nodes: Sequence[Node], outcomes: Sequenc
     if len(nodes) == 1:
         return outcomes[0]
     if failed:
-        first = failed[0]
+        first = blamed.node if blamed else failed[0]
         stopped = [name for name, o in parts.items() if o.kind == "stopped"]
         note = f"; stopped on {', '.join(stopped)}" if stopped else ""
         o = parts[first]
-        return StepOutcome("failed", f"failed on {', '.join(failed)}: {first}: {o.message}{note}", o.log_tail, o.log_path)
+        why = f"node {first} first: {blamed.error}" if blamed else f"{first}: {o.message}"
+        return StepOutcome("failed", f"failed on {', '.join(failed)}; {why}{note}", o.log_tail, o.log_path)
     not_ok = [o for o in outcomes if not o.ok]
     if not_ok:  # cancelled (the run was cancelled, or stopped)
         return StepOutcome(not_ok[0].state, not_ok[0].message)
+    problems = _across_nodes(run, step) if isinstance(step, CheckStep) else []
+    if problems:
+        for problem in problems:
+            run.event("check_failed", step.id, problem)
+        return StepOutcome("failed", "; ".join(problems))
     return StepOutcome(_ok_state(outcomes), _summary(list(parts), outcomes))
+
+
+def _across_nodes(run: RunContext, step: CheckStep) -> list[str]:
+    """A check step's comparisons over every node's results (same output, clocks close to each other)."""
+    results = {r.node: (r.outputs or {}).get("checks") or [] for r in run.journal.step_nodes(run.run_id, step.id)
+               if r.state == "succeeded"}
+    return disagreements(step.checks, results)
+
+
+def _passed_on(run: RunContext, step: Step, node: str, outcome: StepOutcome) -> StepOutcome:
+    """A `pass_on: any` gate passed on `node`: its results and progress become the step's (templates read them)."""
+    row = next(r for r in run.journal.step_nodes(run.run_id, step.id) if r.node == node)
+    run.journal.set_step(run.run_id, step.id, outputs=row.outputs, progress=row.progress, last_line=row.last_line,
+                         tail=row.tail)
+    return StepOutcome("succeeded", f"{outcome.message} (on {node})", outcome.log_tail, outcome.log_path)
 
 
 def _ok_state(outcomes: Sequence[StepOutcome]) -> str:
@@ -169,7 +224,7 @@ def _take_out(run: RunContext, name: str, why: str) -> None:
     run.event("node_out", None, f"node {name} is out of the fleet: {why}", node=name)
 
 
-def _record_blame(run: RunContext, step: Step, nodes: Sequence[Node], outcomes: Sequence[StepOutcome]) -> None:
+def _record_blame(run: RunContext, step: Step, nodes: Sequence[Node], outcomes: Sequence[StepOutcome]) -> Blame | None:
     """Read each failed or stopped node's log tail and record the node whose failure came first."""
     rows = {r.node: r for r in run.journal.step_nodes(run.run_id, step.id)}
     failures = []
@@ -188,10 +243,10 @@ def _record_blame(run: RunContext, step: Step, nodes: Sequence[Node], outcomes: 
         if _own_failure(outcome) or root_error(text):
             failures.append(NodeFailure(node.name, text, at, outcome.message, unreachable=outcome.kind == "unreachable"))
     found = blame(failures)
-    if found is None:
-        return
-    run.journal.set_step(run.run_id, step.id, blame=found.as_dict())
-    run.event("blame", step.id, f"blamed node {found.node}: {found.error} ({found.why})", found.as_dict(), node=found.node)
+    if found is not None:
+        run.journal.set_step(run.run_id, step.id, blame=found.as_dict())
+        run.event("blame", step.id, f"blamed node {found.node}: {found.error} ({found.why})", found.as_dict(), node=found.node)
+    return found
 
 
 def _end(run: RunContext, step: Step, outcome: StepOutcome) -> StepOutcome:

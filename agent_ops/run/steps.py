@@ -41,7 +41,9 @@ class StepOutcome:
     message: str
     log_tail: str = ""
     log_path: str | None = None  # the log a diagnosis reads (a job's, or the job a gate watched)
-    kind: str = ""  # why it failed, where that matters: "stopped" (another node failed), "unreachable" (node lost)
+    # Why it failed, where that matters: "stopped" (another node's part decided the step), "unreachable" (node lost),
+    # or a gate's verdict kind (deadline, eof, fail_on, ...).
+    kind: str = ""
 
     @property
     def ok(self) -> bool:
@@ -68,6 +70,10 @@ class StopSignal:
 
     def is_set(self) -> bool:
         return self._event.is_set()
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for the step to be stopped; whether it was."""
+        return self._event.wait(timeout)
 # Fields of a step's part on a node that the step's own row shows too (from its lead node): what status and templates read.
 LEAD_FIELDS = ("last_line", "tail", "progress", "outputs", "env", "attempt")
 
@@ -417,9 +423,8 @@ def _gate_outcome(sctx: StepContext, step: GateStep, verdict: Verdict, watch: Lo
     # Passed or not, what the gate read is kept: later steps (a report) read its metrics and named groups.
     sctx.record(step.id, outputs=watch.results())
     message = verdict.reason + (f" | line: {verdict.line}" if verdict.line and not verdict.passed else "")
-    kind = verdict.kind if verdict.kind in ("stopped", "unreachable") else ""
     return StepOutcome("succeeded" if verdict.passed else "failed", message, verdict.line or "",
-                       handle.log if handle else None, kind=kind)
+                       handle.log if handle else None, kind="" if verdict.passed else verdict.kind)
 
 
 def _next_attempt(sctx: StepContext, job: str, old: JobHandle) -> JobHandle | None:

@@ -202,6 +202,10 @@ class GateStep(StepBase):
     metrics: list[MetricSpec] = Field(default_factory=list, description="Numbers extracted from the log and judged.")
     fail_on: list[str] = Field(default_factory=list, description="Regexes that end the gate as failed at once.", json_schema_extra=REGEX)
     stall_after: float | None = Field(None, gt=0, description="Fail when the log has not grown for this many seconds.")
+    pass_on: Literal["every", "any"] = Field(
+        "every", description="On several nodes: `every` node's log must show the patterns and metrics (the default), or "
+        "`any` one of them: e.g. rank 0's start-up lines and loss, on whichever node torchrun's rendezvous made rank 0. "
+        "The first node that passes ends the wait on the others; a fail_on match (or a lost job) on any node fails the gate.")
 
     @field_validator("fail_on")
     @classmethod
