@@ -34,7 +34,7 @@ Root Cause (first observed failure):
 PEER_CLOSED = """[train] step=40/5000 loss=0.6021 lr=2.000e-03 grad_norm=0.512 s/step=0.190
 [rank0]: Traceback (most recent call last):
 [rank0]:   File "/work/training/train.py", line 120, in train_loop
-[rank0]: RuntimeError: [/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:537] Read error [10.0.0.2]:31665: Connection reset by peer. This is typically caused by a remote worker hanging.
+[rank0]: RuntimeError: [/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:537] Read error [10.0.0.2]:31665: Connection reset by peer.
 E1206 04:20:13.400000 2400 torch/distributed/elastic/multiprocessing/api.py:882] failed (exitcode: 1) local_rank: 0 (pid: 2410) of binary: python
 torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
 Root Cause (first observed failure):
@@ -43,7 +43,8 @@ Root Cause (first observed failure):
   error_file: <N/A>
   traceback : To enable traceback see: https://pytorch.org/docs/stable/elastic/errors.html
 """
-NCCL_TIMEOUT = """[rank3]:[E1206 04:30:00.000000 ProcessGroupNCCL.cpp:616] [Rank 3] Watchdog caught collective operation timeout: WorkNCCL(SeqNum=812, OpType=ALLREDUCE, Timeout(ms)=600000) ran for 600031 milliseconds before timing out.
+NCCL_TIMEOUT = """[rank3]:[E1206 04:30:00.000000 ProcessGroupNCCL.cpp:616] [Rank 3] Watchdog caught collective operation timeout: \
+WorkNCCL(SeqNum=812, OpType=ALLREDUCE, Timeout(ms)=600000) ran for 600031 milliseconds before timing out.
 """
 OOM = """[rank1]: Traceback (most recent call last):
 [rank1]: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 1 has a total capacity of 79.19 GiB
