@@ -20,6 +20,12 @@ class HostKeyError(TransportError):
     code = "host_key_rejected"
 
 
+class JournalError(AgentOpsError):
+    """The journal cannot be opened or written (a full or read-only disk, a lock held too long)."""
+
+    code = "journal_error"
+
+
 class RunbookError(AgentOpsError):
     """A runbook failed to load or validate; `problems` holds one line per error."""
 

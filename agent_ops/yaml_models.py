@@ -169,6 +169,8 @@ class _Builder:
         self.left = MAX_VALUES
         self.built: set[int] = set()  # nodes built once: building one again is following an alias
         self.stack: list[yaml.Node] = []  # the node being built and its parents, aliases followed
+        # Scalars are resolved by the safe constructor (ints, floats, bools, nulls as YAML 1.1 says); one for the file.
+        self.constructor = yaml.constructor.SafeConstructor()
 
     def spend(self, node: yaml.Node) -> None:
         self.left -= 1
@@ -213,7 +215,17 @@ class _Builder:
         # The text of a `|` or `>` block starts on the line after its indicator; other scalars where they start.
         block = node.style in ("|", ">")
         lines.record_text(path, node.start_mark.line + (2 if block else 1), node.style == "|")
-        return _scalar(node)
+        return self.scalar(node)
+
+    def scalar(self, node: yaml.Node) -> Any:
+        return self.constructor.construct_object(node, deep=True)
+
+    def key(self, node: yaml.Node) -> Any:
+        key = self.scalar(node) if isinstance(node, yaml.ScalarNode) else None
+        if not isinstance(node, yaml.ScalarNode) or not isinstance(key, Hashable):
+            raise yaml.MarkedYAMLError(problem="a mapping key must be a plain value, not a list or mapping", problem_mark=node.start_mark)
+        # YAML 1.1 reads `on:` (a step field) and `yes:`/`no:` as booleans; no key of ours is a boolean, so keep the word.
+        return node.value if isinstance(key, bool) else key
 
     def mapping_pairs(self, node: yaml.MappingNode, depth: int) -> list[tuple[Any, yaml.Node, yaml.Node]]:
         """(key, key node, value node) after `<<:` merges: explicit keys win, then earlier merge sources.
@@ -227,7 +239,7 @@ class _Builder:
             if key_node.tag == MERGE_TAG:
                 sources += value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
                 continue
-            key = _key(key_node)
+            key = self.key(key_node)
             if key in explicit:
                 first = explicit[key][0].start_mark.line + 1
                 raise yaml.MarkedYAMLError(problem=f"duplicate key {key!r} (first at line {first})", problem_mark=key_node.start_mark)
@@ -243,23 +255,6 @@ class _Builder:
                 merged.setdefault(key, (key_node, value_node))
         merged.update(explicit)
         return [(key, k, v) for key, (k, v) in merged.items()]
-
-
-def _key(node: yaml.Node) -> Any:
-    key = _scalar(node) if isinstance(node, yaml.ScalarNode) else None
-    if not isinstance(node, yaml.ScalarNode) or not isinstance(key, Hashable):
-        raise yaml.MarkedYAMLError(problem="a mapping key must be a plain value, not a list or mapping", problem_mark=node.start_mark)
-    # YAML 1.1 reads `on:` (a step field) and `yes:`/`no:` as booleans; no key of ours is a boolean, so keep the word.
-    return node.value if isinstance(key, bool) else key
-
-
-def _scalar(node: yaml.Node) -> Any:
-    # Resolve a single scalar with the safe constructor (ints, floats, bools, nulls as YAML 1.1 says).
-    loader = yaml.SafeLoader("")
-    try:
-        return loader.construct_object(node, deep=True)
-    finally:
-        loader.dispose()
 
 
 # pydantic error types that only say "this is the wrong type": in a union, one per failed branch.

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -67,7 +66,9 @@ def test_seed_issues_are_covered(catalog):
 
 
 def test_all_samples_recall_and_false_matches(catalog):
-    """Positive samples: the intended entry is the top match. Negative samples: nothing matches."""
+    """Positive samples: the intended entry is the top match (a hint: the top hint). Negative samples:
+    an entry's own negatives fire neither it nor any cause (a family may still name the error class);
+    the healthy logs of `_negative/` match nothing at all."""
     misses, false_matches, rows = [], [], []
     positives = 0
     for issue in catalog:
@@ -76,27 +77,32 @@ def test_all_samples_recall_and_false_matches(catalog):
             positives += 1
             for tags in (None, issue.applies_to or None):
                 result = diagnose(sample, tags=tags, catalog=catalog)
-                top = result.best.issue_id if result.best else None
+                found = result.hints if issue.level == "hint" else result.matches
+                top = found[0].issue_id if found else None
                 if top != issue.id:
-                    misses.append(f"{issue.id} positive[{i}] tags={tags}: top={top} {[(m.issue_id, m.score) for m in result.matches]}")
+                    misses.append(f"{issue.id} positive[{i}] tags={tags}: top={top} {[(m.issue_id, m.score) for m in found]}")
                     break
             else:
                 hits += 1
-        rows.append(f"  {issue.id:40s} {hits}/{len(issue.samples.positive)} positive, {len(issue.samples.negative)} own negative")
-    negatives = [(f"{i.id} negative[{n}]", s) for i in catalog for n, s in enumerate(i.samples.negative)]
-    negatives += [(f"_negative/{p.name}", p.read_text()) for p in sorted(NEGATIVE_DIR.glob("*.log"))]
-    for label, sample in negatives:
-        matched = diagnose(sample, catalog=catalog).matches
-        if matched:
-            false_matches.append(f"{label}: {[(m.issue_id, m.matched_lines) for m in matched]}")
+        rows.append(f"  {issue.id:40s} {issue.level:6s} {hits}/{len(issue.samples.positive)} positive, {len(issue.samples.negative)} own negative")
+    for issue in catalog:
+        for n, sample in enumerate(issue.samples.negative):
+            wrong = [m for m in diagnose(sample, catalog=catalog).matches if m.issue_id == issue.id or m.level == "cause"]
+            if wrong:
+                false_matches.append(f"{issue.id} negative[{n}]: {[(m.issue_id, m.matched_lines) for m in wrong]}")
+    healthy = sorted(NEGATIVE_DIR.glob("*.log"))
+    for path in healthy:
+        if matched := diagnose(path.read_text(), catalog=catalog).matches:
+            false_matches.append(f"_negative/{path.name}: {[(m.issue_id, m.matched_lines) for m in matched]}")
+    negatives = sum(len(i.samples.negative) for i in catalog) + len(healthy)
     recall = (positives - len(misses)) / positives
-    print(f"\nknown-issue catalog: {len(catalog)} entries, {positives} positive samples, {len(negatives)} negative samples")
+    print(f"\nknown-issue catalog: {len(catalog)} entries, {positives} positive samples, {negatives} negative samples")
     print("\n".join(rows))
     print(f"recall (intended entry is the top match): {recall:.1%} ({positives - len(misses)}/{positives})")
-    print(f"false matches on negative samples: {len(false_matches)}/{len(negatives)}")
+    print(f"false matches on negative samples: {len(false_matches)}/{negatives}")
     for line in misses + false_matches:
         print("  FAIL", line)
-    assert len(list(NEGATIVE_DIR.glob("*.log"))) >= 15
+    assert len(healthy) >= 15
     assert not misses, "\n".join(misses)
     assert not false_matches, "\n".join(false_matches)
 
@@ -176,13 +182,17 @@ def test_tags_select_the_entries_that_apply(catalog):
     assert diagnose("OSError: [Errno 28] No space left on device", tags=["install"], catalog=catalog).best.issue_id == "disk-full"
 
 
+UNKNOWN_FAILURE = "Traceback (most recent call last):\nRuntimeError: Expected to have finished reduction of every bucket before the optimizer step\n"
+
+
 def test_nearest_candidates_when_nothing_matches(catalog):
-    log = "Traceback (most recent call last):\nValueError: operands could not be broadcast together with shapes (10,3) (10,4)\n"
-    result = diagnose(log, catalog=catalog)
+    result = diagnose(UNKNOWN_FAILURE, catalog=catalog)
     assert result.matches == []
-    assert result.nearest and result.nearest[0].issue_id in {"stats-wrong-robot", "proprio-joint-state-7d"}
+    assert result.nearest and result.nearest[0].issue_id == "ddp-unused-parameters"
     assert 0.5 <= result.nearest[0].score < 1
-    assert result.nearest[0].matched_lines == ["2: ValueError: operands could not be broadcast together with shapes (10,3) (10,4)"]
+    assert result.nearest[0].matched_lines == ["2: RuntimeError: Expected to have finished reduction of every bucket before the optimizer step"]
+    # Unknown, yet not silent: the failure as it was seen.
+    assert result.root_error == "RuntimeError: Expected to have finished reduction of every bucket before the optimizer step"
     assert diagnose(OOM_LINE, catalog=catalog).nearest == []  # only when nothing matched
 
 
@@ -344,11 +354,39 @@ def test_cli_reports_a_bad_catalog(cli, tmp_path):
 
 
 def test_cli_prints_nearest_for_unknown_failures(cli):
-    log = textwrap.dedent(
-        """\
-        Traceback (most recent call last):
-        ValueError: operands could not be broadcast together with shapes (10,3) (10,4)
-        """
-    )
-    result = cli("diagnose", "-", input=log)
+    result = cli("diagnose", "-", input=UNKNOWN_FAILURE)
     assert result.exit_code == 1 and "nearest" in result.stdout
+
+
+def test_causes_must_name_a_family_of_the_catalog_and_stay_inside_its_steps(tmp_path):
+    family = _entry_yaml("boom").replace("title: t\n", "title: t\napplies_to: [train]\n")
+    stray = _entry_yaml("stray").replace("title: t\n", "title: t\nlevel: cause\nfamily: nowhere\n")
+    wide = _entry_yaml("wide").replace("title: t\n", "title: t\nlevel: cause\nfamily: boom\napplies_to: [install]\n")
+    paths = [_write(tmp_path, f"{n}.yaml", t) for n, t in (("boom", family), ("stray", stray), ("wide", wide))]
+    problems = _problems(*paths)
+    assert problems[0].startswith(f"{paths[1]}:4: family: 'nowhere' is not a family of this catalog (families: boom")
+    assert problems[1] == f"{paths[2]}:4: family: applies_to must stay inside its family's (train)"
+    orphan = _entry_yaml("orphan").replace("title: t\n", "title: t\nlevel: cause\n")
+    (problem,) = _problems(_write(tmp_path, "orphan.yaml", orphan))
+    assert "a cause needs `family`" in problem
+
+
+def test_a_cause_fires_only_where_its_family_matched(tmp_path):
+    family = _entry_yaml("boom", "signatures:\n  - regex: 'BOOM happened'\n")
+    cause = _entry_yaml("boom-disk", "signatures:\n  - regex: 'disk'\n").replace(
+        "title: t\n", "title: t\nlevel: cause\nfamily: boom\n").replace("'BOOM happened', 'x BOOM happened'", "'a', 'b'")
+    catalog = load_catalog([_write(tmp_path, "boom.yaml", family), _write(tmp_path, "boom-disk.yaml", cause)])
+    assert [(m.issue_id, m.level, m.family) for m in diagnose("BOOM happened on disk 3\n", catalog=catalog).matches] == [
+        ("boom-disk", "cause", "boom"), ("boom", "family", "boom")]
+    assert diagnose("the disk is fine\n", catalog=catalog).matches == []  # no family, no cause
+    family_only = diagnose("BOOM happened\n", catalog=catalog)
+    assert [m.issue_id for m in family_only.matches] == ["boom"] and family_only.root_error == ""
+
+
+def test_a_fix_that_deletes_must_say_what(tmp_path):
+    text = _entry_yaml("cleaner") + "fix:\n  - action: run\n    commands: ['df -h', 'rm -rf ~/.cache/huggingface']\n"
+    (problem,) = _problems(_write(tmp_path, "cleaner.yaml", text))
+    assert problem.startswith(f"{tmp_path / 'cleaner.yaml'}:10: fix.0: command 'rm -rf ~/.cache/huggingface' deletes files: say what in `deletes`")
+    said = text + "    deletes: the Hugging Face cache\n"
+    [issue] = load_catalog([_write(tmp_path, "cleaner.yaml", said)]).issues
+    assert issue.deletions() == ["the Hugging Face cache"]

@@ -1,11 +1,13 @@
 """A run whose target cannot host it ends failed, with the target's own words in the journal (never stuck "running")."""
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.runs import Box, events, run_api
+from tests.runs import CLI, RUNBOOKS, Box, events, run_api
 
 
 def _assert_failed_before_any_step(box: Box, run_id: str, final: str, says: str) -> None:
@@ -39,3 +41,14 @@ def test_tmux_that_cannot_start_fails_the_run(box: Box, tmp_path: Path, monkeypa
         run = run_api(box, "hello.yaml")
     _assert_failed_before_any_step(box, run.run_id, run.final, "cannot create tmux session")
     assert not (box.scratch / "counter").exists()
+
+
+def test_a_journal_that_cannot_be_opened_is_one_clear_error(tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "a-file"
+    not_a_dir.write_text("")
+    for command in (["run", str(RUNBOOKS / "hello.yaml"), "--var", f"box={tmp_path}"], ["status"], ["list"]):
+        proc = subprocess.run([*CLI, *command], capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "AGENTOPS_HOME": str(not_a_dir / "home")})
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert proc.stderr.strip() == f"journal {not_a_dir}/home/journal.db cannot be opened: Not a directory"
+    assert not (tmp_path / "counter").exists()

@@ -3,8 +3,12 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import subprocess
+import threading
+
+import pytest
 
 from agent_ops.record.journal import Journal
 from tests.runs import RUNBOOKS, Box, agentops, alive, attempts, events, lines, only_run_id, spawn, step, wait_for
@@ -55,6 +59,49 @@ def test_sigkill_mid_run_then_resume_finishes_without_rerunning(box: Box) -> Non
     assert reattached.step_id == "long"
     assert [e.step_id for e in events(journal, run_id, "job_started")] == ["first", "long", "last"]
     assert len(events(journal, run_id, "run_resumed")) == 1
+
+
+def _resume_finishes_without_rerunning(box: Box, journal: Journal, run_id: str) -> None:
+    resumed = agentops(box, "resume", run_id, "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["state"] == "succeeded"
+    assert lines(box.scratch / "counter") == ["first", "long", "last"]
+    assert [a.attempt for a in attempts(journal, run_id, "long")] == [1]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_records_the_run_interrupted_as_ctrl_c_does(box: Box, sig: signal.Signals) -> None:
+    proc, journal, run_id = _start(box, "resume.yaml")
+    wait_for("long's job to run", lambda: _job_running(journal, run_id, "long") and "long" in lines(box.scratch / "counter"))
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in stderr
+    assert f"stopped by {sig.name}; jobs keep running. Continue with: agentops resume {run_id}" in stderr
+    row = journal.run(run_id)
+    assert row.state == "interrupted" and row.message.startswith(f"controller stopped by {sig.name}")
+    _resume_finishes_without_rerunning(box, journal, run_id)
+
+
+def test_unwritable_journal_stops_the_controller_with_one_message(box: Box) -> None:
+    proc, journal, run_id = _start(box, "resume.yaml")
+    wait_for("long's job to run", lambda: _job_running(journal, run_id, "long") and "long" in lines(box.scratch / "counter"))
+    stderr: list[str] = []
+    reader = threading.Thread(target=lambda: stderr.extend(proc.stderr), daemon=True)
+    reader.start()
+    # Every write of the controller to a file now fails (EFBIG, as a full disk fails it with ENOSPC) ...
+    _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (0, hard))
+    wait_for("the controller to say the journal cannot be written", lambda: any("cannot be written" in line for line in stderr))
+    # ... until the disk is freed, while the controller still tries to record the run as interrupted.
+    resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (hard, hard))
+    assert proc.wait(timeout=60) == 1
+    reader.join(timeout=10)
+    text = "".join(stderr)
+    assert "Traceback" not in text and len(text.splitlines()) < 20, text
+    assert f"journal {box.home / 'journal.db'} cannot be written" in text
+    assert f"recorded as interrupted; once the journal can be written, continue with: agentops resume {run_id}" in text
+    assert journal.run(run_id).state == "interrupted"
+    _resume_finishes_without_rerunning(box, journal, run_id)
 
 
 def test_file_gate_resumed_after_sigkill_sees_lines_written_meanwhile(box: Box) -> None:

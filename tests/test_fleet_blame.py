@@ -95,3 +95,28 @@ def test_disagreements_across_nodes() -> None:
         "stack: differs across nodes: a, c: 'torch 2.13.0 cuda 12.8 nccl 2.21.5'; b: 'torch 2.12.0 cuda 12.8 nccl 2.21.5'",
         "clock_skew: clocks 1.600 s apart across nodes (a +0.000 s, b +1.600 s, c +0.100 s); allowed 1 s",
     ]
+
+
+def test_a_journal_from_before_fleets_is_migrated_keeping_every_attempt(tmp_path) -> None:
+    import sqlite3
+
+    from agent_ops.record.journal import Journal
+
+    path = tmp_path / "journal.db"
+    db = sqlite3.connect(path)
+    db.executescript("""
+        CREATE TABLE attempts (run_id TEXT NOT NULL, step_id TEXT NOT NULL, attempt INTEGER NOT NULL, job_dir TEXT,
+            window TEXT, started REAL NOT NULL, ended REAL, rc INTEGER, verdict TEXT, message TEXT, log_size INTEGER,
+            overrides TEXT, PRIMARY KEY (run_id, step_id, attempt));
+        CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, step_id TEXT, ts REAL NOT NULL,
+            kind TEXT NOT NULL, message TEXT NOT NULL, data TEXT);
+        INSERT INTO attempts VALUES ('r1', 'train', 1, '/w/jobs/train-1', 'train-1', 1.0, 2.0, 0, 'succeeded', 'ok', 10, '{}');
+        INSERT INTO events (run_id, step_id, ts, kind, message) VALUES ('r1', 'train', 1.0, 'step_started', 'x');
+    """)
+    db.close()
+    journal = Journal(path)
+    [attempt] = journal.attempts("r1", "train", node="box")  # '' = the run's only node, whatever its name
+    assert (attempt.node, attempt.attempt, attempt.job_dir, attempt.rc) == ("", 1, "/w/jobs/train-1", 0)
+    journal.start_attempt("r1", "train", 1, job_dir="/w2", window="train-1", node="n2")  # same attempt, another node
+    assert sorted(a.node for a in journal.attempts("r1", "train")) == ["", "n2"]
+    assert journal.events("r1")[0].node is None

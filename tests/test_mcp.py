@@ -96,6 +96,10 @@ async def _session_run(tmp_path: Path, sock: str) -> dict:
         seen["diagnosis"] = _data(await call("diagnose_log", {
             "text": "[rank0]: ValueError: API key must be 40 characters long, yours was 86"}))
         seen["issue"] = _data(await call("known_issue", {"issue_id": "wandb-key-86-chars"}))
+        learnt = "Traceback (most recent call last):\nFrobnicatorError: the frobnicator at /w/f.bin needs 12 widgets\n"
+        seen["proposal"] = _data(await call("propose_known_issue", {"text": learnt, "issue_id": "frob-widgets",
+                                                                    "fix": [{"action": "set_env", "name": "FROB_OK", "value": "1"}]}))
+        seen["learnt"] = _data(await call("diagnose_log", {"text": learnt.replace("12", "7")}))
 
         slow = _data(await call("start_run", {"file": str(books["slow"]), **target}))
         for _ in range(50):
@@ -123,7 +127,7 @@ def test_mcp_server_end_to_end(tmp_path: Path) -> None:
         subprocess.run(["tmux", "-L", sock, "kill-server"], capture_output=True)
 
     assert {"validate", "plan", "start_run", "status", "wait", "tail", "diagnose_log", "known_issues", "known_issue",
-            "cancel", "resume"} <= set(seen["tools"])
+            "cancel", "resume", "propose_known_issue"} <= set(seen["tools"])
     # Bounded by contract: the schema refuses waits over 30 s, and server-side work gives up before 30 s.
     assert seen["wait_schema"]["maximum"] == 30 and seen["too_long"] is True
     assert TOOL_TIMEOUT_S < 30
@@ -146,6 +150,9 @@ def test_mcp_server_end_to_end(tmp_path: Path) -> None:
 
     assert seen["diagnosis"]["matches"][0]["issue_id"] == "wandb-key-86-chars"
     assert seen["issue"]["id"] == "wandb-key-86-chars" and seen["issue"]["fix"]
+    # An agent teaches the catalog: the entry lands in $AGENTOPS_HOME/known_issues/ and diagnoses the next occurrence.
+    assert seen["proposal"]["admitted"] and seen["proposal"]["path"] == str(tmp_path / "home" / "known_issues" / "frob-widgets.yaml")
+    assert seen["learnt"]["matches"][0]["issue_id"] == "frob-widgets"
 
     assert seen["cancel"]["state"] in ("cancelling", "cancelled")
     assert seen["cancelled"]["state"] == "cancelled"

@@ -94,6 +94,11 @@ def _expected_rollback(first: list[str]) -> tuple[int, list[int]]:
     return max(n for n in saved if n <= fault_step), [n for n in saved if n > fault_step]
 
 
+def _last_step(log: list[str]) -> int:
+    """The highest step attempt 1's log shows: where the remedy's skip ends."""
+    return max(int(m[1]) for line in log for m in re.finditer(r"\bstep\W{0,2}[=: ]\s*(\d+)", line, re.IGNORECASE))
+
+
 @e2e
 def test_the_run_succeeds_on_the_second_train_attempt(finished: Finished) -> None:
     status = finished.status
@@ -128,7 +133,10 @@ def test_the_rollback_fix_is_recorded_with_the_newest_healthy_checkpoint_and_hal
     [remedy] = finished.status.remedies
     assert (remedy.step_id, remedy.attempt, remedy.issue_id, remedy.result) == ("train", 1, "policy-collapse", "succeeded")
     assert any("[watchdog] COLLAPSE metric=loss" in line for line in remedy.matched_lines)
-    assert remedy.fix == [f"rolled back to {chosen}; learning_rate: 0.002 -> 0.001; save_every: 5 -> 2"]
+    last = _last_step(finished.logs[0])
+    assert remedy.fix == [f"rolled back to {chosen}; skip_updates = {last - good + 1} (steps {good}..{last} skipped on resume); "
+                          "learning_rate: 0.002 -> 0.001; save_every: 5 -> 2"]
+    assert finished.status.vars["skip_updates"] == last - good + 1
     assert finished.status.vars["resume_from"] == chosen
     assert finished.status.vars["learning_rate"] == pytest.approx(1e-3)
     assert finished.status.vars["save_every"] == 2
@@ -148,8 +156,9 @@ def test_second_attempt_resumed_there_with_the_lower_lr_and_ran_only_the_remaini
     before, after = finished.steps(first), finished.steps(second)
     assert [s for s, _, _ in after] == list(range(good, 80))  # the remaining updates, from the checkpoint's step
     assert not any(line.startswith("[fault]") for line in second)
-    # Same weights, optimizer and data cursor as attempt 1 had at that step: the same loss, to the printed digit.
-    assert after[0][1] == next(loss for s, loss, _ in before if s == good)
+    # The batches attempt 1 read from that checkpoint up to the collapse are skipped, not replayed (grad_accum 1).
+    skipped = _last_step(first) - good + 1
+    assert f"[train] skipped {skipped} batches after resume (data.skip_updates={skipped})" in second
     # The lowered LR in the trainer's own lr= lines: half of attempt 1's schedule, never above the new peak.
     lr_before = {s: lr for s, _, lr in before}
     for s, _, lr in after:

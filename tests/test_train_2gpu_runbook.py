@@ -40,7 +40,7 @@ def test_train_2gpu_runbook_gates_every_rank_and_the_loss_on_cpu(parallel: str, 
 
     # Both ranks joined, in rank order, each with the three multicast switches in its environment.
     attempt = box.journal().attempts(status["id"], "train")[-1]
-    log = Path(attempt["job_dir"], "log").read_text().splitlines()
+    log = Path(attempt.job_dir, "log").read_text().splitlines()
     ranks = [line for line in log if line.startswith("[dist] ")]
     assert [r.split()[1] for r in ranks] == ["rank=0/2", "rank=1/2"]
     assert all(re.fullmatch(r"\[dist\] rank=\d/2 local_rank=\d device=cpu backend=gloo host=\S+ pid=\d+ nvls=off", r)

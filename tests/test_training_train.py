@@ -293,6 +293,27 @@ def test_flow_matching_and_next_token_ce_objectives_train(data: dict, tmp_path: 
     assert ce[0]["loss"] == pytest.approx(np.log(259), rel=0.1)  # uniform over the byte vocabulary at init
 
 
+def test_a_hybrid_schedule_appends_its_weight_to_the_step_line(data: dict, tmp_path: Path) -> None:
+    from training.config import HybridWeightConfig
+    from training.schedules import weight_at
+
+    out = tmp_path / "hybrid"
+    proc = train(data, out, "objective.aux_ce={start: 1.0, end: 0.2, updates: 4, kind: linear}", "max_steps=6",
+                 "log_every=1", "wandb.mode=disabled", nproc=None)
+    lines = [line for line in gate_lines(proc.stdout) if line.startswith("[train] step=")]
+    spec = HybridWeightConfig(start=1.0, end=0.2, updates=4)
+    logged = metrics(out)
+    assert len(lines) == len(logged) == 6
+    for step, (line, m) in enumerate(zip(lines, logged, strict=True)):
+        before, sep, weight = line.rpartition(" aux_weight=")
+        assert sep and STEP_LINE.match(before), line  # the line as without a schedule, the weight appended at the end
+        assert weight == f"{weight_at(step, spec):.4f}" and m["aux_weight"] == weight_at(step, spec)
+        gate = re.search(r"\[train\] step=(?P<step>\d+)/\d+ loss=(?P<value>[\d.]+)", line)  # the runbooks' metric
+        assert (int(gate["step"]), gate["value"]) == (step, f"{m['loss']:.4f}")
+    assert [line.rpartition("aux_weight=")[2] for line in lines] == ["1.0000", "0.8000", "0.6000", "0.4000", "0.2000",
+                                                                       "0.2000"]
+
+
 def test_non_finite_guard_skips_counts_and_stops_with_a_clear_line(data: dict, tmp_path: Path) -> None:
     from agent_ops.known_issues.diagnose import diagnose
 
@@ -353,3 +374,22 @@ def test_bad_config_is_refused_with_file_and_field(tmp_path: Path, capsys: pytes
     assert main(["--config", str(unsafe)]) == 2
     assert "out_dir: Value error, path component(s) ['output_2025-10-02||12:35:19'] outside [A-Za-z0-9._-]" \
         in capsys.readouterr().err
+
+
+def test_resume_with_skip_updates_does_not_replay_the_skipped_batches(data: dict, tmp_path: Path) -> None:
+    # The catalog's rollbacks set data.skip_updates: the batches read between the checkpoint and the failure are drawn
+    # and dropped, so the resumed run's data stands exactly that many batches further on.
+    sets = ("log_every=1", "max_steps=8", "checkpoint.save_every=4", "checkpoint.keep_last=3", "wandb.mode=disabled",
+            "data.batch_size=4")
+    out = tmp_path / "run"
+    train(data, out, *sets, nproc=None)
+    plain, skipping = tmp_path / "plain", tmp_path / "skipping"
+    train(data, plain, *sets, nproc=None, resume=str(out / "checkpoint-000004"))
+    proc = train(data, skipping, *sets, "data.skip_updates=3", nproc=None, resume=str(out / "checkpoint-000004"))
+    assert "[train] skipped 3 batches after resume (data.skip_updates=3)" in gate_lines(proc.stdout)
+
+    def cursor(run: Path) -> dict:
+        return json.loads((run / "checkpoint-000008" / "rank-00000.json").read_text())["data"]
+
+    moved, base = cursor(skipping), cursor(plain)
+    assert (moved["epoch"], moved["cursor"]) == (base["epoch"], base["cursor"] + 3 * 4)  # 3 batches of 4 samples further on

@@ -47,6 +47,8 @@ class DataConfig(Strict):
     batch_size: int = Field(8, ge=1, description="per process (GPU)")
     num_workers: int = Field(0, ge=0)
     require_matching_stats: bool = True
+    skip_updates: int = Field(0, ge=0, description="on resume only: skip the batches of this many updates first (the data read "
+                              "when a run went wrong is not replayed after a rollback; the catalog's remedies set it)")
 
 
 class VisionConfig(Strict):

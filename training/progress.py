@@ -13,7 +13,7 @@ Start-up, always in this order (the full reference with regexes is training/LOGS
 Per step, every ``log_every`` steps, the first step and the last; steps are
 0-based (``step=0/M`` is the first update, ``step=M-1/M`` the last)::
 
-    [train] step=N/M loss=<f> lr=<e> grad_norm=<f> s/step=<f>
+    [train] step=N/M loss=<f> lr=<e> grad_norm=<f> s/step=<f>[ aux_weight=<f>]   (aux_weight: objective.aux_ce runs)
     Step N/M | Loss: 0.1234 | Ret: 0.0821/0.1000 | λ: 0.000->0.000 | Conflict: 12.34% | GradNorm: 1.23 | LR: 5.00e-04
                                                             (seed 001's console line; CRaFT runs only)
 
@@ -76,10 +76,13 @@ def _f(value: float, spec: str) -> str:
     return format(value, spec) if math.isfinite(value) else str(value).lower()
 
 
-def step_line(step: int, max_steps: int, loss: float, lr: float, grad_norm: float, seconds: float) -> str:
-    """The per-step line gates extract metrics from."""
+def step_line(step: int, max_steps: int, loss: float, lr: float, grad_norm: float, seconds: float,
+              aux_weight: float | None = None) -> str:
+    """The per-step line gates extract metrics from; the hybrid weight w(t) last, when a schedule is configured."""
+    # New fields go at the end: gates and tests match the line from its start.
+    hybrid = "" if aux_weight is None else f" aux_weight={aux_weight:.4f}"
     return (f"[train] step={step}/{max_steps} loss={_f(loss, '.4f')} lr={lr:.3e} "
-            f"grad_norm={_f(grad_norm, '.3f')} s/step={seconds:.3f}")
+            f"grad_norm={_f(grad_norm, '.3f')} s/step={seconds:.3f}{hybrid}")
 
 
 def skip_line(step: int, loss: float, grad_norm: float, count: int, limit: int) -> str:

@@ -34,9 +34,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from training.config import ConfigError, TrainConfig, load_config
+
+if TYPE_CHECKING:  # torch is imported only once a run starts: --help and config errors need none
+    from training.update import DeviceUpdate, HostUpdate
 
 EXIT_BAD_INPUT, EXIT_COLLAPSE, EXIT_NONFINITE = 2, 3, 4
 
@@ -149,8 +152,8 @@ class BatchFeed:
     def next(self) -> dict[str, Any]:
         """The next batch on the device: the one copied ahead, else drawn now."""
         t0 = time.perf_counter()
-        batch, self.pending = (self.pending, None) if self.pending is not None else (
-            prepare_batch(next(self.run.batches), self.run), None)
+        batch = self.pending if self.pending is not None else prepare_batch(next(self.run.batches), self.run)
+        self.pending = None
         self.timer.waited(time.perf_counter() - t0)
         return batch
 
@@ -164,7 +167,7 @@ class BatchFeed:
             self.timer.waited(time.perf_counter() - t0)
 
 
-def make_update(run: Run, feed: BatchFeed) -> Any:
+def make_update(run: Run, feed: BatchFeed) -> DeviceUpdate | HostUpdate:
     """The update this run takes: fused on the device where it can, else from the host (training.update)."""
     from training.update import DeviceUpdate, HostUpdate
 
@@ -266,7 +269,7 @@ def log_step(run: Run, done: StepOutcome) -> dict[str, float]:
     parts = run.ctx.all_reduce_mean(torch.stack([done.logs[k] for k in keys]).float()).tolist() if keys else []
     run.state.last_loss = done.loss
     lr = run.optimizer.param_groups[0]["lr"]  # the LR the update used, read back from the optimizer
-    log(step_line(done.step, cfg.max_steps, done.loss, lr, done.grad_norm, done.seconds))
+    log(step_line(done.step, cfg.max_steps, done.loss, lr, done.grad_norm, done.seconds, done.aux_weight))
     metrics = {"step": done.step, "loss": done.loss, "lr": lr, "grad_norm": done.grad_norm, "s_per_step": done.seconds,
                **dict(zip(keys, parts, strict=True))}
     if done.aux_weight is not None:
@@ -534,9 +537,24 @@ def setup(cfg: TrainConfig, ctx: Any, log: Any, resume: str | None) -> Run:
     elif cfg.runtime.compile:
         log(f"[train] compile: {compile_blocks(policy)} transformer blocks (torch.compile each)")
     craft = CraftGradients(list(policy.parameters()), cfg.craft, ctx.world_size) if cfg.craft.enabled else None
+    batches = iter(loader)
+    if checkpoint is not None and cfg.data.skip_updates:
+        skip_batches(batches, cfg, log)
     return Run(cfg=cfg, ctx=ctx, policy=policy, model=model, anchor=anchor, optimizer=optimizer, loader=loader,
-               batches=iter(loader), tokens=tokens.to(ctx.device), noise=noise, craft=craft, watchdog=watchdog,
+               batches=batches, tokens=tokens.to(ctx.device), noise=noise, craft=craft, watchdog=watchdog,
                tracker=tracker, log=log, state=state, bf16=bf16, stats_path=cfg.data.stats, flops_per_sample=flops)
+
+
+def skip_batches(batches: Any, cfg: TrainConfig, log: Any) -> None:
+    """Draw and drop the batches of `data.skip_updates` updates: a rollback does not replay what went wrong.
+
+    Drawn, not jumped over: the loader's cursor then says exactly where the data stands, across epochs,
+    and the next checkpoint records it.
+    """
+    count = cfg.data.skip_updates * cfg.optim.grad_accum
+    for _ in range(count):
+        next(batches)
+    log(f"[train] skipped {count} batches after resume (data.skip_updates={cfg.data.skip_updates})")
 
 
 def _rescaled_cursor(checkpoint: Path, saved: dict[str, Any], world_size: int) -> dict[str, int]:

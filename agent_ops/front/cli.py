@@ -8,6 +8,7 @@ progress goes to stderr.
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import time
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
-from agent_ops.errors import AgentOpsError, RunbookError, TransportError
+from agent_ops.errors import AgentOpsError, JournalError, RunbookError, TransportError
 from agent_ops.front import service as ops
 from agent_ops.front.cli_catalog import diagnose_command, known_issues_app
 from agent_ops.front.cli_provider import down_command, offers_command, rent_command, rentals_command
@@ -36,7 +37,9 @@ app.command("down", help="Give back every box a run rented.")(down_command)
 err = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
 
-EXIT_FAILED, EXIT_INPUT, EXIT_TRANSPORT, EXIT_STATE = 1, 2, 3, 4
+EXIT_FAILED, EXIT_INPUT, EXIT_TRANSPORT, EXIT_STATE, EXIT_INTERRUPTED = 1, 2, 3, 4, 130
+# After the journal refused a write mid-run: how long to keep trying to record the run as interrupted (a disk freed).
+JOURNAL_RETRY_S = 10.0
 
 JsonOpt = typer.Option(False, "--json", help="Print one JSON document on stdout.")
 VarOpt = typer.Option(None, "--var", "-v", help="Set a variable: NAME=VALUE (repeatable).")
@@ -60,12 +63,15 @@ def _parse_vars(items: list[str] | None, as_json: bool) -> dict[str, str]:
     return values
 
 
-def _journal() -> Journal:
-    return Journal()
+def _journal(as_json: bool = False) -> Journal:
+    try:
+        return Journal()
+    except JournalError as exc:
+        _fail(EXIT_INPUT, str(exc), as_json, exc.code)
 
 
 def _target(target: str, identity: str | None, inventory: str | None, accept: bool, tmux_socket: str | None,
-            workdir: str | None, as_json: bool, known_hosts: str | None = None):
+            workdir: str | None, as_json: bool, known_hosts: str | None = None, allow_deleting_fixes: bool = False):
     """The fleet `-t` names (a single target is a fleet of one), options applied to every node."""
     from agent_ops.fleet.nodes import resolve_fleet
     from agent_ops.transport.target import read_inventory
@@ -81,6 +87,8 @@ def _target(target: str, identity: str | None, inventory: str | None, accept: bo
         options["workdir"] = workdir
     if known_hosts:
         options["known_hosts"] = known_hosts
+    if allow_deleting_fixes:
+        options["allow_deleting_fixes"] = True
     try:
         return resolve_fleet(target, read_inventory(inventory) if inventory else None, options)
     except RunbookError as exc:
@@ -139,6 +147,11 @@ def plan(file: str, var: list[str] | None = VarOpt, as_json: bool = JsonOpt) -> 
                 out.print(f"      env {k}={v}", markup=False, highlight=False, style="dim")
             for line in (s.command or "").rstrip().splitlines():
                 out.print(f"      $ {line}", markup=False, highlight=False, style="dim")
+    if doc.deleting_fixes:
+        out.print("fixes that delete (refused on a local target unless --allow-deleting-fixes):", style="bold")
+    for fix in doc.deleting_fixes:
+        out.print(f"  {fix.issue_id} deletes {'; '.join(fix.deletes)}, if it matches a failure of: {', '.join(fix.steps)}",
+                  markup=False, highlight=False)
 
 
 def _op(as_json: bool, fn, *args, **kwargs):
@@ -172,6 +185,8 @@ def run(
     workdir: str | None = typer.Option(None, "--workdir", help="Directory on the target for job files (run_dir is WORKDIR/runs/RUN; "
                                        "default ~/.agentops there). The journal stays here, in $AGENTOPS_HOME (default ./.agentops)."),
     known_hosts: str | None = typer.Option(None, "--known-hosts", help="known_hosts file (default ~/.ssh/known_hosts)."),
+    allow_deleting_fixes: bool = typer.Option(False, "--allow-deleting-fixes",
+                                              help="On --target local, let known-issue fixes that delete files (caches) run."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan with every var resolved; run nothing."),
     detach: bool = typer.Option(False, "--detach", "-d", help="Start the run in the background; print its id at once."),
     run_id: str | None = typer.Option(None, "--run-id", hidden=True, help="Use this run id (set by --detach)."),
@@ -181,7 +196,8 @@ def run(
     from agent_ops.run.context import start_run
 
     loaded, values = _load(file, var, as_json)
-    fleet = _target(target, identity, inventory, accept_new_host_key, tmux_socket, workdir, as_json, known_hosts)
+    fleet = _target(target, identity, inventory, accept_new_host_key, tmux_socket, workdir, as_json, known_hosts,
+                    allow_deleting_fixes)
     if dry_run:
         plan(file, var, as_json)
         return
@@ -189,9 +205,9 @@ def run(
         target_args = ["--target", target] + sum(([flag, value] for flag, value in (
             ("--identity", identity), ("--inventory", inventory), ("--tmux-socket", tmux_socket),
             ("--workdir", workdir), ("--known-hosts", known_hosts)) if value), [])
-        if accept_new_host_key:
-            target_args.append("--accept-new-host-key")
-        started = _op(as_json, ops.start_detached, file, _parse_vars(var, as_json), target_args, _journal())
+        target_args += [flag for flag, on in (("--accept-new-host-key", accept_new_host_key),
+                                              ("--allow-deleting-fixes", allow_deleting_fixes)) if on]
+        started = _op(as_json, ops.start_detached, file, _parse_vars(var, as_json), target_args, _journal(as_json))
         if as_json:
             print(started.model_dump_json(indent=2))
         else:
@@ -203,7 +219,7 @@ def run(
         secret_values = read_secrets(loaded.runbook.secrets)
     except MissingSecret as exc:
         _fail(EXIT_INPUT, f"{loaded.path}: secrets missing from the environment: {exc.args[0]}", as_json, "missing_secret")
-    journal = _journal()
+    journal = _journal(as_json)
     _execute(journal, as_json,
              lambda observer: start_run(loaded, values, secret_values, fleet, journal, run_id=run_id, observer=observer))
 
@@ -225,13 +241,22 @@ def _execute(journal: Journal, as_json: bool, make_ctx) -> None:
     if ctx.observer is None:
         view = LiveView(journal.path, ctx.run_id, err)
         ctx.observer = view
+    stop_signals = {sig: signal.signal(sig, _stop_like_ctrl_c) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         final = Executor(ctx).execute()
-    except KeyboardInterrupt:
-        journal.set_run(ctx.run_id, state="interrupted", message="controller interrupted; `agentops resume` continues")
-        err.print(f"interrupted; jobs keep running. Continue with: agentops resume {ctx.run_id}")
-        raise typer.Exit(130) from None
+    except KeyboardInterrupt as exc:
+        how = f"stopped by {exc.args[0]}" if isinstance(exc, ControllerStopped) else "interrupted"
+        try:
+            journal.set_run(ctx.run_id, state="interrupted", message=f"controller {how}; `agentops resume` continues")
+        except JournalError as journal_exc:
+            err.print(str(journal_exc), markup=False, highlight=False)
+        err.print(f"{how}; jobs keep running. Continue with: agentops resume {ctx.run_id}", markup=False, highlight=False)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except JournalError as exc:
+        _journal_lost(journal, ctx.run_id, exc, as_json)
     finally:
+        for sig, handler in stop_signals.items():
+            signal.signal(sig, handler)
         if view:
             view.close()
         close_run(ctx)
@@ -244,6 +269,37 @@ def _execute(journal: Journal, as_json: bool, make_ctx) -> None:
         _print_reports(ctx.loaded.runbook, status)
         err.print(f"run {ctx.run_id}: {final} — details: agentops status {ctx.run_id}", markup=False, highlight=False)
     raise typer.Exit(0 if final == "succeeded" else EXIT_FAILED)
+
+
+class ControllerStopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP reached the controller: it stops the way Ctrl-C stops it (the run recorded as interrupted)."""
+
+
+def _stop_like_ctrl_c(signum: int, frame: Any) -> None:
+    raise ControllerStopped(signal.Signals(signum).name)
+
+
+def _journal_lost(journal: Journal, run_id: str, exc: JournalError, as_json: bool) -> None:
+    """The journal refused a write mid-run: the controller stops driving (the jobs run on, `resume` re-attaches).
+
+    It still tries, for JOURNAL_RETRY_S, to record the run as interrupted (a full disk may be freed meanwhile),
+    so that the journal does not show a run nobody drives as running.
+    """
+    err.print(f"{exc}: the controller stops driving run {run_id}; its jobs keep running on the target", markup=False,
+              highlight=False)
+    deadline = time.monotonic() + JOURNAL_RETRY_S
+    while True:
+        try:
+            journal.set_run(run_id, state="interrupted", message=f"controller stopped: {exc}; `agentops resume` continues")
+            state = "recorded as interrupted"
+            break
+        except JournalError:
+            if time.monotonic() > deadline:
+                state = f"could not be recorded (the journal still shows it running, its controller gone) within {JOURNAL_RETRY_S:g}s"
+                break
+            time.sleep(0.5)
+    _fail(EXIT_FAILED, f"run {run_id}: {state}; once the journal can be written, continue with: agentops resume {run_id}",
+          as_json, exc.code)
 
 
 def _print_reports(runbook, status) -> None:
@@ -293,7 +349,7 @@ def status(
     """A run's state from the journal: steps, attempts, gate progress, remedies."""
     from agent_ops.front.live_view import render_status
 
-    st = _op(as_json, ops.status, _journal(), run_id)
+    st = _op(as_json, ops.status, _journal(as_json), run_id)
     if as_json:
         print(st.model_dump_json(indent=2))
         return
@@ -320,7 +376,7 @@ def wait(
     as_json: bool = JsonOpt,
 ) -> None:
     """Return when the run changes (a step, attempt, gate line, remedy) or after --timeout; for shell-driven agents."""
-    result = _op(as_json, ops.wait, _journal(), run_id, timeout)
+    result = _op(as_json, ops.wait, _journal(as_json), run_id, timeout)
     if as_json:
         print(result.model_dump_json(indent=2))
     else:
@@ -346,7 +402,7 @@ def list_runs(limit: int = typer.Option(20, help="How many runs."), as_json: boo
     """Recent runs, newest first."""
     from agent_ops.record.status import run_summaries
 
-    runs = run_summaries(_journal(), limit)
+    runs = run_summaries(_journal(as_json), limit)
     if as_json:
         print(json.dumps([r.model_dump() for r in runs], indent=2))
         return

@@ -1,13 +1,17 @@
-"""CLI for the known-issue catalog: `known-issues list|show` and `diagnose LOGFILE`, mounted on the main app.
+"""CLI for the known-issue catalog: `known-issues list|show|propose` and `diagnose LOGFILE`, mounted on the main app.
 
 Mount with `app.add_typer(known_issues_app, name="known-issues")` and
 `app.command("diagnose")(diagnose_command)`. With `--json`, stdout carries JSON only;
 errors go to stderr. Exit codes: `diagnose` 0 = a known issue matched, 1 = none did,
-2 = bad input (unreadable log, invalid catalog); `show` 2 = unknown id.
+2 = bad input (unreadable log, invalid catalog); `show` 2 = unknown id; `propose` 0 = admitted
+(or, with --dry-run, safe to admit), 1 = refused, 2 = bad input. The catalog is the shipped one
+plus the user's entries in `$AGENTOPS_HOME/known_issues/`, unless `--catalog` names another.
 """
 from __future__ import annotations
 
+import json
 import sys
+from collections import deque
 from pathlib import Path
 
 import typer
@@ -16,14 +20,11 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from agent_ops.known_issues.catalog import (
-    Catalog,
-    CatalogError,
-    KnownIssue,
-    default_catalog,
-    load_catalog,
-)
+from agent_ops.front import service as ops
+from agent_ops.known_issues.catalog import Catalog, CatalogError, KnownIssue, load_catalog
 from agent_ops.known_issues.diagnose import DEFAULT_TAIL, Diagnosis, diagnose
+from agent_ops.known_issues.propose import Proposal
+from agent_ops.known_issues.root_error import TAIL_BYTES, read_tail
 
 known_issues_app = typer.Typer(help="The known-issue catalog: failures agentops recognises and fixes.", no_args_is_help=True)
 
@@ -36,6 +37,8 @@ class IssueSummary(BaseModel):
 
     id: str
     title: str
+    level: str = Field(description="family, cause (inside `family`) or hint.")
+    family: str = Field(description="The family id (its own for a family).")
     applies_to: list[str] = Field(description="Step tags; empty = every step.")
     fix: list[str] = Field(description="One line per fix action.")
     escalates: bool = Field(description="Whether the entry has text for a person.")
@@ -54,9 +57,11 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
 
 def _catalog(path: Path | None) -> Catalog:
     try:
-        return load_catalog([path]) if path is not None else default_catalog()
+        return load_catalog([path]) if path is not None else ops.known_issues()
     except CatalogError as exc:
         raise _fail(str(exc)) from None
+    except ops.OpError as exc:
+        raise _fail("\n".join(exc.problems) or exc.message) from None
 
 
 @known_issues_app.command("list")
@@ -73,11 +78,14 @@ def list_issues(
         return
     table = Table(title=f"{len(summaries)} known issues")
     table.add_column("id", no_wrap=True)
-    for name in ("title", "applies to", "fix"):
+    for name in ("level", "title", "applies to", "fix"):
         table.add_column(name, overflow="fold")
-    for s in summaries:
+    # A family, then its causes: the catalog read the way diagnosis uses it.
+    order = {s.id: i for i, s in enumerate(summaries)}
+    for s in sorted(summaries, key=lambda s: (order.get(s.family, order[s.id]), s.level == "cause", order[s.id])):
         fix = "\n".join(s.fix) or ("escalate" if s.escalates else "")
-        table.add_row(Text(s.id), Text(s.title), Text(", ".join(s.applies_to) or "all"), Text(fix))
+        level = f"cause of {s.family}" if s.level == "cause" else s.level
+        table.add_row(Text(s.id if s.level != "cause" else f"  {s.id}"), Text(level), Text(s.title), Text(", ".join(s.applies_to) or "all"), Text(fix))
     _out().print(table)
 
 
@@ -98,6 +106,47 @@ def show_issue(
     _print_issue(issue)
 
 
+@known_issues_app.command("propose")
+def propose_issue(
+    logfile: str = typer.Argument(..., help="A failing log; `-` reads stdin."),
+    issue_id: str | None = typer.Option(None, "--id", help="Id of the new entry (default: from the failure's words)."),
+    title: str | None = typer.Option(None, "--title", help="One-line title (default: the failure)."),
+    fix: str | None = typer.Option(None, "--fix", help='Fix actions as JSON, e.g. \'[{"action": "set_env", "name": "X", "value": "1"}]\'.'),
+    healthy: list[Path] = typer.Option([], "--healthy", help="More healthy logs (files or directories of *.log) it must not fire on."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Draft and check only; write nothing."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Teach the catalog a failure: draft an entry from LOGFILE and admit it to $AGENTOPS_HOME/known_issues/ if it is safe."""
+    text = _read_log(logfile)
+    try:
+        actions = json.loads(fix) if fix else None
+    except json.JSONDecodeError as exc:
+        raise _fail(f"--fix: not JSON: {exc}") from None
+    try:
+        proposal = ops.propose_issue(text, issue_id=issue_id, title=title, fix=[actions] if isinstance(actions, dict) else actions,
+                                     healthy=[str(h) for h in healthy], admit=not dry_run)
+    except ops.OpError as exc:
+        raise _fail("\n".join([exc.message, *exc.problems])) from None
+    if as_json:
+        typer.echo(proposal.model_dump_json(indent=2))
+    else:
+        _print_proposal(proposal)
+    raise typer.Exit(1 if proposal.refused else 0)
+
+
+def _print_proposal(proposal: Proposal) -> None:
+    out = _out()
+    entry = proposal.entry
+    where = f" under family {entry['family']}" if entry.get("family") else " (a new family)"
+    out.print(Text(f"{entry['id']}{where}: {entry['signatures'][0]['regex']}"))
+    if proposal.admitted:
+        out.print(Text(f"admitted: {proposal.path}", style="green"))
+    for reason in proposal.refused:
+        out.print(Text(f"refused: {reason}", style="red"))
+    if not proposal.admitted and not proposal.refused:
+        out.print(Text("safe to admit (dry run: nothing written)"))
+
+
 def diagnose_command(
     logfile: str = typer.Argument(..., help="Log file to diagnose; `-` reads stdin."),
     tags: str | None = typer.Option(None, "--tags", help="Comma-separated step tags (e.g. train,install); default: every entry."),
@@ -106,7 +155,7 @@ def diagnose_command(
     catalog: Path | None = CATALOG_OPTION,
 ) -> None:
     """Match a log against the known-issue catalog (exit 0: known issue, 1: none, 2: bad input)."""
-    text = _read_log(logfile)
+    text = _read_log(logfile, whole=tail == 0)
     tag_list = [t.strip() for t in tags.split(",") if t.strip()] if tags else None
     result = diagnose(text, tags=tag_list, catalog=_catalog(catalog), tail=tail or None)
     if as_json:
@@ -116,19 +165,40 @@ def diagnose_command(
     raise typer.Exit(0 if result.matches else 1)
 
 
-def _read_log(logfile: str) -> str:
+def _read_log(logfile: str, whole: bool = False) -> str:
+    """The log's last TAIL_BYTES (the whole log with `whole`), bytes decoded as they are: a `\\r` stays a rewrite."""
     try:
         if logfile == "-":
-            return sys.stdin.read()
-        return Path(logfile).read_text(encoding="utf-8", errors="replace")
+            return _stdin_tail(None if whole else TAIL_BYTES)
+        path = Path(logfile)
+        return path.read_bytes().decode("utf-8", "replace") if whole else read_tail(path, TAIL_BYTES)
     except OSError as exc:
         raise _fail(f"{logfile}: cannot read: {exc.strerror or exc}") from None
+
+
+def _stdin_tail(limit: int | None) -> str:
+    """stdin, keeping only its last `limit` bytes while reading (a piped GB log needs no GB of memory)."""
+    stream = sys.stdin.buffer if hasattr(sys.stdin, "buffer") else None
+    if stream is None:  # a text-only stdin (tests, some embedders)
+        text = sys.stdin.read()
+        return text if limit is None else text[-limit:]
+    chunks: deque[bytes] = deque()
+    kept = 0
+    while chunk := stream.read(1 << 20):
+        chunks.append(chunk)
+        kept += len(chunk)
+        while limit is not None and kept - len(chunks[0]) >= limit:
+            kept -= len(chunks.popleft())
+    data = b"".join(chunks)
+    return (data if limit is None else data[-limit:]).decode("utf-8", "replace")
 
 
 def _summary(issue: KnownIssue) -> IssueSummary:
     return IssueSummary(
         id=issue.id,
         title=issue.title,
+        level=issue.level,
+        family=issue.family_id,
         applies_to=list(issue.applies_to),
         fix=issue.fix_summary(),
         escalates=issue.escalate is not None,
@@ -156,6 +226,8 @@ def _print_issue(issue: KnownIssue) -> None:
 def _print_diagnosis(result: Diagnosis, logfile: str) -> None:
     out = _out()
     span = f"lines {result.first_line}-{result.first_line + result.lines_considered - 1}"
+    if result.root_error:
+        out.print(Text(f"failure seen: {result.root_error}"))
     if not result.matches:
         out.print(Text(f"{logfile}: no known issue matched ({span})", style="yellow"))
         if result.nearest:
@@ -169,7 +241,8 @@ def _print_diagnosis(result: Diagnosis, logfile: str) -> None:
     for name in ("score", "title", "matched lines", "fix"):
         table.add_column(name, overflow="fold")
     for m in result.matches:
-        table.add_row(Text(m.issue_id), f"{m.score:g}", Text(m.title), Text("\n".join(m.matched_lines)), Text("\n".join(m.fix) or "escalate"))
+        name = m.issue_id if m.level == "family" else f"{m.issue_id}\n(cause in {m.family})"
+        table.add_row(Text(name), f"{m.score:g}", Text(m.title), Text("\n".join(m.matched_lines)), Text("\n".join(m.fix) or "escalate"))
     out.print(table)
     best = result.matches[0]
     out.print(Text(f"cause: {best.cause}"))

@@ -7,8 +7,8 @@ tool result is an error whose text is JSON `{"code", "message", "problems"}` —
 traceback. Nothing but protocol goes to stdout; logs go to stderr.
 
 Safety tiers (`AGENTOPS_MCP_TIER`): `readonly` exposes only validate, plan, status, wait,
-tail, diagnose, the catalog, offers and rentals; `mutating` (default) adds start and resume;
-`destructive` adds cancel, and rent and down (they spend money and destroy boxes).
+tail, diagnose, the catalog, offers and rentals; `mutating` (default) adds start, resume and proposing a
+catalog entry; `destructive` adds cancel, and rent and down (they spend money and destroy boxes).
 """
 from __future__ import annotations
 
@@ -22,8 +22,9 @@ from pydantic import BaseModel, Field
 
 from agent_ops.front import service as ops
 from agent_ops.front.mcp_provider import register_provider_tools
-from agent_ops.known_issues.catalog import KnownIssue, default_catalog
+from agent_ops.known_issues.catalog import KnownIssue
 from agent_ops.known_issues.diagnose import Diagnosis, diagnose
+from agent_ops.known_issues.propose import Proposal
 from agent_ops.record.journal import Journal
 from agent_ops.record.status import RunStatus
 
@@ -105,13 +106,13 @@ def build_server(tier: str | None = None):
                    node: str | None = None) -> ops.TailResult:
         return await _bounded(ops.tail, journal, run_id, step_id, lines=lines, offset=offset, node=node)
 
-    @server.tool(description="Match a log excerpt against the known-issue catalog (cause, fix, matched lines).")
+    @server.tool(description="Match a log excerpt against the known-issue catalog: family, cause, fix, matched lines, the root error.")
     async def diagnose_log(text: str, tags: list[str] | None = None) -> Diagnosis:
-        return await _bounded(diagnose, text, tags=tags)
+        return await _bounded(lambda: diagnose(text, tags=tags, catalog=ops.known_issues()))
 
     @server.tool(description="List the known issues the executor recognises and fixes.")
     async def known_issues(tag: str | None = None) -> IssueList:
-        cat = default_catalog()
+        cat = await _bounded(ops.known_issues)
         issues = [i for i in cat.issues if tag is None or not i.applies_to or tag in i.applies_to]
         return IssueList(issues=[IssueSummary(id=i.id, title=i.title, applies_to=list(i.applies_to), fix=i.fix_summary())
                                  for i in issues])
@@ -119,7 +120,7 @@ def build_server(tier: str | None = None):
     @server.tool(description="One known issue in full: signatures, cause, fix actions, retry bounds, samples.")
     async def known_issue(issue_id: str) -> KnownIssue:
         try:
-            return default_catalog().get(issue_id)
+            return (await _bounded(ops.known_issues)).get(issue_id)
         except KeyError:
             raise _error(ops.OpError("unknown_issue", f"no known issue {issue_id!r}")) from None
 
@@ -127,8 +128,8 @@ def build_server(tier: str | None = None):
         @server.tool(description="Start a run in the background; returns its id at once. Then poll status or wait.")
         async def start_run(file: str, vars: dict[str, str] | None = None, target: str = "local",
                             identity: str | None = None, tmux_socket: str | None = None,
-                            workdir: str | None = None) -> ops.StartResult:
-            args = ["--target", target]
+                            workdir: str | None = None, allow_deleting_fixes: bool = False) -> ops.StartResult:
+            args = ["--target", target] + (["--allow-deleting-fixes"] if allow_deleting_fixes else [])
             for flag, value in (("--identity", identity), ("--tmux-socket", tmux_socket), ("--workdir", workdir)):
                 if value:
                     args += [flag, value]
@@ -137,6 +138,13 @@ def build_server(tier: str | None = None):
         @server.tool(description="Continue a run whose controller died, in the background.")
         async def resume(run_id: str) -> ops.StartResult:
             return await _bounded(ops.resume_detached, run_id, journal)
+
+        @server.tool(description="Teach the catalog a new failure: draft an entry from a failing log (its root error, "
+                                 "variable parts generalised) with optional fix actions, and admit it to the user catalog "
+                                 "only if it matches its own log and fires on no healthy log and no other family's samples.")
+        async def propose_known_issue(text: str, issue_id: str | None = None, title: str | None = None,
+                                      fix: list[dict] | None = None, admit: bool = True) -> Proposal:
+            return await _bounded(ops.propose_issue, text, issue_id=issue_id, title=title, fix=fix, admit=admit)
 
     register_provider_tools(server, tier, journal, _bounded)
 

@@ -9,12 +9,15 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field
 
 from agent_ops.errors import AgentOpsError, RunbookError
-from agent_ops.record.journal import TERMINAL_RUN_STATES, Journal
+from agent_ops.known_issues.catalog import Catalog, CatalogError, active_catalog, user_catalog_dir
+from agent_ops.known_issues.propose import Proposal, ProposalError, propose
+from agent_ops.record.journal import TERMINAL_RUN_STATES, Journal, journal_home
 from agent_ops.record.status import RunStatus, run_status
 from agent_ops.runbook.loader import builtin_values, load_runbook, render_runbook, resolve_vars
 from agent_ops.runbook.plan import build_plan
@@ -61,6 +64,15 @@ class PlanStep(BaseModel):
                              "rendered when it starts, and shown here as written.")
 
 
+class DeletingFix(BaseModel):
+    """A known-issue fix that deletes files, and the steps whose failure may apply it."""
+
+    issue_id: str
+    title: str
+    deletes: list[str]
+    steps: list[str]
+
+
 class PlanResult(BaseModel):
     """The DAG in waves, with variables resolved and secrets masked."""
 
@@ -69,6 +81,9 @@ class PlanResult(BaseModel):
     vars: dict[str, Any]
     secrets: dict[str, str]
     waves: list[list[PlanStep]]
+    deleting_fixes: list[DeletingFix] = Field(
+        default_factory=list, description="Fixes that delete files if their known issue matches a failed step; refused on "
+        "a local target unless the run allows them (--allow-deleting-fixes).")
 
 
 class StartResult(BaseModel):
@@ -119,7 +134,20 @@ def plan(file: str, overrides: dict[str, str]) -> PlanResult:
     waves = [[_plan_step(runbook, runbook.step(sid), masked, loaded.reads.get(sid, [])) for sid in wave]
              for wave in build_plan(runbook.steps).waves]
     return PlanResult(runbook=runbook.name, file=str(loaded.path), vars=values,
-                      secrets=dict.fromkeys(runbook.secrets, "***"), waves=waves)
+                      secrets=dict.fromkeys(runbook.secrets, "***"), waves=waves, deleting_fixes=_deleting_fixes(runbook))
+
+
+def _deleting_fixes(runbook) -> list[DeletingFix]:
+    """The catalog's deleting fixes that apply to a run step of this runbook (only jobs are fixed and re-run)."""
+    from agent_ops.known_issues.catalog import default_catalog
+
+    jobs = [s for s in runbook.steps if s.kind == "run"]
+    found = []
+    for issue in default_catalog():
+        steps = [s.id for s in jobs if issue.applies(s.tags)]
+        if issue.deletions() and steps:
+            found.append(DeletingFix(issue_id=issue.id, title=issue.title, deletes=issue.deletions(), steps=steps))
+    return found
 
 
 def _plan_step(runbook: Runbook, step: Step, secrets: dict[str, str], reads: list[str]) -> PlanStep:
@@ -284,3 +312,23 @@ def tail(journal: Journal, run_id: str, step_id: str, *, lines: int | None = 50,
         text = "\n".join(text.splitlines()[-lines:]) + ("\n" if text.endswith("\n") else "")
     return TailResult(run_id=run_id, step_id=step_id, node=att.node, attempt=att.attempt, text=text, offset=start,
                       next_offset=start + len(data), ended=ended)
+
+
+def known_issues() -> Catalog:
+    """The catalog the executor uses: the shipped entries and the user's (`$AGENTOPS_HOME/known_issues/`)."""
+    try:
+        return active_catalog(user_catalog_dir(journal_home()))
+    except CatalogError as exc:
+        raise OpError("invalid_catalog", "the catalog does not load", exc.problems) from None
+
+
+def propose_issue(text: str, *, issue_id: str | None = None, title: str | None = None, fix: list[dict] | None = None,
+                  healthy: list[str] | None = None, admit: bool = True) -> Proposal:
+    """Draft a known issue from a failing log; admit it to the user catalog when it is safe (see known_issues.propose)."""
+    try:
+        return propose(text, user_catalog_dir(journal_home()), issue_id=issue_id, title=title, fix=fix,
+                       healthy=[Path(h) for h in healthy or []], admit=admit)
+    except ProposalError as exc:
+        raise OpError("invalid_proposal", str(exc)) from None
+    except CatalogError as exc:
+        raise OpError("invalid_catalog", "the catalog does not load", exc.problems) from None

@@ -6,6 +6,12 @@ An entry says how a failure shows in a step's log (`signatures`), why it happens
 embeds log samples, so the file documents itself and the test suite proves the
 matcher finds it (and nothing in the healthy samples of `data/_negative/`).
 
+Entries come on two levels (see `Level`): a family is an error class matched broadly, with a
+safe generic action or an escalation; a cause is one specific way a family happens, carries
+the automatic fix, and is only tried where its family matched. The user's entries
+(`$AGENTOPS_HOME/known_issues/`, written by `propose`) load beside the shipped ones; the
+caller names that directory, so this module reads no environment.
+
 Deliberately not an entry: seed 003's "AE at ~14 s/step". It is the normal speed
 (batch 144, 3.6B parameters, 10,000 steps in 40-45 h); an entry could only "fix"
 what is not broken, so a healthy AE log at that speed is a negative sample instead.
@@ -15,7 +21,7 @@ declares the ones its commands template: `repo_dir`, `python`, `torchrun`,
 `data_dir`, `stats_path`, `batch_size`, `grad_accum_steps`, `learning_rate`,
 `max_grad_norm`, `num_workers`, `shuffle_buffer_size`, `craft_dual_lr`,
 `find_unused_parameters`, `use_reentrant`, `wandb_mode`, `ckpt_path`, `ckpt_dir`,
-`resume_from`, `save_every`. `{{ var }}` in `run` commands is rendered (shell-quoted)
+`resume_from`, `save_every`, `skip_updates`. `{{ var }}` in `run` commands is rendered (shell-quoted)
 by the executor with the run's values.
 """
 from __future__ import annotations
@@ -49,6 +55,10 @@ MAX_WINDOW = 400
 MAX_WAIT_S = 30.0
 
 StepTag = Literal["setup", "install", "download", "stats", "convert", "train", "eval"]
+# family: an error class, matched broadly, with a safe generic action or an escalation;
+# cause: one specific way a family happens, with the automatic fix; it fires only where its family matched;
+# hint: an observation that explains a gate that never passed (wandb offline), never a failure by itself.
+Level = Literal["family", "cause", "hint"]
 Scalar = Union[bool, int, float, str]
 
 
@@ -89,10 +99,19 @@ class Signature(Strict):
     ratio_above: float | None = Field(
         None, gt=0, description="Single regex with named groups `value` and `limit`: a line passes only when value > ratio_above x limit."
     )
+    spike_above: float | None = Field(
+        None, gt=1, description="Single regex with a named group `value` (a loss): holds when the last `count` values are each above "
+        "spike_above x the mean of the `baseline` values logged before them (a spike that lasts, not one noisy step)."
+    )
+    baseline: int = Field(10, ge=2, le=MAX_WINDOW, description="With spike_above: how many earlier values make the recent mean.")
     not_followed_by: str | None = Field(None, description="Holds only when no later line matches this regex (a job that stalled after a line).")
+    unless: str | None = Field(
+        None, description="A line the regex matches does not count when this regex matches it too (a retry notice, a benign variant)."
+    )
 
     _parts: list[re.Pattern[str]] = PrivateAttr(default_factory=list)
     _after: re.Pattern[str] | None = PrivateAttr(None)
+    _unless: re.Pattern[str] | None = PrivateAttr(None)
 
     @field_validator("regex")
     @classmethod
@@ -107,7 +126,7 @@ class Signature(Strict):
                 raise ValueError(f"part {i}: {exc}" if len(parts) > 1 else str(exc)) from None
         return value
 
-    @field_validator("not_followed_by")
+    @field_validator("not_followed_by", "unless")
     @classmethod
     def _after_compiles(cls, value: str | None) -> str | None:
         if value is not None:
@@ -116,16 +135,22 @@ class Signature(Strict):
 
     @model_validator(mode="after")
     def _single_regex_options(self) -> Signature:
-        if isinstance(self.regex, list) and (self.count > 1 or self.ratio_above is not None):
-            raise ValueError("count and ratio_above apply to a single regex, not an ordered list")
-        if self.ratio_above is not None and not {"value", "limit"} <= set(re.compile(self.regex).groupindex):  # type: ignore[arg-type]
+        if isinstance(self.regex, list) and (self.count > 1 or self.ratio_above is not None or self.spike_above is not None):
+            raise ValueError("count, ratio_above and spike_above apply to a single regex, not an ordered list")
+        if self.ratio_above is not None and self.spike_above is not None:
+            raise ValueError("ratio_above and spike_above are two ways of judging a value: pick one")
+        groups = set(re.compile(self.regex).groupindex) if isinstance(self.regex, str) else set()
+        if self.ratio_above is not None and not {"value", "limit"} <= groups:
             raise ValueError("ratio_above needs named groups (?P<value>...) and (?P<limit>...)")
+        if self.spike_above is not None and "value" not in groups:
+            raise ValueError("spike_above needs a named group (?P<value>...)")
         return self
 
     def model_post_init(self, context: Any, /) -> None:
         # MULTILINE: the matcher pre-screens a whole log tail at once, where `^` must still mean a line start.
         self._parts = [re.compile(p, re.MULTILINE) for p in self.patterns]
         self._after = re.compile(self.not_followed_by, re.MULTILINE) if self.not_followed_by else None
+        self._unless = re.compile(self.unless) if self.unless else None
 
     @property
     def patterns(self) -> list[str]:
@@ -141,6 +166,11 @@ class Signature(Strict):
     def after(self) -> re.Pattern[str] | None:
         """The compiled `not_followed_by` pattern, if any."""
         return self._after
+
+    @property
+    def exclude(self) -> re.Pattern[str] | None:
+        """The compiled `unless` pattern, if any."""
+        return self._unless
 
 
 class ScaleSpec(Strict):
@@ -210,6 +240,11 @@ class ScaleVar(ScaleSpec):
         return f"scale_var {self.describe()}"
 
 
+# Commands that delete files: a fix running one must say what it deletes (`deletes`). A net for the catalog's own
+# authors, not a sandbox: the field is what `plan` shows and what a local target refuses.
+DELETING_COMMAND = re.compile(r"\brm\s|\bpurge\b|\bcache\s+clean\b|\bprune\b|\bshred\b|-delete\b|\btruncate\s|\bmkfs")
+
+
 class RunCommands(FixBase):
     """Run commands on the box (as a job, like a step), in order; the first failure ends the fix."""
 
@@ -217,6 +252,17 @@ class RunCommands(FixBase):
     commands: list[str] = Field(min_length=1, description="Bash commands; `{{ var }}` references are rendered shell-quoted.")
     cwd: str | None = Field(None, description="Working directory on the box (may reference `{{ var }}`).")
     timeout_s: float = Field(600, gt=0, le=3600, description="Deadline for all commands together.")
+    deletes: str | None = Field(
+        None, min_length=1,
+        description="What the commands delete, in words (e.g. `package caches (uv, pip)`): `plan` lists it, and on a "
+        "local target (the user's own machine) the fix is refused unless the run allows deleting fixes.")
+
+    @model_validator(mode="after")
+    def _deleting_commands_say_so(self) -> RunCommands:
+        deleting = next((c for c in self.commands if DELETING_COMMAND.search(c)), None)
+        if deleting is not None and self.deletes is None:
+            raise ValueError(f"command {deleting.splitlines()[0]!r} deletes files: say what in `deletes`")
+        return self
 
     def summary(self) -> str:
         where = f" in {self.cwd}" if self.cwd else ""
@@ -260,9 +306,15 @@ class RollbackCheckpoint(FixBase):
     resume_var: str = Field("resume_from", pattern=VAR_NAME, description="Runbook variable set to the chosen checkpoint's path.")
     set_vars: dict[str, Scalar] = Field(default_factory=dict, description="Variables set for the restart, e.g. `save_every: 2`.")
     scale_vars: list[ScaleSpec] = Field(default_factory=list, description="Variables scaled for the restart, e.g. learning_rate x0.5.")
+    skip_var: str | None = Field(
+        None, pattern=VAR_NAME, description="Variable set to the updates from the chosen checkpoint to the last step the failing "
+        "log shows, so the trainer skips the batches read when it went wrong (our trainer: `--set data.skip_updates=...`). "
+        "Left alone, and said so, when the runbook lacks it."
+    )
 
     def summary(self) -> str:
         changes = [f"{k}={v}" for k, v in self.set_vars.items()] + [s.describe() for s in self.scale_vars]
+        changes += [f"{self.skip_var}=updates since the checkpoint"] if self.skip_var else []
         tail = f"; {', '.join(changes)}" if changes else ""
         return f"rollback_checkpoint newest {self.glob} with {self.healthy_marker} in {self.dir_var} -> {self.resume_var}{tail}"
 
@@ -314,7 +366,9 @@ class Samples(Strict):
     """Log excerpts that document the entry and test the matcher."""
 
     positive: list[str] = Field(min_length=2, description="Excerpts in which this entry must be the best match (varied real shapes).")
-    negative: list[str] = Field(default_factory=list, description="Near misses that must match no entry at all.")
+    negative: list[str] = Field(
+        default_factory=list, description="Near misses that must fire neither this entry nor any cause (a family may name the error class)."
+    )
 
 
 class KnownIssue(Strict):
@@ -322,6 +376,8 @@ class KnownIssue(Strict):
 
     id: str = Field(pattern=ISSUE_ID, description="Slug; the file is named `<id>.yaml`.")
     title: str = Field(min_length=1, description="One line for lists and status output.")
+    level: Level = Field("family", description="`family` (an error class), `cause` (a specific cause inside a family) or `hint`.")
+    family: str | None = Field(None, pattern=ISSUE_ID, description="For a cause: the id of its family; the cause fires only where the family matched.")
     signatures: list[Signature] = Field(min_length=1, description="Evidence; the entry matches when any signature holds, scored by their summed weights.")
     applies_to: list[StepTag] = Field(default_factory=list, description="Step tags this entry is considered for; empty = every step.")
     cause: str = Field(min_length=1, description="Why it happens.")
@@ -335,7 +391,16 @@ class KnownIssue(Strict):
     def _fix_or_escalate(self) -> KnownIssue:
         if not self.fix and not self.escalate:
             raise ValueError("an entry needs fix actions or escalate text")
+        if self.level == "cause" and self.family is None:
+            raise ValueError("a cause needs `family`: the id of the family it refines")
+        if self.level != "cause" and self.family is not None:
+            raise ValueError(f"only a cause has a family (this entry's level is {self.level!r})")
         return self
+
+    @property
+    def family_id(self) -> str:
+        """The family this entry belongs to: its own id for a family or hint."""
+        return self.family or self.id
 
     def applies(self, tags: Iterable[str] | None) -> bool:
         """Whether the entry is considered for a step with these tags (no tags: every entry is)."""
@@ -345,6 +410,10 @@ class KnownIssue(Strict):
     def fix_summary(self) -> list[str]:
         """One line per fix action."""
         return [action.summary() for action in self.fix]
+
+    def deletions(self) -> list[str]:
+        """What the fix deletes, per action that says (`deletes`); empty for a fix that deletes nothing."""
+        return [action.deletes for action in self.fix if isinstance(action, RunCommands) and action.deletes]
 
 
 @dataclass(frozen=True)
@@ -376,6 +445,10 @@ class Catalog:
         tags = list(tags or ())
         return [issue for issue in self.issues if issue.applies(tags)]
 
+    def causes(self, family_id: str) -> list[KnownIssue]:
+        """The causes filed under a family, in file order."""
+        return [issue for issue in self.issues if issue.family == family_id]
+
 
 def shipped_dir() -> Path:
     """The catalog's YAML entries, shipped beside this loader (`agent_ops/known_issues/data`)."""
@@ -393,6 +466,7 @@ def load_catalog(paths: Iterable[str | Path] | None = None) -> Catalog:
     problems: list[str] = []
     issues: list[KnownIssue] = []
     sources: dict[str, Path] = {}
+    family_lines: dict[str, int] = {}
     for path in files:
         issue, lines, file_problems = _load_file(path)
         problems += file_problems
@@ -402,16 +476,55 @@ def load_catalog(paths: Iterable[str | Path] | None = None) -> Catalog:
             problems.append(f"{path}:{lines.line_of(('id',)) or 1}: id: duplicate id {issue.id!r} (also in {sources[issue.id]})")
             continue
         sources[issue.id] = path
+        family_lines[issue.id] = lines.line_of(("family",)) or 1
         issues.append(issue)
+    problems += _family_problems(issues, sources, family_lines)
     if problems:
         raise CatalogError(problems)
     return Catalog(tuple(issues), sources)
+
+
+def _family_problems(issues: list[KnownIssue], sources: dict[str, Path], lines: dict[str, int]) -> list[str]:
+    """A cause must name a family of the same catalog and apply to no step its family ignores."""
+    by_id = {issue.id: issue for issue in issues}
+    problems = []
+    for cause in (i for i in issues if i.level == "cause"):
+        where = f"{sources[cause.id]}:{lines[cause.id]}: family:"
+        family = by_id.get(cause.family or "")
+        if family is None or family.level != "family":
+            known = ", ".join(i.id for i in issues if i.level == "family")
+            problems.append(f"{where} {cause.family!r} is not a family of this catalog (families: {known})")
+        elif family.applies_to and not set(cause.applies_to or ["every step"]) <= set(family.applies_to):
+            problems.append(f"{where} applies_to must stay inside its family's ({', '.join(family.applies_to)})")
+    return problems
 
 
 @lru_cache(maxsize=1)
 def default_catalog() -> Catalog:
     """The shipped catalog, loaded once per process."""
     return load_catalog()
+
+
+USER_CATALOG = "known_issues"  # the user's entries live in `$AGENTOPS_HOME/known_issues/`, beside the journal
+
+
+def user_catalog_dir(home: Path) -> Path:
+    """Where the user's (proposed and admitted) entries live under an agentops home directory."""
+    return home / USER_CATALOG
+
+
+def active_catalog(user_dir: Path | None) -> Catalog:
+    """The shipped catalog plus the user's entries in `user_dir` (`$AGENTOPS_HOME/known_issues/`), reloaded when they change."""
+    if user_dir is None or not user_dir.is_dir() or not any(user_dir.glob("*.yaml")):
+        return default_catalog()
+    stamp = tuple((p.name, p.stat().st_mtime_ns) for p in sorted(user_dir.glob("*.yaml")))
+    return _with_user(user_dir, stamp)
+
+
+@lru_cache(maxsize=8)
+def _with_user(user_dir: Path, stamp: tuple[tuple[str, int], ...]) -> Catalog:
+    # `stamp` is only the cache key: a file added, removed or rewritten since gives a fresh load.
+    return load_catalog([shipped_dir(), user_dir])
 
 
 def _catalog_files(paths: list[Path]) -> list[Path]:

@@ -1,34 +1,43 @@
 """The offline matcher: a log's tail against the known-issue catalog, best match first.
 
-Logs are normalised the way a person reads them before any regex runs: ANSI colours
-and cursor codes go, a tqdm line keeps only its last rewrite, and torchrun/DDP rank
-prefixes (`[rank4]:`, `[default0]:`, `rank0: `) are dropped. Wrapped lines (a tmux
-capture, a copied terminal, a logger that breaks long messages) are joined where a
-signature needs it: a regex is also tried across two or three neighbouring lines, with
-and without a space, and counts there only when its match crosses a line break. Joining
-them up front would need a guess at the terminal width, and a wrong guess glues healthy
-lines of equal length together.
+Logs are normalised the way a person reads them before any regex runs (see `root_error`:
+ANSI colours, tqdm rewrites, rank prefixes and time stamps go), and the tail is reduced to its
+failure: the last traceback's exception chain and the tools' error lines. Matching has two
+levels. Families (error classes) are tried on the whole tail; evidence on the failure's own
+lines counts more than evidence elsewhere, so when several families match, the one that
+names the final exception wins. Causes (specific, automatically fixable) are tried only
+inside a family that matched, and come before it. A family with no cause is still a
+diagnosis: its match carries the failure as it was seen.
+
+Wrapped lines (a tmux capture, a copied terminal, a logger that breaks long messages) are
+joined where a signature needs it: a regex is also tried across two or three neighbouring
+lines, with and without a space, and counts there only when its match crosses a line break.
+Joining them up front would need a guess at the terminal width, and a wrong guess glues
+healthy lines of equal length together.
 """
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 from pydantic import BaseModel, Field
 
 from agent_ops.known_issues.catalog import Catalog, KnownIssue, Signature, default_catalog
+from agent_ops.known_issues.literals import Literal, may_match, required_literals
+from agent_ops.known_issues.root_error import RootError, normalise_labelled, root_error
 
 DEFAULT_TAIL = 400
 MAX_SHOWN_LINES = 8  # matched lines reported per entry
 MAX_LINE_CHARS = 300  # a matched line is cut to this for reports
 NEAREST_MIN = 0.5  # partial score below which a candidate is noise
 NEAREST_MAX = 5
+# Evidence on the failure's lines outranks evidence elsewhere in the tail (a warning, an earlier retry).
+ON_FAILURE_BONUS = 1.0
+ON_FINAL_EXCEPTION_BONUS = 1.0
 
-ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
-# torchrun --tee / DDP prefixes, and `srun -l` style labels; nested ones (`[default0]:[rank0]:`) too.
-RANK_PREFIX = re.compile(r"^(?:\[(?:rank|default)\s?\d+\]:\s?|(?:rank|worker-?)\s?\d+:\s|\d{1,4}:\s)+", re.IGNORECASE)
 WRAP_CANDIDATE = 50  # a line shorter than this was not wrapped by anyone
 MAX_WRAP_SEGMENTS = 3  # a signature's match spans at most this many wrapped lines
 # Hard wraps split mid-word (join with nothing); soft wraps drop a space (join with one).
@@ -41,6 +50,8 @@ class Match(BaseModel):
 
     issue_id: str = Field(description="Catalog entry id.")
     title: str = Field(description="Entry title.")
+    level: str = Field("family", description="`family`, `cause` (a specific cause inside `family`) or `hint`.")
+    family: str = Field("", description="The family id (the entry's own id for a family).")
     score: float = Field(description="Summed weight of the signatures that hold; higher is a better match.")
     matched_lines: list[str] = Field(description="`LINE: text` of the lines that matched (line numbers of the original log).")
     cause: str = Field(description="Why it happens.")
@@ -60,8 +71,11 @@ class Candidate(BaseModel):
 class Diagnosis(BaseModel):
     """The matcher's verdict on one log."""
 
-    matches: list[Match] = Field(default_factory=list, description="Entries that matched, best first.")
+    matches: list[Match] = Field(default_factory=list, description="Entries that matched, best first: a family's causes, then the family.")
     nearest: list[Candidate] = Field(default_factory=list, description="When nothing matched: the closest entries, best first.")
+    hints: list[Match] = Field(default_factory=list, description="Observations that explain a stalled gate (never a diagnosis by themselves).")
+    root_error: str = Field("", description="The failure as extracted: the final exception and its chain, else the tools' error lines.")
+    root_lines: list[str] = Field(default_factory=list, description="`LINE: text` of the failure's lines.")
     lines_considered: int = Field(0, description="Log lines examined (the tail).")
     first_line: int = Field(1, description="Line number of the first examined line in the original log.")
 
@@ -69,6 +83,11 @@ class Diagnosis(BaseModel):
     def best(self) -> Match | None:
         """The best match, if any."""
         return self.matches[0] if self.matches else None
+
+    @property
+    def family(self) -> str | None:
+        """The family of the best match, if any."""
+        return self.matches[0].family if self.matches else None
 
 
 @dataclass(frozen=True)
@@ -80,30 +99,26 @@ class Hit:
     match: re.Match[str]
 
 
-def normalise_line(raw: str) -> str:
-    """One physical line as displayed: the last carriage-return rewrite, without ANSI codes."""
-    segments = [ANSI.sub("", s) for s in raw.split("\r")]
-    shown = [s for s in segments if s.strip()]
-    return (shown[-1] if shown else "").rstrip()
-
-
-def strip_rank_prefix(line: str) -> str:
-    """The line without torchrun/DDP rank labels."""
-    return RANK_PREFIX.sub("", line, count=1)
-
-
 class LogView:
     """A log tail as normalised lines with their original line numbers, searchable by regex."""
 
     def __init__(self, text: str, tail: int | None = DEFAULT_TAIL):
-        physical = text.split("\n")
-        if physical and physical[-1] == "":
-            physical.pop()
-        start = max(0, len(physical) - tail) if tail else 0
-        self.lines = [strip_rank_prefix(normalise_line(raw)) for raw in physical[start:]]
-        self.numbers = list(range(start + 1, len(physical) + 1))
+        total = text.count("\n") + (0 if text.endswith("\n") or not text else 1)
+        start = max(0, total - tail) if tail else 0
+        if start:  # normalise only the tail: its cost follows the tail, not the log (count and rfind allocate nothing)
+            cut = len(text)
+            for _ in range(total - start + (1 if text.endswith("\n") else 0)):
+                cut = text.rfind("\n", 0, cut)
+            text = text[cut + 1 :]
+        self.labels, self.lines, self.widths = normalise_labelled(text)
+        self.numbers = list(range(start + 1, start + len(self.lines) + 1))
         self.first_line = start + 1
         self._found: dict[re.Pattern[str], list[Hit]] = {}
+
+    @cached_property
+    def failure(self) -> RootError:
+        """The tail reduced to its failure."""
+        return root_error(self.lines, self.labels, self.widths)
 
     @cached_property
     def _text(self) -> str:
@@ -112,7 +127,7 @@ class LogView:
     @cached_property
     def _groups(self) -> dict[int, list[int]]:
         """Start indices of runs of `n` lines that may be one wrapped line (all but the last are long)."""
-        long = [len(line) >= WRAP_CANDIDATE for line in self.lines]
+        long = [width >= WRAP_CANDIDATE for width in self.widths]
         return {
             n: [i for i in range(len(self.lines) - n + 1) if all(long[i : i + n - 1])]
             for n in range(2, MAX_WRAP_SEGMENTS + 1)
@@ -122,6 +137,14 @@ class LogView:
     def _joined(self) -> dict[str, str]:
         # Every run of lines is a substring of these: a pattern that misses them misses every run.
         return {sep: sep.join(self.lines) for sep in WRAP_SEPARATORS}
+
+    @cached_property
+    def _lowered(self) -> dict[str, str]:
+        return {sep: joined.lower() for sep, joined in self._joined.items()}
+
+    @cached_property
+    def _lowered_lines(self) -> list[str]:
+        return [line.lower() for line in self.lines]
 
     @cached_property
     def _group_texts(self) -> dict[tuple[int, str], str]:
@@ -143,27 +166,36 @@ class LogView:
         return self._found[pattern]
 
     def _search(self, pattern: re.Pattern[str]) -> list[Hit]:
+        literals = _literals(pattern)
+        if not any(may_match(literals, self._joined[sep], self._lowered[sep]) for sep in WRAP_SEPARATORS):
+            return []  # a literal the pattern needs is nowhere, not even across a wrap
         hits: dict[int, Hit] = {}
         if pattern.search(self._text):  # cheap filter: most patterns miss most logs
             for i, line in enumerate(self.lines):
-                if m := pattern.search(line):
+                if may_match(literals, line, self._lowered_lines[i]) and (m := pattern.search(line)):
                     hits[i] = Hit(i, i, m)
         anchored = "^" in pattern.pattern  # `^` matches at a run's start, never inside the full join
+        covered = set(hits)
         for (n, sep), joined in self._group_texts.items():
             if not (anchored or pattern.search(self._joined[sep])) or not pattern.search(joined):
                 continue
             for i in self._groups[n]:
                 # A run that overlaps a hit already found is not a second occurrence.
-                covered = any(h.first <= i + n - 1 and h.last >= i for h in hits.values())
-                if not covered and (m := _spanning(pattern, self.lines[i : i + n], sep)):
+                if covered.isdisjoint(range(i, i + n)) and (m := _spanning(pattern, self.lines[i : i + n], sep)):
                     hits[i] = Hit(i, i + n - 1, m)
+                    covered.update(range(i, i + n))
         return [hits[i] for i in sorted(hits)]
 
     def shown(self, index: int) -> str:
-        """`LINE: text` for reports, cut to a readable length."""
-        text = self.lines[index]
+        """`LINE: text` for reports (with its time stamp, without ANSI or rank labels), cut to a readable length."""
+        text = f"{self.labels[index]} {self.lines[index]}" if self.labels[index] else self.lines[index]
         cut = text if len(text) <= MAX_LINE_CHARS else text[: MAX_LINE_CHARS - 3] + "..."
         return f"{self.numbers[index]}: {cut}"
+
+
+@lru_cache(maxsize=1024)
+def _literals(pattern: re.Pattern[str]) -> list[Literal] | None:
+    return required_literals(pattern)
 
 
 def _spanning(pattern: re.Pattern[str], segments: list[str], sep: str) -> re.Match[str] | None:
@@ -186,13 +218,56 @@ def diagnose(
     """Match a log against the entries that apply to these step tags; `tail=None` reads the whole log."""
     view = LogView(log_text, tail)
     issues = (catalog if catalog is not None else default_catalog()).applicable(tags)
-    scored = [(issue, *_evaluate(issue, view)) for issue in issues]
-    found = [(issue, score, hits) for issue, score, hits in scored if score > 0]
-    # Best first; on a tie the earlier evidence wins: a cascade's first error is its cause.
-    found.sort(key=lambda t: (-t[1], min(h.first for h in t[2])))
-    matches = [_as_match(issue, score, hits, view) for issue, score, hits in found]
-    nearest = [] if matches else _nearest(issues, view)
-    return Diagnosis(matches=matches, nearest=nearest, lines_considered=len(view.numbers), first_line=view.first_line)
+    families = [_Found(issue, *_evaluate(issue, view)) for issue in issues if issue.level == "family"]
+    families = [f for f in families if f.score > 0]
+    for found in families:
+        causes = [_Found(c, *_evaluate(c, view)) for c in issues if c.family == found.issue.id]
+        found.causes = sorted((c for c in causes if c.score > 0), key=_cause_order)
+    # Best first; on a tie the stronger cause, then the earlier evidence: a cascade's first error is its cause.
+    families.sort(key=lambda f: (-_rank(f, view), -(f.causes[0].score if f.causes else 0.0), min(h.first for h in f.hits)))
+    matches = [_as_match(found, view) for family in families for found in (*family.causes, family)]
+    hints = [_Found(issue, *_evaluate(issue, view)) for issue in issues if issue.level == "hint"]
+    nearest = [] if matches else _nearest([i for i in issues if i.level != "hint"], view)
+    failure = view.failure
+    return Diagnosis(
+        matches=matches,
+        nearest=nearest,
+        hints=[_as_match(h, view) for h in hints if h.score > 0],
+        root_error=failure.summary(),
+        root_lines=[view.shown(i) for i in sorted(failure.lines)][-MAX_SHOWN_LINES:],
+        lines_considered=len(view.numbers),
+        first_line=view.first_line,
+    )
+
+
+@dataclass
+class _Found:
+    """An entry's evidence in one log, and (for a family) its causes that fired."""
+
+    issue: KnownIssue
+    score: float
+    hits: list[Hit]
+    causes: list[_Found] | None = None
+
+
+def _cause_order(found: _Found) -> tuple[float, int]:
+    return (-found.score, min(h.first for h in found.hits))
+
+
+def _rank(found: _Found, view: LogView) -> float:
+    """A family's standing: its own evidence, more where it lies on the failure's lines.
+
+    A cause's weight does not count here: it says which way a family happened, not that the
+    family explains the failure better than another (an OOM on one rank outranks the NCCL
+    timeout it causes on the others, however specific the timeout's cause is).
+    """
+    failure = view.failure
+    # Every line the holding signatures match, not only the few reported: an earlier one may be the final exception.
+    holding = [sig for sig in found.issue.signatures if signature_hits(sig, view)]
+    lines = {i for sig in holding for part in sig.compiled for h in view.find(part) for i in range(h.first, h.last + 1)}
+    on_failure = ON_FAILURE_BONUS if lines & failure.lines else 0.0
+    on_final = ON_FINAL_EXCEPTION_BONUS if lines & set(failure.final_lines) else 0.0
+    return found.score + on_failure + on_final
 
 
 def _evaluate(issue: KnownIssue, view: LogView) -> tuple[float, list[Hit]]:
@@ -218,12 +293,41 @@ def signature_hits(signature: Signature, view: LogView) -> list[Hit]:
     return found
 
 
+def _counted(signature: Signature, pattern: re.Pattern[str], view: LogView) -> list[Hit]:
+    """The pattern's hits, less those on lines the signature's `unless` also matches."""
+    hits = view.find(pattern)
+    if signature.exclude is None:
+        return hits
+    return [h for h in hits if not any(signature.exclude.search(view.lines[i]) for i in range(h.first, h.last + 1))]
+
+
 def _single(signature: Signature, view: LogView) -> list[Hit]:
-    hits = view.find(signature.compiled[0])
+    hits = _counted(signature, signature.compiled[0], view)
+    if signature.spike_above is not None:
+        return _spike(signature, hits)
     recent = hits[-signature.count :]
     if len(hits) < signature.count or not all(_passes(signature, h) for h in recent):
         return []
     return recent[-3:]
+
+
+def _spike(signature: Signature, hits: list[Hit]) -> list[Hit]:
+    """The last `count` values, when each is above spike_above x the mean of the `baseline` values before them."""
+    values = [_number(h.match.group("value")) for h in hits]
+    recent, before = values[-signature.count :], values[-signature.count - signature.baseline : -signature.count]
+    if len(before) < signature.baseline or not all(math.isfinite(v) for v in before):
+        return []
+    mean = sum(before) / len(before)
+    if mean <= 0 or not all(v > signature.spike_above * mean for v in recent):
+        return []  # nan compares false: a non-finite loss is another family's
+    return hits[-signature.count :][-3:]
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return math.nan
 
 
 def _passes(signature: Signature, hit: Hit) -> bool:
@@ -236,7 +340,7 @@ def _passes(signature: Signature, hit: Hit) -> bool:
 
 
 def _sequence(signature: Signature, view: LogView) -> list[Hit]:
-    per_part = [view.find(p) for p in signature.compiled]
+    per_part = [_counted(signature, p, view) for p in signature.compiled]
     if not all(per_part):
         return []
     # Latest start first: the most recent occurrence is the one that ended the step.
@@ -252,12 +356,15 @@ def _sequence(signature: Signature, view: LogView) -> list[Hit]:
     return []
 
 
-def _as_match(issue: KnownIssue, score: float, hits: list[Hit], view: LogView) -> Match:
+def _as_match(found: _Found, view: LogView) -> Match:
+    issue = found.issue
     return Match(
         issue_id=issue.id,
         title=issue.title,
-        score=round(score, 3),
-        matched_lines=_shown(hits, view),
+        level=issue.level,
+        family=issue.family_id,
+        score=round(found.score, 3),
+        matched_lines=_shown(found.hits, view),
         cause=issue.cause.strip(),
         fix=issue.fix_summary(),
         escalate=issue.escalate.strip() if issue.escalate else None,
@@ -296,7 +403,7 @@ def _partial(signature: Signature, view: LogView) -> tuple[float, list[int]]:
     if score == 1.0:
         # Every part is there, yet the signature does not hold: order or window failed (close), or a
         # condition (count, ratio, not_followed_by) said explicitly that this is not the issue (far).
-        conditional = signature.count > 1 or signature.ratio_above is not None or signature.after is not None
+        conditional = signature.count > 1 or signature.ratio_above is not None or signature.spike_above is not None or signature.after is not None
         score = 0.4 if conditional else 0.9
     return score, sorted(set(lines))
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from agent_ops.errors import JournalError
 from agent_ops.secret_values import Masker
 
 SCHEMA = """
@@ -123,7 +124,7 @@ CREATE TABLE IF NOT EXISTS remedies (
     issue_id TEXT NOT NULL,
     matched_lines TEXT NOT NULL,   -- JSON list
     fix TEXT NOT NULL,             -- JSON description of the actions applied
-    result TEXT NOT NULL           -- applied | escalated | exhausted | succeeded | failed
+    result TEXT NOT NULL           -- applied | escalated | exhausted | refused | succeeded | failed
 );
 CREATE INDEX IF NOT EXISTS events_run ON events (run_id, id);
 CREATE TABLE IF NOT EXISTS rentals (
@@ -317,18 +318,28 @@ class Journal:
 
     def __init__(self, path: Path | None = None, masker: Masker | None = None) -> None:
         self.path = Path(path) if path else journal_home() / "journal.db"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.masker = masker or Masker()
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL is durable across a controller crash (not a power cut) and keeps a commit well under 1 ms.
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=30000")
-        with self._lock:
-            self._db.executescript(SCHEMA)  # executescript manages its own transaction
-            self._migrate()
+        with self._errors("open"):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL is durable across a controller crash (not a power cut) and keeps a commit well under 1 ms.
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA busy_timeout=30000")
+            with self._lock:
+                self._db.executescript(SCHEMA)  # executescript manages its own transaction
+                self._migrate()
+
+    @contextmanager
+    def _errors(self, what: str) -> Iterator[None]:
+        """sqlite3's and the file system's errors become JournalError, naming the file (converted here, once)."""
+        try:
+            yield
+        except (sqlite3.Error, OSError) as exc:
+            raise JournalError(f"journal {self.path} cannot be {'opened' if what == 'open' else 'written'}: "
+                               f"{exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}") from exc
 
     def _migrate(self) -> None:
         # Journals written by older versions lack newer columns: add them, never drop anything.
@@ -354,14 +365,15 @@ class Journal:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
+        with self._lock, self._errors("write"):
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
+                self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # a failed write or COMMIT (a full disk) leaves it open, or not
+                    self._db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
 
     def _m(self, text: str | None) -> str | None:
         return None if text is None else self.masker.mask(text)

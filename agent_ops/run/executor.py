@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from agent_ops.errors import JournalError
 from agent_ops.record.journal import DONE_OK
 from agent_ops.run.context import RunContext
 from agent_ops.run.fanout import FleetDrive, drive_step
@@ -45,6 +46,7 @@ class Executor:
         self._pool = ThreadPoolExecutor(max_workers=len(self.runbook.steps), thread_name_prefix="step")
         self._cancelled = False
         self._stopping: set[str] = set()
+        self.journal_error: JournalError | None = None  # set by a driver: nothing more can be recorded
 
     # --- the scheduler --------------------------------------------------------------------
 
@@ -61,6 +63,8 @@ class Executor:
                 monitor.start()
             self._restore()
             final = self._schedule()
+        except JournalError:
+            raise  # nothing more can be recorded: the front end says so; the jobs run on and `resume` re-attaches
         except Exception as exc:  # a target that cannot host the run (or a bug): the run still ends, failed, saying why
             final, error = "failed", f"{type(exc).__name__}: {exc}"
             ctx.event("run_error", None, error)
@@ -97,6 +101,8 @@ class Executor:
     def _schedule(self) -> str:
         running: set[str] = set()  # driver threads alive: foreground steps and background jobs
         while True:
+            if self.journal_error is not None:
+                raise self.journal_error
             if self._cancel_requested():
                 self._cancel()
                 return "cancelled"
@@ -158,13 +164,20 @@ class Executor:
     def _drive(self, step: Step) -> None:
         fd = FleetDrive(self.ctx, self.monitors, self.handles, self.stop_flag,
                         started=lambda sid: self.events.put(("started", sid, None)))
+        outcome = StepOutcome("failed", "the journal cannot be written")
         try:
             outcome = drive_step(fd, step)
+        except JournalError as exc:
+            self.journal_error = exc
         except Exception as exc:  # a bug or a lost target must still end the step, never hang the run
             outcome = StepOutcome("failed", f"{type(exc).__name__}: {exc}")
-            self.ctx.journal.set_step(self.ctx.run_id, step.id, state="failed", ended=time.time(), message=outcome.message)
-            self.ctx.event("step_failed", step.id, outcome.message)
-        self.events.put(("done", step.id, outcome))
+            try:
+                self.ctx.journal.set_step(self.ctx.run_id, step.id, state="failed", ended=time.time(), message=outcome.message)
+                self.ctx.event("step_failed", step.id, outcome.message)
+            except JournalError as journal_exc:
+                self.journal_error = journal_exc
+        finally:
+            self.events.put(("done", step.id, outcome))  # whatever happened, the scheduler hears of it
 
     # --- cancel and finish ------------------------------------------------------------------
 

@@ -146,7 +146,7 @@ def drive_on_node(sctx: StepContext, step: Step) -> StepOutcome:
         text = log_tail(run, outcome.log_path) or outcome.message
         # Only a job can be fixed and re-run; for a gate or check the diagnosis explains the failure.
         remedy = remediate(run, step, attempt, text) if isinstance(step, RunStep) else explain(run, step, text)
-        if remedy.decision in ("escalated", "exhausted", "diagnosed"):
+        if remedy.decision in ("escalated", "exhausted", "refused", "diagnosed"):
             outcome = StepOutcome("failed", f"{outcome.message} | {remedy.message}", outcome.log_tail, outcome.log_path)
             break
         if remedy.decision != "applied":

@@ -63,6 +63,8 @@ class TargetSpec(BaseModel):
     python: str = Field("python3", min_length=1, description="interpreter on the target for the agentops exec runner")
     address: str | None = Field(None, description="address the other boxes of a fleet reach this one at (default: the URL's "
                                 "host; 127.0.0.1 for local): what {{ node.address }} and the rendezvous endpoint use")
+    allow_deleting_fixes: bool = Field(False, description="on 'local' (this machine), let known-issue fixes that delete "
+                                       "files (caches) run; they always may on a remote box")
 
     @field_validator("url")
     @classmethod
