@@ -188,7 +188,9 @@ def _end(sctx: StepContext, step: Step, outcome: StepOutcome) -> StepOutcome:
     own = outcome.state == "failed" and outcome.kind != "stopped"
     sctx.record(step.id, state=outcome.state, ended=time.time(), message=outcome.message,
                 **({"failed_at": time.time()} if own else {}))
-    if len(sctx.run.nodes) > 1:  # a fleet of one: the step's own event says it all
+    # A node's part that did not succeed is an event of its own (which node, why); successes are in step_nodes, and
+    # the step's own event sums them up (a fleet of one: that event says it all).
+    if len(sctx.run.nodes) > 1 and outcome.state != "succeeded":
         sctx.event(f"node_{outcome.state}", step.id, outcome.message)
     return outcome
 
