@@ -20,7 +20,8 @@ import pytest
 from agent_ops.errors import RunbookError
 from agent_ops.run.poll import Backoff
 from agent_ops.runbook.loader import load_runbook
-from agent_ops.runbook.schema import MAX_POLL_S, PollSpec
+from agent_ops.bounds import MAX_POLL_S
+from agent_ops.runbook.schema import PollSpec
 from tests.runs import (
     CLI,
     RUNBOOKS,

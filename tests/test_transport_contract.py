@@ -16,17 +16,10 @@ from pathlib import Path
 import pytest
 
 from agent_ops.errors import TransportError
-from agent_ops.transport import (
-    EXEC_TIMEOUT_RC,
-    LocalTransport,
-    SSHTransport,
-    TargetSpec,
-    TargetSpecError,
-    Transport,
-    connect,
-    load_inventory,
-    parse_target,
-)
+from agent_ops.transport.base import EXEC_TIMEOUT_RC, Transport
+from agent_ops.transport.local import LocalTransport
+from agent_ops.transport.ssh import SSHTransport
+from agent_ops.transport.target import TargetSpec, TargetSpecError, connect, load_inventory, parse_target
 from tests.sshd import SSHServer
 
 # --- exec --------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from agent_ops.run.jobs import RunLayout, Tmux, prepare_run, probe_request
-from agent_ops.transport import ProbeRequest, Transport
+from agent_ops.transport.base import ProbeRequest, Transport
 from tests.runs import make_box, run_api
 from tests.sshd import SSHServer
 

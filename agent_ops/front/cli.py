@@ -21,9 +21,11 @@ from agent_ops.front import service as ops
 from agent_ops.front.cli_catalog import diagnose_command, known_issues_app
 from agent_ops.front.cli_provider import down_command, offers_command, rent_command, rentals_command
 from agent_ops.record.journal import Journal
-from agent_ops.runbook.loader import load_runbook, resolve_vars
-from agent_ops.runbook.schema import Runbook
 from agent_ops.secret_values import MissingSecret, read_secrets
+
+# Agents poll `status`, `list`, `logs` and `wait`, each poll a new process: at import this module loads only the
+# journal, the status models and the command groups' thin fronts; the runbook models, the loader, the catalog and the
+# providers are imported by the commands that use them (tests/bench/bench_status.py measures it).
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, rich_markup_mode=None)
 app.add_typer(known_issues_app, name="known-issues", help="The known-issue catalog.")
@@ -113,6 +115,8 @@ def validate(files: list[str] = typer.Argument(..., help="Runbook files or shipp
 
 def _load(file: str, var: list[str] | None, as_json: bool):
     try:
+        from agent_ops.runbook.loader import load_runbook, resolve_vars
+
         loaded = load_runbook(file)
         values = resolve_vars(loaded, _parse_vars(var, as_json))
         return loaded, values
@@ -169,6 +173,8 @@ def _op(as_json: bool, fn, *args, **kwargs):
 @app.command()
 def schema() -> None:
     """Print the runbook JSON Schema (generated from the models) for editors."""
+    from agent_ops.runbook.schema import Runbook
+
     print(json.dumps(Runbook.model_json_schema(), indent=2))
 
 
@@ -347,12 +353,12 @@ def status(
     as_json: bool = JsonOpt,
 ) -> None:
     """A run's state from the journal: steps, attempts, gate progress, remedies."""
-    from agent_ops.front.live_view import render_status
-
     st = _op(as_json, ops.status, _journal(as_json), run_id)
     if as_json:
         print(st.model_dump_json(indent=2))
         return
+    from agent_ops.front.live_view import render_status
+
     out.print(render_status(st))
     for s in st.steps if verbose and len(st.nodes) > 1 else ():
         for p in s.nodes:
@@ -468,9 +474,25 @@ def read_secrets_quiet(names: list[str]) -> list[str]:
     return [os.environ[n] for n in names if os.environ.get(n)]
 
 
+POLL_COMMANDS = frozenset({"status", "list", "logs", "wait"})
+
+
 def main() -> None:
     """Console-script entry point."""
+    command = sys.argv[1] if len(sys.argv) > 1 else None
+    if command in POLL_COMMANDS:
+        # typer builds every registered command's parameters (type hints and all) before it runs one: a poll builds
+        # only its own. The callback keeps the subcommand form (`agentops status ...`), help and errors alike.
+        only = typer.Typer(add_completion=False, rich_markup_mode=None, help=__doc__)
+        only.callback()(lambda: None)
+        only.registered_commands = [c for c in app.registered_commands if _command_name(c) == command]
+        only()
+        return
     app()
+
+
+def _command_name(info: typer.models.CommandInfo) -> str:
+    return info.name or info.callback.__name__.replace("_", "-")
 
 
 if __name__ == "__main__":

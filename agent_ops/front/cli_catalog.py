@@ -13,6 +13,7 @@ import json
 import sys
 from collections import deque
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from pydantic import BaseModel, Field, TypeAdapter
@@ -21,10 +22,12 @@ from rich.table import Table
 from rich.text import Text
 
 from agent_ops.front import service as ops
-from agent_ops.known_issues.catalog import Catalog, CatalogError, KnownIssue, load_catalog
-from agent_ops.known_issues.diagnose import DEFAULT_TAIL, Diagnosis, diagnose
-from agent_ops.known_issues.propose import Proposal
-from agent_ops.known_issues.root_error import TAIL_BYTES, read_tail
+from agent_ops.known_issues.root_error import DEFAULT_TAIL, TAIL_BYTES, read_tail
+
+if TYPE_CHECKING:  # imported where used: the catalog loads only for the commands that read it
+    from agent_ops.known_issues.catalog import Catalog, KnownIssue
+    from agent_ops.known_issues.diagnose import Diagnosis
+    from agent_ops.known_issues.propose import Proposal
 
 known_issues_app = typer.Typer(help="The known-issue catalog: failures agentops recognises and fixes.", no_args_is_help=True)
 
@@ -56,6 +59,8 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
 
 
 def _catalog(path: Path | None) -> Catalog:
+    from agent_ops.known_issues.catalog import CatalogError, load_catalog
+
     try:
         return load_catalog([path]) if path is not None else ops.known_issues()
     except CatalogError as exc:
@@ -155,6 +160,8 @@ def diagnose_command(
     catalog: Path | None = CATALOG_OPTION,
 ) -> None:
     """Match a log against the known-issue catalog (exit 0: known issue, 1: none, 2: bad input)."""
+    from agent_ops.known_issues.diagnose import diagnose
+
     text = _read_log(logfile, whole=tail == 0)
     tag_list = [t.strip() for t in tags.split(",") if t.strip()] if tags else None
     result = diagnose(text, tags=tag_list, catalog=_catalog(catalog), tail=tail or None)

@@ -9,19 +9,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from agent_ops.front import provider_ops
 from agent_ops.front.service import OpError
-from agent_ops.provider.base import OfferRequest
-from agent_ops.provider.lifecycle import FleetRequest, OfferList
 from agent_ops.record.journal import Journal
-from agent_ops.yaml_models import Report, YamlProblems, read_yaml
+
+if TYPE_CHECKING:  # imported where used: a status poll never loads them
+    from agent_ops.provider.lifecycle import FleetRequest, OfferList
 
 EXIT_FAILED, EXIT_INPUT, EXIT_PROVIDER = 1, 2, 3
 _INPUT_CODES = ("invalid_request", "provider_auth", "provider_missing")
@@ -91,6 +90,9 @@ def offers_command(
     provider: str = PROVIDER, as_json: bool = JSON,
 ) -> None:
     """Offers matching a request, cheapest for the requested work first (bad machines left out)."""
+    from agent_ops.front import provider_ops
+    from agent_ops.provider.base import OfferRequest
+
     values = {"gpus": gpus, "gpu_name": gpu_name, "min_gpu_ram_gb": min_gpu_ram, "disk_gb": disk, "min_cuda": min_cuda,
               "min_driver": min_driver, "min_reliability": min_reliability, "max_dph": max_dph, "location": location,
               "min_inet_down_mbps": min_inet_down, "hours": hours, "download_gb": download_gb, "limit": limit}
@@ -143,6 +145,7 @@ def rent_command(
     provider: str = PROVIDER, as_json: bool = JSON,
 ) -> None:
     """Rent N boxes: each created with your key, waited for, reached over SSH and qualified — all or none."""
+    from agent_ops.front import provider_ops
     from agent_ops.run.context import new_run_id
 
     values = {"gpus": gpus, "gpu_name": gpu_name, "min_gpu_ram_gb": min_gpu_ram, "disk_gb": disk, "min_cuda": min_cuda,
@@ -170,6 +173,9 @@ def rent_command(
 
 def _fleet_request(path: Path | None, values: dict[str, Any], as_json: bool) -> FleetRequest:
     """The request file (if any) with the flags given laid over it; problems as FILE:LINE or --flag."""
+    from agent_ops.provider.lifecycle import FleetRequest
+    from agent_ops.yaml_models import YamlProblems, read_yaml
+
     data: dict[str, Any] = {}
     lines = None
     label = str(path) if path else "command line"
@@ -192,6 +198,9 @@ def _fleet_request(path: Path | None, values: dict[str, Any], as_json: bool) -> 
 
 
 def _request_problems(exc: ValidationError, data: dict[str, Any], label: str, lines, values: dict[str, Any]) -> list[str]:
+    from agent_ops.provider.lifecycle import FleetRequest
+    from agent_ops.yaml_models import Report
+
     by_flag = {(f,): flag for f, flag in _FLEET_FLAGS.items() if values.get(f) is not None}
     by_flag |= {("offer", f): flag for f, flag in _OFFER_FLAGS.items() if values.get(f) is not None}
     by_flag |= {("qualify", f): flag for f, flag in _QUALIFY_FLAGS.items() if values.get(f) is not None}
@@ -219,6 +228,8 @@ def down_command(
     provider: str = PROVIDER, as_json: bool = JSON,
 ) -> None:
     """Give back every box a run rented: those in the journal, and any the provider shows with the run's label."""
+    from agent_ops.front import provider_ops
+
     if policy not in ("destroy", "stop", "keep"):
         raise _fail(EXIT_INPUT, f"--policy {policy!r}: expected destroy, stop or keep", as_json, "invalid_request")
     result = _op(as_json, provider_ops.down, Journal(), run_id, policy, provider)
@@ -236,6 +247,8 @@ def down_command(
 
 def rentals_command(run_id: str = typer.Argument(..., help="The run whose boxes to show."), as_json: bool = JSON) -> None:
     """A run's boxes from the journal: state, $/h, spent so far (no provider call)."""
+    from agent_ops.front import provider_ops
+
     found = provider_ops.rentals(Journal(), run_id)
     if as_json:
         print(found.model_dump_json(indent=2))

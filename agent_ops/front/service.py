@@ -10,19 +10,21 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
+from agent_ops.bounds import MAX_POLL_S
 from agent_ops.errors import AgentOpsError, RunbookError
-from agent_ops.known_issues.catalog import Catalog, CatalogError, active_catalog, user_catalog_dir
-from agent_ops.known_issues.propose import Proposal, ProposalError, propose
 from agent_ops.record.journal import TERMINAL_RUN_STATES, Journal, journal_home
 from agent_ops.record.status import RunStatus, run_status
-from agent_ops.runbook.loader import builtin_values, load_runbook, render_runbook, resolve_vars
-from agent_ops.runbook.plan import build_plan
-from agent_ops.runbook.results import OUTPUT_ENV
-from agent_ops.runbook.schema import MAX_POLL_S, Runbook, RunStep, Step
+
+# Status, wait, tail and cancel are what agents poll, each poll a fresh process: the runbook models, the loader and
+# the catalog (most of the import time) are imported by the operations that use them, never by those.
+if TYPE_CHECKING:
+    from agent_ops.known_issues.catalog import Catalog
+    from agent_ops.known_issues.propose import Proposal
+    from agent_ops.runbook.schema import Runbook, Step
 
 MAX_BLOCK_S = MAX_POLL_S  # no operation blocks longer than this (seed 003, rule 1)
 DETACH_READY_S = 15.0
@@ -119,6 +121,8 @@ class TailResult(BaseModel):
 
 
 def validate(file: str) -> ValidateResult:
+    from agent_ops.runbook.loader import load_runbook
+
     try:
         loaded = load_runbook(file)
     except RunbookError as exc:
@@ -127,6 +131,9 @@ def validate(file: str) -> ValidateResult:
 
 
 def plan(file: str, overrides: dict[str, str]) -> PlanResult:
+    from agent_ops.runbook.loader import builtin_values, render_runbook
+    from agent_ops.runbook.plan import build_plan
+
     loaded, values = _load(file, overrides)
     builtins = builtin_values(**{k: f"<{k}>" for k in ("run_id", "run_dir", "runbook_dir", "artifacts_dir")})
     runbook = render_runbook(loaded, {**values, **builtins})
@@ -151,6 +158,9 @@ def _deleting_fixes(runbook) -> list[DeletingFix]:
 
 
 def _plan_step(runbook: Runbook, step: Step, secrets: dict[str, str], reads: list[str]) -> PlanStep:
+    from agent_ops.runbook.results import OUTPUT_ENV
+    from agent_ops.runbook.schema import RunStep
+
     env = runbook.job_env(step, secrets) if isinstance(step, RunStep) else {}
     if isinstance(step, RunStep) and step.outputs:
         env[OUTPUT_ENV] = "<its job directory>/outputs"
@@ -159,6 +169,8 @@ def _plan_step(runbook: Runbook, step: Step, secrets: dict[str, str], reads: lis
 
 
 def _load(file: str, overrides: dict[str, str]):
+    from agent_ops.runbook.loader import load_runbook, resolve_vars
+
     try:
         loaded = load_runbook(file)
         return loaded, resolve_vars(loaded, overrides)
@@ -316,6 +328,8 @@ def tail(journal: Journal, run_id: str, step_id: str, *, lines: int | None = 50,
 
 def known_issues() -> Catalog:
     """The catalog the executor uses: the shipped entries and the user's (`$AGENTOPS_HOME/known_issues/`)."""
+    from agent_ops.known_issues.catalog import CatalogError, active_catalog, user_catalog_dir
+
     try:
         return active_catalog(user_catalog_dir(journal_home()))
     except CatalogError as exc:
@@ -325,6 +339,9 @@ def known_issues() -> Catalog:
 def propose_issue(text: str, *, issue_id: str | None = None, title: str | None = None, fix: list[dict] | None = None,
                   healthy: list[str] | None = None, admit: bool = True) -> Proposal:
     """Draft a known issue from a failing log; admit it to the user catalog when it is safe (see known_issues.propose)."""
+    from agent_ops.known_issues.catalog import CatalogError, user_catalog_dir
+    from agent_ops.known_issues.propose import ProposalError, propose
+
     try:
         return propose(text, user_catalog_dir(journal_home()), issue_id=issue_id, title=title, fix=fix,
                        healthy=[Path(h) for h in healthy or []], admit=admit)

@@ -27,9 +27,8 @@ from pydantic import BaseModel, Field
 
 from agent_ops.known_issues.catalog import Catalog, KnownIssue, Signature, default_catalog
 from agent_ops.known_issues.literals import Literal, may_match, required_literals
-from agent_ops.known_issues.root_error import RootError, normalise_labelled, root_error
+from agent_ops.known_issues.root_error import DEFAULT_TAIL, RootError, normalise_labelled, root_error
 
-DEFAULT_TAIL = 400
 MAX_SHOWN_LINES = 8  # matched lines reported per entry
 MAX_LINE_CHARS = 300  # a matched line is cut to this for reports
 NEAREST_MIN = 0.5  # partial score below which a candidate is noise

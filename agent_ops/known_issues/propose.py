@@ -25,7 +25,8 @@ from agent_ops.known_issues.catalog import (
     load_catalog,
     shipped_dir,
 )
-from agent_ops.known_issues.diagnose import DEFAULT_TAIL, LogView, diagnose, signature_hits
+from agent_ops.known_issues.diagnose import LogView, diagnose, signature_hits
+from agent_ops.known_issues.root_error import DEFAULT_TAIL
 
 MAX_ROOT_CHARS = 240  # a longer message is mostly a dump; its head identifies the failure
 MAX_SAMPLE_LINES = 40  # lines of the log kept as the entry's second sample

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+DEFAULT_TAIL = 400  # lines from a log's end that diagnosis examines (the failure is there)
+
 TAIL_BYTES = 64 << 10  # the failure is at the end; a log can be GBs
 MAX_MESSAGE_LINES = 12  # an exception's message lines kept (the rest is a dump, not the error)
 MAX_TOOL_LINES = 12  # tool error lines kept, the latest

@@ -11,6 +11,7 @@ import os
 import sqlite3
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -145,6 +146,12 @@ CREATE TABLE IF NOT EXISTS rentals (
 );
 CREATE INDEX IF NOT EXISTS rentals_run ON rentals (run_id);
 """
+
+# Columns added to `steps` after the first release (ALTER TABLE on older journals).
+# Columns newer versions added to older tables (TEXT each); attempts gained `node` in its key (rebuilt in _migrate).
+MIGRATED_COLUMNS = {"steps": ("tail", "outputs", "env", "nodes", "blame"), "events": ("node",), "remedies": ("node",)}
+# The schema's identity, kept in the journal's user_version once it is created or migrated (a positive 31-bit number).
+SCHEMA_ID = zlib.crc32((SCHEMA + repr(MIGRATED_COLUMNS)).encode()) & 0x7FFFFFFF
 
 RunState = Literal["pending", "running", "succeeded", "failed", "cancelling", "cancelled", "interrupted"]
 # "started": a background job is up (its dependents may go); "cancelled" also means "not run".
@@ -329,8 +336,12 @@ class Journal:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA busy_timeout=30000")
             with self._lock:
-                self._db.executescript(SCHEMA)  # executescript manages its own transaction
-                self._migrate()
+                # A status poll opens the journal in a fresh process each time: a journal already at this schema
+                # (its user_version says so) skips the schema script and the migrations.
+                if self._db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_ID:
+                    self._db.executescript(SCHEMA)  # executescript manages its own transaction
+                    self._migrate()
+                    self._db.execute(f"PRAGMA user_version = {SCHEMA_ID}")
 
     @contextmanager
     def _errors(self, what: str) -> Iterator[None]:
@@ -343,10 +354,9 @@ class Journal:
 
     def _migrate(self) -> None:
         # Journals written by older versions lack newer columns: add them, never drop anything.
-        for table, new in (("steps", ("tail", "outputs", "env", "nodes", "blame")), ("events", ("node",)),
-                           ("remedies", ("node",))):
+        for table, added in MIGRATED_COLUMNS.items():
             cols = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
-            for col in new:
+            for col in added:
                 if col not in cols:
                     self._db.execute(f"ALTER TABLE {table} ADD COLUMN {col} TEXT")
         cols = [row[1] for row in self._db.execute("PRAGMA table_info(attempts)")]

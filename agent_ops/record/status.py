@@ -8,8 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from agent_ops.bounds import MAX_POLL_S
 from agent_ops.record.journal import TERMINAL_RUN_STATES, Journal, RunRow
-from agent_ops.runbook.schema import MAX_POLL_S
 
 HEARTBEAT_STALE_S = 15.0
 

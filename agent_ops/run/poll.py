@@ -8,7 +8,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from agent_ops.runbook.schema import MAX_POLL_S, PollSpec
+from agent_ops.bounds import MAX_POLL_S
+from agent_ops.runbook.schema import PollSpec
 
 
 @dataclass

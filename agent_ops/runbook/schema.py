@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from agent_ops.bounds import MAX_POLL_S
 from agent_ops.runbook.results import RESULT_PARTS, SERIES_PARTS
 from agent_ops.runbook.template import FILTERS, FUNCTIONS, LANGUAGES, NAMESPACES, NUMBERS, Language
 from checks.kinds import Check
@@ -20,7 +21,6 @@ from checks.kinds import Check
 STEP_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 VAR_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 # The rule every agent of seed 003 obeys: nothing waits more than 30 s without re-checking.
-MAX_POLL_S = 30.0
 
 # Names every runbook may use without declaring them; their values are set when a run starts.
 BUILTIN_VARS: dict[str, str] = {
