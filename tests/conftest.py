@@ -37,9 +37,10 @@ FLEET_SIZE = 3  # the issue's acceptance: a fleet of at least three boxes
 def fleet_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[SSHServer]]:
     """Three private sshd servers (own ports and homes), shared by the session's fleet tests that leave them running."""
     _require_sshd()
-    servers = [SSHServer(tmp_path_factory.mktemp(f"fleet-sshd{i}")) for i in range(FLEET_SIZE)]
-    for server in servers:
-        server.start()
+    servers = []
+    for i in range(FLEET_SIZE):
+        servers.append(SSHServer(tmp_path_factory.mktemp(f"fleet-sshd{i}")))
+        servers[-1].start()  # at once: the free port it picked is free only until someone else takes it
     yield servers
     for server in servers:
         server.stop()

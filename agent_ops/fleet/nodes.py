@@ -10,10 +10,13 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent_ops.transport.target import LOCAL, Inventory, TargetSpec, TargetSpecError, parse_target
 from agent_ops.yaml_models import did_you_mean
+
+if TYPE_CHECKING:
+    from agent_ops.record.journal import Journal, RunRow
 
 NODE_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")  # node names go into file names, tmux names and templates
 
@@ -92,3 +95,12 @@ def _named(found: Sequence[tuple[str | None, TargetSpec]]) -> list[NodeSpec]:
                 name = f"{name}-{spec.ssh_config().port}"
         out.append(NodeSpec(name, spec))
     return out
+
+
+def fleet_rows(journal: Journal, run: RunRow) -> list[tuple[NodeSpec, str, str]]:
+    """A recorded run's nodes as (spec, run_dir, tmux session), head first (a run from before fleets: its one target)."""
+    rows = journal.nodes(run.id)
+    if rows:
+        return [(NodeSpec(r.name, TargetSpec.model_validate(r.target)), r.run_dir, r.tmux_session) for r in rows]
+    target = TargetSpec.model_validate(run.target)
+    return [(fleet_of_one(target)[0], run.run_dir or "", run.tmux_session or "")]

@@ -277,7 +277,7 @@ def cancel(journal: Journal, run_id: str) -> str:
 def job_attempt(journal: Journal, run_id: str, step_id: str, node: str | None = None, attempt: int | None = None):
     """(run row, the job attempt whose log to read, that node's target): the newest attempt, on the head unless
     `node` names another node."""
-    from agent_ops.run.context import fleet_rows
+    from agent_ops.fleet.nodes import fleet_rows
 
     row = journal.run(run_id)
     if row is None:

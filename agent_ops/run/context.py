@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from agent_ops.errors import AgentOpsError, RunbookError
-from agent_ops.fleet.nodes import NodeSpec, fleet_of_one
-from agent_ops.record.journal import TERMINAL_RUN_STATES, TERMINAL_STEP_STATES, Journal, RunRow
+from agent_ops.fleet.nodes import NodeSpec, fleet_of_one, fleet_rows
+from agent_ops.record.journal import TERMINAL_RUN_STATES, TERMINAL_STEP_STATES, Journal
 from agent_ops.run.jobs import RunLayout, Tmux, kill_session
 from agent_ops.run.nodes import Node, NodeSelectionError, connect_all, step_node_names
 from agent_ops.runbook.loader import LoadedRunbook, builtin_values, load_runbook, render_runbook, render_step
@@ -188,15 +188,6 @@ def on_target(path: str, cwd: str | None, home: str) -> str:
     """An absolute path on the target: `~` expanded, a relative one taken from `cwd` (else the home directory)."""
     path = _expand(path, home)
     return path if path.startswith("/") else f"{on_target(cwd, None, home) if cwd else home}/{path}"
-
-
-def fleet_rows(journal: Journal, run: RunRow) -> list[tuple[NodeSpec, str, str]]:
-    """A recorded run's nodes as (spec, run_dir, tmux session), head first (a run from before fleets: its one target)."""
-    rows = journal.nodes(run.id)
-    if rows:
-        return [(NodeSpec(r.name, TargetSpec.model_validate(r.target)), r.run_dir, r.tmux_session) for r in rows]
-    target = TargetSpec.model_validate(run.target)
-    return [(fleet_of_one(target)[0], run.run_dir or "", run.tmux_session or "")]
 
 
 class RunStateError(AgentOpsError):

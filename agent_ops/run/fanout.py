@@ -72,7 +72,7 @@ def drive_step(fd: FleetDrive, step: Step) -> StepOutcome:
 
     def part(node: Node, lead: bool) -> StepOutcome:
         sctx = StepContext(run.for_node(node), fd.monitors[node.name], fd.handles, fd.stop_flag,
-                           lambda _sid: started.mark(node.name, True), stop, lead)
+                           lambda _sid: started.mark(node.name, True), stop, lead, parts=len(nodes))
         try:
             outcome = drive_on_node(sctx, step)
         except Exception as exc:  # a bug or a lost node must still end this part, never hang the step

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from agent_ops.errors import RunbookError
+from agent_ops.fleet.blame import is_knock_on, root_error
 from agent_ops.record.journal import DONE_OK, TERMINAL_STEP_STATES, StepState
 from agent_ops.run.context import RunContext, on_target
 from agent_ops.run.jobs import JobHandle, JobSpec, kill_job, start_job
@@ -92,6 +93,7 @@ class StepContext:
     started: Callable[[str], None]
     abort: StopSignal
     lead: bool = True  # this node's part also fills the step's own row (progress, tail, results)
+    parts: int = 1  # how many nodes the step runs on
 
     @property
     def node(self) -> str:
@@ -144,6 +146,12 @@ def drive_on_node(sctx: StepContext, step: Step) -> StepOutcome:
         if outcome.ok or sctx.stopping() or outcome.kind in ("stopped", "unreachable"):
             break
         text = log_tail(run, outcome.log_path) or outcome.message
+        if sctx.parts > 1 and is_knock_on(root_error(text) or outcome.message):
+            # This node failed because a peer did (a closed socket, a collective's timeout): fixing and re-running
+            # its part alone cannot help, and the step's policy decides what happens to every node.
+            outcome = StepOutcome("failed", f"{outcome.message} | a consequence of another node's failure: not retried "
+                                  "on its own", outcome.log_tail, outcome.log_path)
+            break
         # Only a job can be fixed and re-run; for a gate or check the diagnosis explains the failure.
         remedy = remediate(run, step, attempt, text) if isinstance(step, RunStep) else explain(run, step, text)
         if remedy.decision in ("escalated", "exhausted", "refused", "diagnosed"):
