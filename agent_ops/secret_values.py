@@ -65,8 +65,17 @@ def env_file(values: Mapping[str, str]) -> bytes:
     return "".join(f"export {k}={shlex.quote(v)}\n" for k, v in values.items()).encode()
 
 
+def hex_mask_list(values: Iterable[str]) -> bytes:
+    """The secrets for the box's output filter (run/mask_stream.py): every form Masker masks, hex-encoded, one a line.
+
+    Pieces, not only whole values: a multi-line secret's lines are masked on their own (mask_pieces).
+    """
+    forms = {form for v in mask_pieces(values) for form in (v, shlex.quote(v))}
+    return "".join(form.encode().hex() + "\n" for form in sorted(forms, key=len, reverse=True)).encode()
+
+
 def sed_mask_script(values: Iterable[str]) -> bytes:
-    """A `sed -f` script masking secrets in a job's output on the box (secrets never reach argv).
+    """A `sed -f` script masking secrets in a job's output on a box without python3 (secrets never reach argv).
 
     sed sees one line at a time, so a multi-line secret is masked by its lines (mask_pieces).
     """

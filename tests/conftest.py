@@ -57,12 +57,12 @@ def fleet(fleet_servers: list[SSHServer], tmp_path: Path, monkeypatch: pytest.Mo
 
 @pytest.fixture
 def make_sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., SSHServer]]:
-    """Factory for private sshd servers (extra sshd_config lines, a HOME for sessions), stopped after the test."""
+    """Factory for private sshd servers (extra sshd_config lines, a HOME and environment for sessions), stopped after the test."""
     _require_sshd()
     servers: list[SSHServer] = []
 
-    def make(*extra_config: str, home: Path | None = None) -> SSHServer:
-        server = SSHServer(tmp_path_factory.mktemp("sshd"), extra_config, home)
+    def make(*extra_config: str, home: Path | None = None, env: dict[str, str] | None = None) -> SSHServer:
+        server = SSHServer(tmp_path_factory.mktemp("sshd"), extra_config, home, env)
         servers.append(server)
         server.start()
         return server

@@ -45,6 +45,7 @@ class SSHServer:
         self.user = getpass.getuser()
         self.home = home or root / "home"
         self.home.mkdir(exist_ok=True)
+        self.env = {"HOME": str(self.home), **(env or {})}  # what sessions get, besides what sshd sets itself
         self.port = _free_port()
         self.host_key = root / "host_ed25519"
         self.identity = root / "client_ed25519"
@@ -135,7 +136,7 @@ class SSHServer:
             "PrintMotd no",
             "PrintLastLog no",
             "LogLevel INFO",
-            " ".join(["SetEnv", f"HOME={self.home}", *(f"{k}={v}" for k, v in self.env.items())]),
+            " ".join(["SetEnv", f"HOME={self.home}", *(f"{k}={v}" for k, v in self.env.items())]),  # sshd takes only its first SetEnv line
             f"Subsystem sftp {SFTP_SERVER} -d {self.home}",
             *extra,
         ]

@@ -6,9 +6,7 @@ the test's own clock.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-import stat
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -17,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from agent_ops.bounds import MAX_POLL_S
 from agent_ops.errors import RunbookError
 from agent_ops.run.poll import Backoff
 from agent_ops.runbook.loader import load_runbook
-from agent_ops.bounds import MAX_POLL_S
 from agent_ops.runbook.schema import PollSpec
 from tests.runs import (
     CLI,
@@ -122,13 +120,17 @@ def test_secret_never_leaks(contract: ContractRun) -> None:
             assert not any(SECRET in str(cell) for cell in row), f"secret in journal table {table}: {row}"
     for path in box.home.glob("journal.db*"):
         assert SECRET.encode() not in path.read_bytes(), path
-    # The job's log on the box has it masked; its script never had it; the env file is private.
+    # The job's log on the box has it masked; its script never had it; the mode-600 env file and output masks that
+    # held it were removed as the job started, so no file left on the box holds it in any form.
     [attempt] = attempts(journal, run_id, "use_secret")
     job_dir = Path(attempt.job_dir)
     assert (job_dir / "log").read_text() == "token is ***\n"
-    for name in ("script.sh", "run.sh"):
-        assert SECRET not in (job_dir / name).read_text()
-    assert stat.S_IMODE(os.stat(job_dir / "env").st_mode) == 0o600
+    assert {"script.sh", "run.sh", "log", "rc"} <= {p.name for p in job_dir.iterdir()}
+    assert not {"env", "mask.hex", "mask.sed"} & {p.name for p in job_dir.iterdir()}
+    for path in Path(box.spec.workdir).rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert SECRET.encode() not in data and SECRET.encode().hex().encode() not in data, path
     # Nothing the CLI prints has it: the run itself, logs, status.
     logs = agentops(box, "logs", run_id, "use_secret", AO_TEST_SECRET=SECRET)
     assert logs.returncode == 0 and logs.stdout == "token is ***\n", logs.stderr

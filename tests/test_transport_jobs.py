@@ -17,17 +17,25 @@ import pytest
 
 from agent_ops.run.jobs import RunLayout, Tmux, prepare_run, probe_request
 from agent_ops.transport.base import ProbeRequest, Transport
+from agent_ops.transport.local import LocalTransport
 from tests.runs import make_box, run_api
 from tests.sshd import SSHServer
 
 
-@pytest.fixture
-def layout(transport: Transport, scratch: Path) -> Iterator[RunLayout]:
-    """A prepared run (directories, wake-up FIFO, probe.sh, tmux session) on a private tmux server."""
-    run = RunLayout(run_id="t1", run_dir=str(scratch / "run"), tmux=Tmux(f"ao-test-{uuid.uuid4().hex[:10]}"))
+@pytest.fixture(params=[True, False], ids=["own-server", "shared-server"])
+def layout(request: pytest.FixtureRequest, transport: Transport, scratch: Path) -> Iterator[RunLayout]:
+    """A prepared run (directories, wake-up FIFO, probe.sh, tmux session) on a tmux server of the test's own, used
+    as a run's own server (commands through a control-mode client) and as a shared one (tmux processes)."""
+    tmux = Tmux(f"ao-test-{uuid.uuid4().hex[:10]}", private=request.param)
+    run = RunLayout(run_id="t1", run_dir=str(scratch / "run"), tmux=tmux)
     prepare_run(transport, run)
     yield run
     subprocess.run(["tmux", "-L", run.tmux.socket, "kill-server"], capture_output=True)
+
+
+def _control_clients(socket: str) -> int:
+    clients = subprocess.run(["tmux", "-L", socket, "list-clients", "-F", "#{client_control_mode}"], capture_output=True, text=True)
+    return clients.stdout.split().count("1")
 
 
 # --- tmux ----------------------------------------------------------------------------------------
@@ -36,21 +44,25 @@ def layout(transport: Transport, scratch: Path) -> Iterator[RunLayout]:
 def test_tmux_arguments_reach_tmux_as_they_are(transport: Transport, layout: RunLayout) -> None:
     # Control mode parses a command line: quoting must keep $, ~, ;, quotes and spaces from its parser.
     text = "it's $HOME ~ ; \"x\" {y}"
-    result = transport.tmux(layout.tmux.socket, ["display-message", "-p", "-t", layout.session, text], timeout=10)
+    result = transport.tmux(layout.tmux.socket, ["display-message", "-p", "-t", layout.session, text],
+                            private=layout.tmux.private, timeout=10)
     assert (result.rc, result.stdout.decode()) == (0, text + "\n")
-    again = transport.tmux(layout.tmux.socket, ["display-message", "-p", "-t", layout.session, "#{session_name}"])
+    again = transport.tmux(layout.tmux.socket, ["display-message", "-p", "-t", layout.session, "#{session_name}"],
+                           private=layout.tmux.private)
     assert again.stdout.decode() == layout.session + "\n"
 
 
 def test_tmux_error_is_rc_and_stderr(transport: Transport, layout: RunLayout) -> None:
-    result = transport.tmux(layout.tmux.socket, ["kill-window", "-t", f"{layout.session}:no-such-window"], timeout=10)
+    result = transport.tmux(layout.tmux.socket, ["kill-window", "-t", f"{layout.session}:no-such-window"],
+                            private=layout.tmux.private, timeout=10)
     assert result.rc != 0 and result.stderr.strip()
 
 
 def test_tmux_opens_windows_that_run_argv(transport: Transport, layout: RunLayout, scratch: Path) -> None:
     out = scratch / "out file"
     result = transport.tmux(layout.tmux.socket, ["new-window", "-d", "-t", f"{layout.session}:", "-n", "w 1",
-                                                 "bash", "-c", 'printf "%s" "$0" > "$1"', "a $b", str(out)], timeout=10)
+                                                 "bash", "-c", 'printf "%s" "$0" > "$1"', "a $b", str(out)],
+                            private=layout.tmux.private, timeout=10)
     assert result.ok, result.stderr
     deadline = time.monotonic() + 10
     while not out.exists() and time.monotonic() < deadline:
@@ -59,12 +71,29 @@ def test_tmux_opens_windows_that_run_argv(transport: Transport, layout: RunLayou
 
 
 def test_tmux_works_again_after_its_server_was_killed(transport: Transport, layout: RunLayout) -> None:
-    socket = layout.tmux.socket
-    assert transport.tmux(socket, ["display-message", "-p", "x"]).ok
+    socket, private = layout.tmux.socket, layout.tmux.private
+    assert transport.tmux(socket, ["display-message", "-p", "x"], private=private).ok
     subprocess.run(["tmux", "-L", socket, "kill-server"], capture_output=True)
-    assert not transport.tmux(socket, ["has-session", "-t", layout.session], timeout=10).ok
+    assert not transport.tmux(socket, ["has-session", "-t", layout.session], private=private, timeout=10).ok
     prepare_run(transport, layout)  # a new server and session: commands reach it
-    assert transport.tmux(socket, ["has-session", "-t", layout.session], timeout=10).ok
+    assert transport.tmux(socket, ["has-session", "-t", layout.session], private=private, timeout=10).ok
+
+
+def test_a_control_client_is_kept_only_on_a_server_of_a_runs_own_that_it_started(transport: Transport,
+                                                                                  layout: RunLayout) -> None:
+    # tmux 3.3a crashes when sessions come and go while a control client opens or closes (remote_runner.TmuxControl):
+    # one is kept only where no other controller goes, and started with the server, before anything happens there.
+    assert transport.tmux(layout.tmux.socket, ["display-message", "-p", "x"], private=layout.tmux.private).ok
+    assert _control_clients(layout.tmux.socket) == (1 if layout.tmux.private else 0)
+    if not layout.tmux.private:
+        return
+    # A fresh transport (a resumed run, a reconnect) finds the server running: plain commands, no second client.
+    again = LocalTransport()
+    try:
+        assert again.tmux(layout.tmux.socket, ["display-message", "-p", "x"], private=True).ok
+        assert _control_clients(layout.tmux.socket) == 1
+    finally:
+        again.close()
 
 
 # --- put_files -----------------------------------------------------------------------------------

@@ -187,7 +187,7 @@ def run(
     identity: str | None = typer.Option(None, "--identity", "-i", help="SSH private key."),
     inventory: str | None = typer.Option(None, "--inventory", help="YAML file of named hosts and groups of them."),
     accept_new_host_key: bool = typer.Option(False, "--accept-new-host-key", help="Trust an unknown host key and record it."),
-    tmux_socket: str | None = typer.Option(None, "--tmux-socket", help="Private tmux server (-L name) for the jobs."),
+    tmux_socket: str | None = typer.Option(None, "--tmux-socket", help="tmux server (-L name) shared by the runs naming it; default: one per run."),
     workdir: str | None = typer.Option(None, "--workdir", help="Directory on the target for job files (run_dir is WORKDIR/runs/RUN; "
                                        "default ~/.agentops there). The journal stays here, in $AGENTOPS_HOME (default ./.agentops)."),
     known_hosts: str | None = typer.Option(None, "--known-hosts", help="known_hosts file (default ~/.ssh/known_hosts)."),

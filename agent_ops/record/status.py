@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 
 from agent_ops.bounds import MAX_POLL_S
 from agent_ops.record.journal import TERMINAL_RUN_STATES, Journal, RunRow
+from agent_ops.transport.target import run_tmux_socket
 
 HEARTBEAT_STALE_S = 15.0
 
@@ -181,15 +182,14 @@ def run_status(journal: Journal, run_id: str) -> RunStatus | None:
         ))
     remedies = [RemedyView(**{k: getattr(r, k) for k in RemedyView.model_fields}) for r in journal.remedies(run_id)]
     target = _target_text(run, journal)
-    tmux_socket = run.target.get("tmux_socket") if isinstance(run.target, dict) else None
+    tmux_socket = run_tmux_socket(run.target.get("tmux_socket") if isinstance(run.target, dict) else None, run.id)
     # A finished run's session is gone unless a job was left running (keep_running): only then is there anything to watch.
     watchable = run.state not in TERMINAL_RUN_STATES or any(s.state in ("running", "started") for s in steps)
-    attach = (f"tmux{' -L ' + tmux_socket if tmux_socket else ''} attach -t {run.tmux_session}"
+    attach = (f"tmux -L {tmux_socket} attach -t {run.tmux_session}"
               if run.tmux_session and watchable else None)
     nodes = [NodeView(name=n.name, rank=n.rank, target=n.target.get("url", "local"), address=n.address, state=n.state,
                       message=n.message, run_dir=n.run_dir,
-                      attach=f"tmux{' -L ' + n.target['tmux_socket'] if n.target.get('tmux_socket') else ''} attach -t "
-                             f"{n.tmux_session}")
+                      attach=f"tmux -L {run_tmux_socket(n.target.get('tmux_socket'), run.id)} attach -t {n.tmux_session}")
              for n in journal.nodes(run_id)]
     alive = controller_alive(run)
     end = run.ended or now

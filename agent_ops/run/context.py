@@ -18,7 +18,7 @@ from typing import Any
 from agent_ops.errors import AgentOpsError, RunbookError
 from agent_ops.fleet.nodes import NodeSpec, fleet_of_one, fleet_rows
 from agent_ops.record.journal import TERMINAL_RUN_STATES, TERMINAL_STEP_STATES, Journal
-from agent_ops.run.jobs import RunLayout, Tmux, kill_session
+from agent_ops.run.jobs import RunLayout, end_run_tmux
 from agent_ops.run.nodes import Node, NodeSelectionError, connect_all, step_node_names
 from agent_ops.runbook.loader import LoadedRunbook, builtin_values, load_runbook, render_runbook, render_step
 from agent_ops.runbook.results import steps_view
@@ -130,8 +130,8 @@ def start_run(
     run_id = run_id or new_run_id()
     specs = fleet_of_one(target) if isinstance(target, TargetSpec) else list(target)
     transports = connect_all(specs)
-    nodes = [Node(spec, rank, transport, RunLayout(run_id=run_id, run_dir=_expand(spec.target.workdir, transport.home())
-                                                   + f"/runs/{run_id}", tmux=Tmux(spec.target.tmux_socket)))
+    nodes = [Node(spec, rank, transport,
+                  RunLayout.on(spec.target, run_id, _expand(spec.target.workdir, transport.home()) + f"/runs/{run_id}"))
              for rank, (spec, transport) in enumerate(zip(specs, transports))]
     masker = Masker(secret_values.values())
     journal.masker = masker
@@ -214,7 +214,7 @@ def resume_run(journal: Journal, run_id: str, *, observer: Observer | None = Non
     secret_values = read_secrets(row.secret_names, environ)
     recorded = fleet_rows(journal, row)
     transports = connect_all([spec for spec, _, _ in recorded])
-    nodes = [Node(spec, rank, transport, RunLayout(run_id=run_id, run_dir=run_dir, tmux=Tmux(spec.target.tmux_socket)))
+    nodes = [Node(spec, rank, transport, RunLayout.on(spec.target, run_id, run_dir))
              for rank, ((spec, run_dir, _), transport) in enumerate(zip(recorded, transports))]
     masker = Masker(secret_values.values())
     journal.masker = masker
@@ -249,12 +249,12 @@ def cancel_run(journal: Journal, run_id: str) -> str:
     for spec, run_dir, _ in fleet_rows(journal, row):
         transport = connect(spec.target)
         try:
-            kill_session(transport, RunLayout(run_id=run_id, run_dir=run_dir, tmux=Tmux(spec.target.tmux_socket)))
+            end_run_tmux(transport, RunLayout.on(spec.target, run_id, run_dir))
         finally:
             transport.close()
     for step in journal.steps(run_id):
         if step.state not in TERMINAL_STEP_STATES:
             journal.set_step(run_id, step.step_id, state="cancelled", ended=time.time(), message="cancelled")
     journal.set_run(run_id, state="cancelled", ended=time.time(), message="cancelled (no controller was running)")
-    journal.event(run_id, None, "run_cancelled", "cancelled: jobs stopped, tmux session closed")
+    journal.event(run_id, None, "run_cancelled", "cancelled: jobs stopped, tmux closed")
     return "cancelled"

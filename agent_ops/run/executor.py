@@ -21,7 +21,7 @@ from agent_ops.errors import JournalError
 from agent_ops.record.journal import DONE_OK
 from agent_ops.run.context import RunContext
 from agent_ops.run.fanout import FleetDrive, drive_step
-from agent_ops.run.jobs import JobHandle, kill_job, kill_session, prepare_run
+from agent_ops.run.jobs import JobHandle, end_run_tmux, kill_job, prepare_run
 from agent_ops.run.monitor import Monitor
 from agent_ops.run.nodes import Node
 from agent_ops.run.poll import Backoff
@@ -188,12 +188,12 @@ class Executor:
     def _cancel(self) -> None:
         self._cancelled = True
         self.stop_flag.set()
-        self._on_each(lambda node: kill_session(node.transport, node.layout))
+        self._on_each(lambda node: end_run_tmux(node.transport, node.layout))
         for sid, st in self.state.items():
             if st in ("pending", "running", "started"):
                 self.state[sid] = "cancelled"
                 self.ctx.journal.set_step(self.ctx.run_id, sid, state="cancelled", ended=time.time(), message="cancelled")
-        self.ctx.event("jobs_stopped", None, "cancelled: jobs stopped, tmux session closed")  # run_cancelled comes from _finish
+        self.ctx.event("jobs_stopped", None, "cancelled: jobs stopped, tmux closed")  # run_cancelled comes from _finish
 
     def _finish(self, final: str, error: str | None = None) -> None:
         ctx = self.ctx
@@ -205,9 +205,10 @@ class Executor:
         left = [sid for sid, st in self.state.items() if st == "started"]
         note = f"; left running: {', '.join(left)}" if left else ""
         if not left:
-            # Every job has ended (their output is in the job logs): the empty session would only pile up on the box.
+            # Every job has ended (their output is in the job logs): an empty session, or the run's own tmux server,
+            # would only pile up on the box.
             try:
-                self._on_each(lambda node: kill_session(node.transport, node.layout))
+                self._on_each(lambda node: end_run_tmux(node.transport, node.layout))
             except Exception:
                 pass
         if ctx.out:

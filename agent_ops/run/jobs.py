@@ -2,14 +2,20 @@
 
 Nothing is typed into a shell: the script, a wrapper and a mode-600 env file are
 written with Transport.put_files (one round trip), and the window is opened with
-`tmux new-window -d ... bash run.sh` through the transport's control-mode tmux
-client, so a job start forks no shell and no tmux client on the box, only the
-window's own processes. Seed 003's issue 5 (an unfinished `export` swallowing the
-next send-keys) cannot happen by construction. The wrapper runs the job only once
-(an exclusive create of `.started`: a start repeated after a reconnect opens a window
-that ends at once), writes the exit code atomically (`rc.tmp` then `mv`) and wakes
-the controller through the run's wake-up FIFO; the job outlives the controller and
-the SSH connection, and a person can `tmux attach -t <session>` and watch.
+`tmux new-window -d ... bash run.sh` (on a run's own tmux server through the
+transport's control-mode client, so a job start forks no shell and no tmux client on
+the box, only the window's own processes). Seed 003's issue 5 (an unfinished `export`
+swallowing the next send-keys) cannot happen by construction. The wrapper runs the job
+only once (an exclusive create of `.started`: a start repeated after a reconnect opens a
+window that ends at once), removes the files that hold secrets before the job starts,
+sends the job's output straight to its log file (through a masking filter when it has
+secrets) while the window's pane follows that file, writes the exit code atomically
+(`rc.tmp` then `mv`) and wakes the controller through the run's wake-up FIFO; the job
+outlives the controller and the SSH connection, and a person can `tmux -L <socket>
+attach -t <session>` and watch.
+
+Each run gets a tmux server of its own (socket `agentops-<run id>`) unless the target
+names a socket; RunLayout.on says which, end_run_tmux ends it with the run.
 
 Why a FIFO and not `tmux wait-for`: a wait-for signal sent while nobody waits is
 remembered, but a second one then *cancels* it (tmux 3.3a drops the channel), and a
@@ -20,33 +26,53 @@ probe opens it before it looks at any exit code, so no end goes unseen.
 """
 from __future__ import annotations
 
+import inspect
 import shlex
 import time
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
-from agent_ops.errors import AgentOpsError
-from agent_ops.secret_values import env_file, sed_mask_script
+from agent_ops.errors import AgentOpsError, TransportError
+from agent_ops.run import mask_stream
+from agent_ops.secret_values import env_file, hex_mask_list, sed_mask_script
 from agent_ops.transport.base import ProbeRequest, Transport
+from agent_ops.transport.target import TargetSpec, run_tmux_socket
 
 WRAPPER = """#!/usr/bin/env bash
-# Written by agentops: runs one step's script once, records its exit code atomically, wakes the controller.
+# Written by agentops: runs one step's script once, its output straight to its log; records its exit code atomically,
+# wakes the controller.
 d={job_dir}
 # Only the first start runs the job (noclobber's create is exclusive): a start repeated after a reconnect ends here.
 set -C; {{ : > "$d/.started"; }} 2>/dev/null || exit 0; set +C
 echo $$ > "$d/pid"
 # The wake-up goes out as soon as rc.tmp holds the whole line (the probe reads it there): the rename, a process of
-# its own, is not waited for. rc appears whole, by the rename, a moment later.
-finish() {{ printf '%s\\n' "$1" > "$d/rc.tmp"; {wake}; mv -f "$d/rc.tmp" "$d/rc"; exit 0; }}
-{cd} || {{ echo "agentops: cannot cd to the step's cwd" > "$d/log"; finish 1; }}
+# its own, is not waited for. rc appears whole, by the rename, a moment later. A line that cannot be written (a full
+# disk) leaves no rc at all, never an empty one (that reads as "running"): no exit code and no window is a lost job,
+# which the controller then explains.
+finish() {{
+  if printf '%s\\n' "$1" 2>/dev/null > "$d/rc.tmp"; then {wake}; mv -f "$d/rc.tmp" "$d/rc"; else rm -f "$d/rc.tmp"; {wake}; fi
+  exit 0
+}}
+# Secrets stay on disk only until the job starts: the env file is sourced, the mask opened (fd 3), then all removed.
+secret_files=(); for f in env mask.hex mask.sed; do [ -e "$d/$f" ] && secret_files+=("$d/$f"); done
 if [ -f "$d/env" ]; then set -a; . "$d/env"; set +a; fi
-if [ -f "$d/mask.sed" ]; then
-  bash -eo pipefail "$d/script.sh" < /dev/null 2>&1 | sed -u -f "$d/mask.sed" | tee "$d/log"
+mask=()
+if [ -f "$d/mask.hex" ] && command -v python3 > /dev/null; then exec 3< "$d/mask.hex"; mask=(python3 {mask_program})
+elif [ -f "$d/mask.sed" ]; then exec 3< "$d/mask.sed"; mask=(sed -u -f /dev/fd/3); fi
+[ ${{#secret_files[@]}} = 0 ] || rm -f -- "${{secret_files[@]}}"
+{cd} || {{ echo "agentops: cannot cd to the step's cwd" >> "$d/log"; finish 1; }}
+# The job writes to its log file, never through tmux (a pane slowed a 1 GiB write 38x); the pane follows the file.
+: >> "$d/log"
+tail -n +1 -f "$d/log" 3<&- 2> /dev/null &
+follower=$!
+if [ ${{#mask[@]}} -gt 0 ]; then
+  bash -eo pipefail "$d/script.sh" < /dev/null 2>&1 3<&- | "${{mask[@]}}" >> "$d/log"
   rc=${{PIPESTATUS[0]}}
 else
-  bash -eo pipefail "$d/script.sh" < /dev/null 2>&1 | tee "$d/log"
-  rc=${{PIPESTATUS[0]}}
+  bash -eo pipefail "$d/script.sh" < /dev/null >> "$d/log" 2>&1
+  rc=$?
 fi
+kill "$follower" 2> /dev/null
 finish "$rc"
 """
 
@@ -91,10 +117,15 @@ class JobError(AgentOpsError):
 
 
 class Tmux:
-    """tmux command lines for one server (the default one, or a private `-L` socket)."""
+    """One tmux server (its `-L` socket) and command lines for it.
 
-    def __init__(self, socket: str | None) -> None:
+    `private`: the server is one run's own, used by nothing else (Transport.tmux: only there does a transport keep
+    a control-mode client), and the run's end ends it.
+    """
+
+    def __init__(self, socket: str | None, private: bool = False) -> None:
         self.socket = socket
+        self.private = private
         self.prefix = "tmux" + (f" -L {shlex.quote(socket)}" if socket else "")
 
     def cmd(self, *args: str) -> str:
@@ -103,11 +134,16 @@ class Tmux:
 
 @dataclass(frozen=True)
 class RunLayout:
-    """Where one run lives on the target: its tmux session, wake-up FIFO and directories."""
+    """Where one run lives on the target: its tmux server and session, wake-up FIFO and directories."""
 
     run_id: str
     run_dir: str  # absolute path on the target
     tmux: Tmux
+
+    @classmethod
+    def on(cls, target: TargetSpec, run_id: str, run_dir: str) -> RunLayout:
+        """The layout of a run on `target`: the tmux socket the target names (shared), else a server of the run's own."""
+        return cls(run_id, run_dir, Tmux(run_tmux_socket(target.tmux_socket, run_id), private=target.tmux_socket is None))
 
     @property
     def session(self) -> str:
@@ -125,6 +161,11 @@ class RunLayout:
     @property
     def jobs_dir(self) -> str:
         return f"{self.run_dir}/jobs"
+
+    @property
+    def mask_program(self) -> str:
+        """run/mask_stream.py on the box: the filter that masks secrets in the output of jobs that have them."""
+        return f"{self.run_dir}/mask.py"
 
     def job_dir(self, name: str) -> str:
         return f"{self.jobs_dir}/{name}"
@@ -166,19 +207,26 @@ class JobHandle:
 
 
 def prepare_run(transport: Transport, layout: RunLayout) -> None:
-    """Create the run directory, the wake-up FIFO, the probe script and the tmux session (idempotent)."""
+    """Create the run directory, the wake-up FIFO, the probe and mask programs and the tmux session (idempotent).
+
+    The session is made through transport.tmux: on a server of the run's own, that first command starts the server
+    with the transport's control-mode client, the one way such a client is opened (remote_runner.TmuxControl).
+    """
     probe = PROBE.format(tmux=layout.tmux.prefix, wake_path=shlex.quote(layout.wake_path),
                          session=shlex.quote(layout.session), jobs=layout.jobs_dir)
-    transport.put(f"{layout.run_dir}/probe.sh", probe.encode(), mode=0o755)
+    transport.put_files({f"{layout.run_dir}/probe.sh": (probe.encode(), 0o755),
+                         layout.mask_program: (inspect.getsource(mask_stream).encode(), 0o644)})
     wake = shlex.quote(layout.wake_path)
-    script = (
-        f"mkdir -p {shlex.quote(layout.jobs_dir)} && {{ [ -p {wake} ] || mkfifo -m 600 {wake}; }} && "
-        f"{{ {layout.tmux.cmd('has-session', '-t', layout.session)} 2>/dev/null || "
-        f"{layout.tmux.cmd('new-session', '-d', '-s', layout.session, '-n', 'agentops', '-x', '200', '-y', '50')}; }}"
-    )
-    result = transport.exec(script, timeout=30)
+    made = transport.exec(f"mkdir -p {shlex.quote(layout.jobs_dir)} && {{ [ -p {wake} ] || mkfifo -m 600 {wake}; }}", timeout=30)
+    if not made.ok:
+        raise JobError(f"cannot prepare {layout.run_dir}: {made.stderr.decode(errors='replace').strip()}")
+    tmux, session = layout.tmux, layout.session
+    if transport.tmux(tmux.socket, ["has-session", "-t", f"={session}"], private=tmux.private, timeout=30).ok:
+        return
+    result = transport.tmux(tmux.socket, ["new-session", "-d", "-s", session, "-n", "agentops", "-x", "200", "-y", "50"],
+                            private=tmux.private, timeout=30)
     if not result.ok:
-        raise JobError(f"cannot create tmux session {layout.session}: {result.stderr.decode(errors='replace').strip()}")
+        raise JobError(f"cannot create tmux session {session}: {result.stderr.decode(errors='replace').strip()}")
 
 
 def start_job(transport: Transport, layout: RunLayout, spec: JobSpec) -> JobHandle:
@@ -187,7 +235,7 @@ def start_job(transport: Transport, layout: RunLayout, spec: JobSpec) -> JobHand
     transport.put_files({f"{handle.job_dir}/{name}": file for name, file in _files(layout, spec, handle).items()})
     # argv, not a shell command: tmux execs bash itself, one shell less per job.
     result = transport.tmux(layout.tmux.socket, ["new-window", "-d", "-t", layout.session + ":", "-n", spec.name,
-                                                 "bash", f"{handle.job_dir}/run.sh"], timeout=30)
+                                                 "bash", f"{handle.job_dir}/run.sh"], private=layout.tmux.private, timeout=30)
     if not result.ok:
         raise JobError(f"cannot start job {spec.name}: {result.stderr.decode(errors='replace').strip()}")
     return handle
@@ -202,11 +250,13 @@ def _files(layout: RunLayout, spec: JobSpec, handle: JobHandle) -> dict[str, tup
         cd = 'cd "$HOME"' + (f"/{shlex.quote(cwd[2:])}" if cwd[2:] else "")
     else:
         cd = f"cd -- {shlex.quote(cwd)}"
-    wrapper = WRAPPER.format(job_dir=shlex.quote(handle.job_dir), wake=layout.wake_command(), cd=cd)
+    wrapper = WRAPPER.format(job_dir=shlex.quote(handle.job_dir), wake=layout.wake_command(), cd=cd,
+                             mask_program=shlex.quote(layout.mask_program))
     files = {"script.sh": (spec.script.encode(), 0o700)}
     if spec.env:
         files["env"] = (env_file(spec.env), 0o600)
-    if spec.mask_values:
+    if spec.mask_values:  # the wrapper masks with python3 where the box has it, else with sed (slow, but correct)
+        files["mask.hex"] = (hex_mask_list(spec.mask_values), 0o600)
         files["mask.sed"] = (sed_mask_script(spec.mask_values), 0o600)
     files["run.sh"] = (wrapper.encode(), 0o700)
     return files
@@ -225,8 +275,38 @@ def kill_job(transport: Transport, layout: RunLayout, handle: JobHandle) -> None
 
 
 def kill_session(transport: Transport, layout: RunLayout) -> None:
-    """End every job of the run (cancel): the whole tmux session goes."""
+    """End every job of the run: its tmux session goes (the server stays, for a session made anew)."""
     transport.exec(f"{layout.tmux.cmd('kill-session', '-t', layout.session)} 2>/dev/null; true", timeout=30)
+
+
+def end_run_tmux(transport: Transport, layout: RunLayout) -> None:
+    """End every job of the run and what tmux kept for it: a server of the run's own goes whole, with the socket
+    file tmux leaves behind; on a server that others may share (a socket the target names), only the run's session."""
+    if not layout.tmux.private:
+        kill_session(transport, layout)
+        return
+    tmux = layout.tmux
+    transport.exec(f"s=$({tmux.cmd('list-sessions', '-F', '#{socket_path}')} 2>/dev/null | head -n 1); "
+                   f"{tmux.cmd('kill-server')} 2>/dev/null; [ -z \"$s\" ] || rm -f -- \"$s\"; true", timeout=30)
+
+
+def exit_code_written(transport: Transport, handle: JobHandle) -> bool:
+    """Whether the job's rc file holds its whole line (one a full disk left empty does not)."""
+    try:
+        return transport.read_from(handle.rc_path, 0, 64).endswith(b"\n")
+    except FileNotFoundError:
+        return False
+
+
+def unwritable_reason(transport: Transport, handle: JobHandle) -> str | None:
+    """Why a job could leave no exit code, where the box can tell: its directory takes no new bytes (a full disk)."""
+    check = f"{handle.job_dir}/.write-check"
+    try:
+        transport.put(check, b"agentops write check\n", mode=0o600)
+    except TransportError as exc:
+        return f"its directory cannot be written: {exc}"
+    transport.exec(f"rm -f -- {shlex.quote(check)}", timeout=30)
+    return None
 
 
 def probe_request(layout: RunLayout, wait_s: float, jobs: list[str], files: list[str],
@@ -236,7 +316,7 @@ def probe_request(layout: RunLayout, wait_s: float, jobs: list[str], files: list
     items = tuple(f"{'job' if j in ended else 'run'}:{j}" for j in jobs) + tuple(f"file:{f}" for f in files)
     args = " ".join(shlex.quote(a) for a in [wait, *items])
     return ProbeRequest(wait_s=float(wait), wake_fifo=layout.wake_path, jobs_dir=layout.jobs_dir, items=items,
-                        tmux_socket=layout.tmux.socket, session=layout.session,
+                        tmux_socket=layout.tmux.socket, tmux_private=layout.tmux.private, session=layout.session,
                         script=f"bash {shlex.quote(layout.run_dir)}/probe.sh {args}")
 
 

@@ -18,7 +18,7 @@ from agent_ops.errors import RunbookError
 from agent_ops.fleet.blame import is_knock_on, root_error
 from agent_ops.record.journal import DONE_OK, TERMINAL_STEP_STATES, StepState
 from agent_ops.run.context import RunContext, on_target
-from agent_ops.run.jobs import JobHandle, JobSpec, kill_job, start_job
+from agent_ops.run.jobs import JobHandle, JobSpec, exit_code_written, kill_job, start_job, unwritable_reason
 from agent_ops.run.logwatch import LogWatch, Verdict
 from agent_ops.run.monitor import Monitor
 from agent_ops.run.poll import Deadline
@@ -351,8 +351,9 @@ def _follow(sctx: StepContext, step_id: str, handle: JobHandle, watch: LogWatch,
                 watch.end_of_log(now)
                 _journal_progress(sctx, step_id, watch, now)
                 return watch.verdict(now, ended=True) or Verdict(True, "job ended"), rc, offset
-            if snap.sent >= started and handle.name not in snap.windows and run.transport.stat(handle.rc_path) is None:
-                return Verdict(False, "job lost: its tmux window is gone and it left no exit code", kind="lost"), None, offset
+            # The probe read the exit code before it listed windows: a job that ended in between has its rc by now.
+            if snap.sent >= started and handle.name not in snap.windows and not exit_code_written(run.transport, handle):
+                return Verdict(False, _lost(run, handle), kind="lost"), None, offset
         verdict = watch.verdict(now)
         if verdict is not None and (not verdict.passed or stop_on_pass):
             _journal_progress(sctx, step_id, watch, now)
@@ -367,6 +368,11 @@ def _follow(sctx: StepContext, step_id: str, handle: JobHandle, watch: LogWatch,
         if time.monotonic() - last_write > JOURNAL_EVERY_S:
             last_write = time.monotonic()
             _journal_progress(sctx, step_id, watch, now)
+
+
+def _lost(run: RunContext, handle: JobHandle) -> str:
+    why = unwritable_reason(run.transport, handle)
+    return "job lost: its tmux window is gone and it left no exit code" + (f"; {why}" if why else "")
 
 
 def _read_new(run: RunContext, path: str, offset: int, size: int | None, watch: LogWatch, now: float) -> int:

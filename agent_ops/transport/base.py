@@ -66,6 +66,7 @@ class ProbeRequest:
     jobs_dir: str
     items: tuple[str, ...]  # "run:NAME" (waited for), "job:NAME" (already ended), "file:PATH"
     tmux_socket: str | None
+    tmux_private: bool  # the server is the run's own (see Transport.tmux)
     session: str
     script: str
 
@@ -85,9 +86,11 @@ class Transport(Protocol):
         """
         ...
 
-    def tmux(self, socket: str | None, args: Sequence[str], *, timeout: float | None = None) -> ExecResult:
+    def tmux(self, socket: str | None, args: Sequence[str], *, private: bool = False, timeout: float | None = None) -> ExecResult:
         """Run `tmux [-L socket] ARGS...` on the target (no shell: ARGS go to tmux as they are).
 
+        `private`: the server on `socket` is one run's own, used by no other controller; only there may the
+        transport keep a control-mode client (remote_runner.TmuxControl says why).
         rc 0 and the command's output, or rc != 0 and tmux's error on stderr; EXEC_TIMEOUT_RC if
         no answer came within `timeout`.
         """

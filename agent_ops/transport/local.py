@@ -88,17 +88,15 @@ class LocalTransport:
             return ExecResult(EXEC_TIMEOUT_RC, *_drain_killed(proc))
         return ExecResult(proc.returncode, out, err)
 
-    def tmux(self, socket: str | None, args: Sequence[str], *, timeout: float | None = None) -> ExecResult:
-        return ExecResult(*self._control(socket).run(list(args), timeout))
+    def tmux(self, socket: str | None, args: Sequence[str], *, private: bool = False, timeout: float | None = None) -> ExecResult:
+        return ExecResult(*self._control(socket, private).run(list(args), timeout))
 
     def probe(self, request: ProbeRequest) -> str:
-        return probe(asdict(request), self._control(request.tmux_socket).run)
+        return probe(asdict(request), self._control(request.tmux_socket, request.tmux_private).run)
 
-    def _control(self, socket: str | None) -> TmuxControl:
+    def _control(self, socket: str | None, private: bool) -> TmuxControl:
         with self._lock:
-            if socket not in self._tmux:
-                self._tmux[socket] = TmuxControl(socket, env=clean_environment())
-            return self._tmux[socket]
+            return self._tmux.setdefault(socket, TmuxControl(socket, private, env=clean_environment()))
 
     def put(self, path: str, data: bytes, *, mode: int = 0o644) -> None:
         path = self._path(path)

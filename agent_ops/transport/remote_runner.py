@@ -10,16 +10,16 @@ Protocol, on the channel's stdin/stdout:
   then frames both ways:   4-byte big-endian length + UTF-8 JSON
   request:  {"id": int, "script": str, "stdin": base64 | null, "timeout": float | null}
             {"id": int, "op": "put", "files": [[path: str, data: base64, mode: int], ...]}
-            {"id": int, "op": "tmux", "socket": str | null, "args": [str], "timeout": float | null}
+            {"id": int, "op": "tmux", "socket": str | null, "private": bool, "args": [str], "timeout": float | null}
             {"id": int, "op": "probe", ...ProbeRequest's fields}  (answered like an exec: rc 0, the report on stdout)
   response: {"id": int, "rc": int, "stdout": base64, "stderr": base64}
             or {"id": int, "error": str} when the command could not even be started.
 
 `put` writes files the way Transport.put promises (parents made, a temp file created
 private then given its mode, renamed into place), in order, with no process and one
-round trip for all of them (SFTP takes six per file). `tmux` runs one tmux command
-through a control-mode client kept open per tmux socket (see TmuxControl), so a job
-start forks no shell and no tmux client on the box. `probe` is the monitor's look at a
+round trip for all of them (SFTP takes six per file). `tmux` runs one tmux command,
+on a run's own server through a control-mode client kept open (see TmuxControl), so a
+job start forks no shell and no tmux client on the box. `probe` is the monitor's look at a
 run's jobs (see probe() below), also without a process.
 
 Each request runs in its own thread as `bash --norc --noprofile -c script` in a new
@@ -122,17 +122,18 @@ class Runner:
                 put_file(path, base64.b64decode(data), mode)
             return {"rc": 0, "stdout": "", "stderr": ""}
         if op == "tmux":
-            rc, out, err = self.control(request.get("socket")).run(request["args"], request.get("timeout"))
+            control = self.control(request.get("socket"), request.get("private", False))
+            rc, out, err = control.run(request["args"], request.get("timeout"))
             return {"rc": rc, "stdout": b64(out), "stderr": b64(err)}
         if op == "probe":
-            report = probe(request, self.control(request.get("tmux_socket")).run)
+            report = probe(request, self.control(request.get("tmux_socket"), request.get("tmux_private", False)).run)
             return {"rc": 0, "stdout": b64(report.encode("utf-8")), "stderr": ""}
         return self.exec(request)
 
-    def control(self, socket):
-        """The control-mode tmux client for `socket`, made on first use."""
+    def control(self, socket, private):
+        """The tmux client for `socket`, made on first use."""
         with self.lock:
-            return self.tmux.setdefault(socket, TmuxControl(socket))
+            return self.tmux.setdefault(socket, TmuxControl(socket, private))
 
     def exec(self, request):
         data = request.get("stdin")
@@ -296,25 +297,34 @@ def tmux_quote(arg):
 
 
 class TmuxControl:
-    """One tmux control-mode client (`tmux -C`), kept open: each command is a line out and a reply block back.
+    """The tmux commands of one server: a control-mode client (`tmux -C`) kept open where that is safe, else processes.
 
-    A tmux command through the tmux program costs a process and a client handshake (~3 ms, more
-    on a loaded box); here it costs neither. The client sits in a session of its own (running
-    `cat`, marked destroy-unattached), so it never sees the jobs' output nor changes their window
-    sizes, and its session ends with it. Where control mode cannot be had (or the client died:
-    the tmux server was killed), a command runs as a plain `tmux ...` process instead, and
-    control mode is tried again a while later.
+    Through the kept-open client each command is a line out and a reply block back; through the
+    tmux program it costs a process and a client handshake (~3 ms, more on a loaded box). The
+    client sits in a session of its own (running `cat`, marked destroy-unattached), so it never
+    sees the jobs' output nor changes their window sizes, and its session ends with it.
+
+    Where that is safe: tmux 3.3a crashes (NULL dereferences in control_write and in the server
+    loop) when sessions come and go while a control client opens or closes; ten controllers, each
+    keeping such a client on one shared server, crashed it in every round, taking every run's jobs
+    with it. So a client is kept only on a `private` server, one run's own, which no other
+    controller touches, and only by starting that server with it (no server runs on the socket
+    yet), so it is identified before anything else happens there. It closes when its controller
+    ends, when the run's own commands are over. On a shared server, on a run's server that already
+    runs (a resumed run, a reconnect), and wherever control mode cannot be had, each command is a
+    plain `tmux ...` process: plain clients get no control notifications, so they cannot hit the
+    crash. A private server is checked again a while later (it may have ended).
     """
 
     RETRY_S = 30.0
 
-    def __init__(self, socket, env=None):
+    def __init__(self, socket, private, env=None):
         self.prefix = ["tmux"] + (["-L", socket] if socket else [])
         self.env = env  # None: this process's environment (on a box, its login environment)
         self.lock = threading.Lock()
         self.proc = None
         self.buffer = b""
-        self.retry_at = 0.0
+        self.retry_at = 0.0 if private else float("inf")
 
     def run(self, args, timeout):
         """(rc, stdout, stderr) of `tmux ARGS...`; rc TIMEOUT_RC if no reply came within `timeout`."""
@@ -337,7 +347,11 @@ class TmuxControl:
         return run_process(self.prefix + list(args), timeout, self.env)
 
     def open(self, timeout):
+        """Start the server with a control client (EOFError if a server already runs: plain commands then)."""
         timeout = 30.0 if timeout is None else timeout
+        rc, _, err = run_process(self.prefix + ["list-sessions", "-F", "."], timeout)
+        if rc == 0 or not NO_SERVER.search(err):
+            raise EOFError("a tmux server already runs on this socket (or cannot be asked)")
         name = "agentops-ctl-%d-%s" % (os.getpid(), base64.b32encode(os.urandom(5)).decode("ascii").lower())
         self.proc = subprocess.Popen(
             self.prefix + ["-C", "new-session", "-s", name, "cat", "-"],
@@ -405,6 +419,11 @@ class TmuxControl:
 
 class ControlTimeout(Exception):
     """A command was sent to the control client and no reply came in time."""
+
+
+# What a plain tmux client says when no server runs on its socket (ECONNREFUSED, ENOENT): only then may a control
+# client start one. Any other failure (a socket directory tmux cannot use) means plain commands, which report it.
+NO_SERVER = re.compile(rb"no server running|error connecting to .*\(No such file or directory\)")
 
 
 def run_process(argv, timeout, env=None):

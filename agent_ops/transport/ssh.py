@@ -127,9 +127,10 @@ class SSHTransport:
         """Run `script` with `bash --norc --noprofile -c`; rc EXEC_TIMEOUT_RC if it ran past `timeout`."""
         return self._call("exec", lambda conn: conn.execs.run(script, stdin, timeout))
 
-    def tmux(self, socket: str | None, args: Sequence[str], *, timeout: float | None = None) -> ExecResult:
-        """`tmux [-L socket] ARGS...` through the runner's control-mode client (no process on the box)."""
-        return self._call("tmux", lambda conn: conn.execs.tmux(socket, list(args), timeout))
+    def tmux(self, socket: str | None, args: Sequence[str], *, private: bool = False, timeout: float | None = None) -> ExecResult:
+        """`tmux [-L socket] ARGS...` in the runner: through its control-mode client on a run's own server (no process
+        on the box), else a tmux process."""
+        return self._call("tmux", lambda conn: conn.execs.tmux(socket, list(args), private, timeout))
 
     def probe(self, request: ProbeRequest) -> str:
         """The monitor's probe, in the runner (no process on the box); without a runner, request.script."""
@@ -408,7 +409,7 @@ def _append_known_host(path: str, hostname: str, key: paramiko.PKey) -> None:
 
 class _ExecPath(Protocol):
     def run(self, script: str, stdin: bytes | None, timeout: float | None) -> ExecResult: ...
-    def tmux(self, socket: str | None, args: list[str], timeout: float | None) -> ExecResult: ...
+    def tmux(self, socket: str | None, args: list[str], private: bool, timeout: float | None) -> ExecResult: ...
     def probe(self, request: ProbeRequest) -> str: ...
     def alive(self) -> bool: ...
     def close(self) -> None: ...
@@ -544,8 +545,9 @@ class _RunnerClient:
     def run(self, script: str, stdin: bytes | None, timeout: float | None) -> ExecResult:
         return self._result(self._ask({"script": script, "stdin": _b64(stdin), "timeout": timeout}, timeout))
 
-    def tmux(self, socket: str | None, args: list[str], timeout: float | None) -> ExecResult:
-        return self._result(self._ask({"op": "tmux", "socket": socket, "args": args, "timeout": timeout}, timeout))
+    def tmux(self, socket: str | None, args: list[str], private: bool, timeout: float | None) -> ExecResult:
+        request = {"op": "tmux", "socket": socket, "private": private, "args": args, "timeout": timeout}
+        return self._result(self._ask(request, timeout))
 
     def probe(self, request: ProbeRequest) -> str:
         fields = {k: v for k, v in dataclasses.asdict(request).items() if k != "script"}
@@ -646,7 +648,7 @@ class _ChannelPerExec:
     def close(self) -> None:
         pass  # the channels close with each call; the connection closes with the client
 
-    def tmux(self, socket: str | None, args: list[str], timeout: float | None) -> ExecResult:
+    def tmux(self, socket: str | None, args: list[str], private: bool, timeout: float | None) -> ExecResult:
         prefix = ["tmux", *(["-L", socket] if socket else [])]
         return self.run(shlex.join([*prefix, *args]), None, timeout)
 

@@ -56,7 +56,8 @@ class TargetSpec(BaseModel):
     identity: str | None = Field(None, description="private key file (key auth only; passwords are not supported)")
     known_hosts: str | None = Field(None, description="known_hosts file checked for the host key (default ~/.ssh/known_hosts)")
     accept_new_host_key: bool = Field(False, description="trust on first use: record an unknown host key; a changed key is always refused")
-    tmux_socket: str | None = Field(None, description="tmux -L socket name for jobs; unset uses the default tmux server")
+    tmux_socket: str | None = Field(None, description="tmux -L socket name for jobs, shared by every run that names it; "
+                                    "unset: each run gets a tmux server of its own (agentops-RUN), ended with the run")
     workdir: str = Field("~/.agentops", description="directory on the target for job scripts, logs and exit codes")
     connect_timeout: float = Field(10.0, gt=0, description="seconds for one connection attempt")
     reconnect_timeout: float = Field(120.0, ge=0, description="seconds spent re-trying a lost connection before giving up")
@@ -146,6 +147,15 @@ class TargetSpec(BaseModel):
             python=self.python,
             **optional,
         )
+
+
+def run_tmux_socket(tmux_socket: str | None, run_id: str) -> str:
+    """The tmux socket a run's jobs live on: the one its target names, else a server of the run's own.
+
+    Never the user's default server unless named (`default` is its socket): a tmux crash there would take the
+    user's own sessions with it, and a server per run keeps runs from meeting on one at all.
+    """
+    return tmux_socket or f"agentops-{run_id}"
 
 
 def parse_target(url: str, **options: Any) -> TargetSpec:

@@ -11,8 +11,9 @@ a known_hosts file that trusts it) serves both contenders in the same run:
 
 - agentops: `agentops run` (the CLI, in a fresh process) of a generated runbook of N
   sequential `run` steps (`command: "true"`, each `needs` the previous one), target
-  `ssh://USER@127.0.0.1:PORT` from an inventory file (identity + known_hosts), a private
-  tmux server (`-L`), the journal under a temporary AGENTOPS_HOME;
+  `ssh://USER@127.0.0.1:PORT` from an inventory file (identity + known_hosts), a tmux
+  server of the run's own (the default; `--shared-tmux`: a named socket whose server
+  already runs, as runs sharing it see it), the journal under a temporary AGENTOPS_HOME;
 - Ansible: `ansible-playbook` (a fresh process) of N `ansible.builtin.command: "true"` tasks,
   `gather_facts: false`, ssh connection plugin with pipelining on and ControlMaster /
   ControlPersist (its defaults), host keys checked against the same known_hosts
@@ -89,17 +90,21 @@ def write_playbook(path: Path, steps: int) -> Path:
 
 
 class Bench:
-    def __init__(self, root: Path, server: SSHServer, python3: str) -> None:
+    def __init__(self, root: Path, server: SSHServer, python3: str, shared_tmux: bool) -> None:
         self.root = root
         self.server = server
-        self.tmux_socket = f"agentops-bench-{os.getpid()}"
+        # Default: each run starts a tmux server of its own (commands through a control-mode client). --shared-tmux:
+        # a named socket whose server already runs, as several runs would share it (each command a tmux process).
+        self.tmux_socket = f"ao-bench-{os.getpid()}" if shared_tmux else None
+        if self.tmux_socket:
+            subprocess.run(["tmux", "-L", self.tmux_socket, "new-session", "-d", "-s", "bench-keep"], check=True)
         self.home = root / "agentops-home"
         self.inventory = root / "agentops-inventory.yaml"
         self.inventory.write_text(json.dumps({"hosts": {"bench": {
             "url": f"ssh://{server.user}@{server.host}:{server.port}",
             "identity": str(server.identity),
             "known_hosts": str(server.known_hosts),
-            "tmux_socket": self.tmux_socket,
+            **({"tmux_socket": self.tmux_socket} if self.tmux_socket else {}),
             "workdir": str(root / "agentops-workdir"),
         }}}))
         self.ansible_cfg = root / "ansible.cfg"
@@ -189,7 +194,8 @@ class Bench:
         return statistics.median(times) * 1000
 
     def cleanup(self) -> None:
-        subprocess.run(["tmux", "-L", self.tmux_socket, "kill-server"], check=False, capture_output=True)
+        if self.tmux_socket:  # the runs' own servers ended with them
+            subprocess.run(["tmux", "-L", self.tmux_socket, "kill-server"], check=False, capture_output=True)
 
 
 def close_masters(control_dir: Path) -> None:
@@ -369,6 +375,8 @@ def main() -> int:
     parser.add_argument("--clean-home", action="store_true",
                         help="sshd gives sessions an empty HOME (SetEnv), so no ~/.bashrc runs: Ansible's best case")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (keys, runbooks, journal)")
+    parser.add_argument("--shared-tmux", action="store_true",
+                        help="runs on a named tmux socket whose server already runs (tmux processes), not a server per run")
     args = parser.parse_args()
     if args.steps < 2:
         parser.error("--steps must be at least 2")
@@ -384,7 +392,7 @@ def main() -> int:
     home = root / "empty-home" if args.clean_home else Path(pwd.getpwuid(os.getuid()).pw_dir)
     server = SSHServer(root / "sshd", home=home)
     server.start()
-    bench = Bench(root, server, args.python3)
+    bench = Bench(root, server, args.python3, args.shared_tmux)
     samples: list[Sample] = []
     result: dict[str, Any] = {}
     try:
@@ -414,7 +422,8 @@ def main() -> int:
             "setup": {
                 "sshd": f"OpenSSH on {server.host}:{server.port} (tests/sshd.py), user {server.user}",
                 "agentops": "agentops run RUNBOOK --target bench --inventory FILE --json (fresh process; paramiko, "
-                            "TCP_NODELAY, remote runner, tmux -L private socket)",
+                            "TCP_NODELAY, remote runner, " + ("a shared tmux server: tmux processes)" if args.shared_tmux
+                                                               else "a tmux server of the run's own: control-mode client)"),
                 "ansible": f"ansible-playbook (fresh process), ssh plugin, pipelining=True, ssh_args={bench.ansible_ssh_args!r}, "
                            f"gather_facts: false, ansible.builtin.command: true, interpreter {args.python3}",
                 "per_step": "(T(N) - T(1)) / (N - 1) per round, median over rounds; start-up = T(1) - per step",
