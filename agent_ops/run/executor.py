@@ -18,6 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from agent_ops.errors import JournalError
+from agent_ops.fleet.placement import Placement
 from agent_ops.record.journal import DONE_OK
 from agent_ops.run.context import RunContext
 from agent_ops.run.fanout import FleetDrive, drive_step
@@ -47,6 +48,7 @@ class Executor:
         self._cancelled = False
         self._stopping: set[str] = set()
         self.journal_error: JournalError | None = None  # set by a driver: nothing more can be recorded
+        self.placement = Placement([n.name for n in ctx.nodes], self.runbook.max_per_node)  # `on: any` steps
 
     # --- the scheduler --------------------------------------------------------------------
 
@@ -109,9 +111,12 @@ class Executor:
             self._block_unreachable()
             for step in self.runbook.steps:
                 if len(running) < self.runbook.max_parallel and self.state[step.id] == "pending" and self._ready(step.id):
+                    node = self._place(step)
+                    if node is None:
+                        continue  # every node that may take it is full: the next free one will
                     self.state[step.id] = "running"
                     running.add(step.id)
-                    self._pool.submit(self._drive, step)
+                    self._pool.submit(self._drive, step, node or None)
             pending = any(st == "pending" for st in self.state.values())
             if not running and not pending:
                 return "succeeded" if all(st in DONE_OK or st == "started" for st in self.state.values()) else "failed"
@@ -129,7 +134,8 @@ class Executor:
                     running.discard(sid)  # the run may end while it runs on
             else:
                 running.discard(sid)
-                self.state[sid] = outcome.state if outcome else "failed"
+                self.placement.release(sid)
+                self.state[sid] = outcome.state if outcome else "failed"  # "pending" again: re-queued
 
     def _stop_background(self, running: set[str]) -> None:
         for sid in running:
@@ -161,9 +167,22 @@ class Executor:
                     self.ctx.event("step_not_run", sid, why)
                     changed = True
 
-    def _drive(self, step: Step) -> None:
+    def _place(self, step: Step) -> str | None:
+        """For an `on: any` step, the free node it starts on (None: none free now); '' for any other step."""
+        if step.on != "any":
+            return ""
+        gone = set(self.ctx.out) | {name for name, m in self.monitors.items() if m.error is not None}
+        node = self.placement.free_node(step.id, gone)
+        if node is None and gone >= set(self.placement.nodes):
+            node = self.placement.nodes[0]  # no node is left to take it: it fails there, saying so
+        if node is not None:
+            self.placement.take(step.id, node)
+        return node
+
+    def _drive(self, step: Step, placed_on: str | None = None) -> None:
         fd = FleetDrive(self.ctx, self.monitors, self.handles, self.stop_flag,
-                        started=lambda sid: self.events.put(("started", sid, None)))
+                        started=lambda sid: self.events.put(("started", sid, None)), placed_on=placed_on,
+                        placement=self.placement)
         outcome = StepOutcome("failed", "the journal cannot be written")
         try:
             outcome = drive_step(fd, step)

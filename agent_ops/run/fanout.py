@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from agent_ops.fleet.blame import Blame, NodeFailure, blame, is_knock_on, root_error
 from agent_ops.fleet.compare import disagreements
+from agent_ops.fleet.placement import Placement
 from agent_ops.run.context import RunContext
 from agent_ops.run.jobs import JobHandle
 from agent_ops.run.monitor import Monitor
@@ -40,6 +41,8 @@ class FleetDrive:
     handles: dict[HandleKey, JobHandle]
     stop_flag: threading.Event
     started: Callable[[str], None]
+    placed_on: str | None = None  # an `on: any` step: the node the scheduler chose
+    placement: Placement | None = None  # the scheduler's book of placed steps (re-queues)
 
 
 def nodes_of(run: RunContext, step: Step) -> list[str]:
@@ -55,7 +58,7 @@ def nodes_of(run: RunContext, step: Step) -> list[str]:
 def drive_step(fd: FleetDrive, step: Step) -> StepOutcome:
     """Run a step on its nodes and judge it; the step's row and events record the whole."""
     run = fd.run
-    chosen = nodes_of(run, step)
+    chosen = [fd.placed_on] if fd.placed_on else nodes_of(run, step)
     nodes = [n for n in run.nodes if n.name in chosen and n.name not in run.out]
     run.journal.set_step(run.run_id, step.id, state="running", started=time.time(), message=None,
                          nodes=[n.name for n in nodes])
@@ -72,7 +75,8 @@ def drive_step(fd: FleetDrive, step: Step) -> StepOutcome:
 
     def part(node: Node, lead: bool) -> StepOutcome:
         sctx = StepContext(run.for_node(node), fd.monitors[node.name], fd.handles, fd.stop_flag,
-                           lambda _sid: started.mark(node.name, True), stop, lead, parts=len(nodes))
+                           lambda _sid: started.mark(node.name, True), stop, lead, parts=len(nodes),
+                           placed=fd.placed_on is not None, retries=_retries_left(fd, step))
         try:
             outcome = drive_on_node(sctx, step)
         except Exception as exc:  # a bug or a lost node must still end this part, never hang the step
@@ -94,7 +98,36 @@ def drive_step(fd: FleetDrive, step: Step) -> StepOutcome:
     else:
         with ThreadPoolExecutor(max_workers=len(nodes), thread_name_prefix=f"{step.id}@") as pool:
             outcomes = list(pool.map(part, nodes, [i == 0 for i in range(len(nodes))]))
-    return _end(run, step, _judge(run, step, nodes, outcomes))
+    outcome = _judge(run, step, nodes, outcomes, placed=fd.placed_on is not None)
+    if fd.placed_on and outcome.kind == "unreachable":  # no more placed steps go to a node that was lost
+        _take_out(run, fd.placed_on, f"unreachable during step {step.id}")
+    if fd.placed_on and _requeue(fd, step, outcome):
+        return _requeued(fd, step, outcome)
+    return _end(run, step, outcome)
+
+
+def _retries_left(fd: FleetDrive, step: Step) -> int | None:
+    """A placed step's plain retries are re-queues, counted across the nodes it ran on."""
+    if fd.placed_on is None or fd.placement is None:
+        return None
+    return max(0, step.retries - fd.placement.requeued[step.id])
+
+
+def _requeue(fd: FleetDrive, step: Step, outcome: StepOutcome) -> bool:
+    return (outcome.state == "failed" and outcome.kind in ("requeue", "unreachable") and fd.placement is not None
+            and fd.placement.requeued[step.id] < step.retries)
+
+
+def _requeued(fd: FleetDrive, step: Step, outcome: StepOutcome) -> StepOutcome:
+    """Back to the queue, to be taken by the next free node (not this one, if another is free)."""
+    run, node = fd.run, fd.placed_on
+    assert node is not None and fd.placement is not None
+    fd.placement.requeue(step.id, node)
+    message = (f"re-queued after failing on {node} (retry {fd.placement.requeued[step.id]} of {step.retries}): "
+               f"{outcome.message}")
+    run.journal.set_step(run.run_id, step.id, state="pending", message=message)
+    run.event("step_requeued", step.id, message, node=node)
+    return StepOutcome("pending", message, kind="requeue")
 
 
 class _StartedWhenAll:
@@ -147,8 +180,10 @@ def _decisive(step: Step, outcome: StepOutcome) -> bool:
     return not (_passes_on_any(step) and outcome.kind in ("deadline", "eof"))
 
 
-def _judge(run: RunContext, step: Step, nodes: Sequence[Node], outcomes: Sequence[StepOutcome]) -> StepOutcome:
-    """One outcome for the step from its parts, under the runbook's failure policy."""
+def _judge(run: RunContext, step: Step, nodes: Sequence[Node], outcomes: Sequence[StepOutcome], placed: bool = False
+           ) -> StepOutcome:
+    """One outcome for the step from its parts, under the runbook's failure policy (a placed step's own failure does
+    not take its node out: another cell may well succeed there; a lost node does)."""
     if len(nodes) == 1 and run.runbook.on_node_failure == "stop_all":
         return outcomes[0]
     parts = dict(zip((n.name for n in nodes), outcomes))
@@ -157,7 +192,7 @@ def _judge(run: RunContext, step: Step, nodes: Sequence[Node], outcomes: Sequenc
         return _passed_on(run, step, passed[0], parts[passed[0]])
     failed = [name for name, o in parts.items() if _own_failure(o)]
     blamed = _record_blame(run, step, nodes, outcomes) if failed and len(nodes) > 1 else None
-    if failed and run.runbook.on_node_failure == "continue":
+    if failed and run.runbook.on_node_failure == "continue" and not placed:
         for name in failed:
             _take_out(run, name, f"failed at step {step.id}: {parts[name].message}")
         if any(o.ok for o in outcomes) and all(o.ok for name, o in parts.items() if name not in failed):

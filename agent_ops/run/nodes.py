@@ -79,6 +79,8 @@ def step_node_names(step: Step, fleet: Sequence[str], job_nodes: Sequence[str] |
         return list(fleet[:1])
     if selector == "workers":
         return list(fleet[1:])
+    if selector == "any":  # placed by the scheduler when it starts: any node may take it
+        return list(fleet)
     unknown = [n for n in selector if n not in fleet]
     if unknown:
         raise NodeSelectionError(f"step {step.id}: on: node {unknown[0]!r} is not in the fleet ({', '.join(fleet)})")

@@ -94,6 +94,8 @@ class StepContext:
     abort: StopSignal
     lead: bool = True  # this node's part also fills the step's own row (progress, tail, results)
     parts: int = 1  # how many nodes the step runs on
+    placed: bool = False  # an `on: any` step: its node was chosen when it started, and a retry is re-queued
+    retries: int | None = None  # plain retries left (None: the step's own `retries`)
 
     @property
     def node(self) -> str:
@@ -130,7 +132,7 @@ def drive_on_node(sctx: StepContext, step: Step) -> StepOutcome:
     outcome = StepOutcome("failed", "no attempt made")
     live, previous = _earlier_attempts(sctx, step)
     attempt = live or previous + 1  # on resume attempt numbers go on: a job directory is never reused
-    plain_retries = step.retries
+    plain_retries = step.retries if sctx.retries is None else sctx.retries
     while True:
         step, problem = _rendered(run, step.id)  # remedies may have changed variables: render the step again
         if problem:
@@ -160,6 +162,10 @@ def drive_on_node(sctx: StepContext, step: Step) -> StepOutcome:
         if remedy.decision != "applied":
             if plain_retries <= 0:
                 outcome = StepOutcome("failed", f"{outcome.message} | {remedy.message}", outcome.log_tail, outcome.log_path)
+                break
+            if sctx.placed:  # a placed step's retry goes back to the queue: the next free node takes it
+                outcome = StepOutcome("failed", f"{outcome.message} | {remedy.message}", outcome.log_tail, outcome.log_path,
+                                      kind="requeue")
                 break
             plain_retries -= 1
         sctx.event("step_retry", step.id, f"attempt {attempt} failed ({outcome.message}); retrying")
@@ -204,9 +210,14 @@ def _end(sctx: StepContext, step: Step, outcome: StepOutcome) -> StepOutcome:
 
 
 def _earlier_attempts(sctx: StepContext, step: Step) -> tuple[int | None, int]:
-    """On resume: the attempt whose job may still be alive (re-attach, not restart) and the last attempt number."""
+    """On resume: the attempt whose job may still be alive (re-attach, not restart) and the last attempt number.
+
+    A placed step counts attempts over every node it was on: a re-queued attempt that lands on a node it ran on
+    before must not reuse that job directory."""
     if not sctx.run.resumed:
-        return None, 0
+        if not sctx.placed:
+            return None, 0
+        return None, max((a.attempt for a in sctx.run.journal.attempts(sctx.run.run_id, step.id)), default=0)
     attempts = sctx.run.journal.attempts(sctx.run.run_id, step.id, node=sctx.node)
     last = max((a.attempt for a in attempts), default=0)
     live = [a for a in attempts if a.ended is None and a.job_dir] if isinstance(step, RunStep) else []

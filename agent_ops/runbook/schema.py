@@ -36,7 +36,7 @@ BUILTIN_VARS: dict[str, str] = {
              "--rdzv_endpoint)",
 }
 # Which nodes of the fleet a step runs on: a word, or node names.
-NodeSelector = Union[Literal["all", "head", "workers"], Annotated[list[Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")]],
+NodeSelector = Union[Literal["all", "head", "workers", "any"], Annotated[list[Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")]],
                                                                   Field(min_length=1)]]
 # Template marks: the language inserted values are escaped for (see template.py); `agentops schema` shows them.
 SHELL: dict[str, Any] = {"x-template": "shell"}
@@ -86,9 +86,11 @@ class StepBase(Strict):
     timeout: float | None = Field(None, gt=0, description="Wall-clock deadline of one attempt, in seconds.")
     on: NodeSelector | None = Field(
         None, description="The nodes of the fleet this step runs on: `all` (the default; a gate's default is its job's "
-        "nodes), `head` (rank 0), `workers` (every node but the head), or a list of node names (checked against the fleet "
-        "when the run starts). On several nodes the step is one job (or check, copy, gate) per node, each with its own "
-        "attempts, retries, remedies and skip_if; it succeeds when every node's part does (see on_node_failure).")
+        "nodes), `head` (rank 0), `workers` (every node but the head), a list of node names (checked against the fleet "
+        "when the run starts), or `any`: one node, the next free one when the step is ready (matrix cells spread over the "
+        "fleet, at most max_per_node at once on a node; a retry goes back to the queue and another node may take it). On "
+        "several nodes the step is one job (or check, copy, gate) per node, each with its own attempts, retries, remedies "
+        "and skip_if; it succeeds when every node's part does (see on_node_failure).")
 
     @property
     def title(self) -> str:
@@ -275,6 +277,8 @@ class Runbook(Strict):
     env: dict[str, str] = Field(default_factory=dict, description="Environment for every job.")
     poll: PollSpec = Field(default_factory=PollSpec, description="Polling bounds.")
     max_parallel: int = Field(4, ge=1, le=32, description="Most steps running at once.")
+    max_per_node: int | None = Field(None, ge=1, le=32, description="Most `on: any` steps (matrix cells) running on one "
+                                     "node at once; unset: only max_parallel bounds them.")
     on_node_failure: Literal["stop_all", "continue"] = Field(
         "stop_all", description="What one node's failure (after its retries and remedies) does to the others: `stop_all` "
         "(the default, for training: that step's jobs on every other node are stopped at once, the step fails, and the run "
