@@ -307,7 +307,8 @@ class Report:
             self.add(loc, message + suffix)
 
     def problems(self) -> list[str]:
-        return [text for _, text in sorted(self.found, key=lambda p: p[0])]
+        # Each once: the cells of a matrix repeat the problems of the step they are made from.
+        return list(dict.fromkeys(text for _, text in sorted(self.found, key=lambda p: p[0])))
 
 
 
@@ -480,7 +481,8 @@ def _union_noun(schema: Any) -> str:
 def _field_hint(report: Report, loc: tuple, missing: list[str]) -> tuple[str, str | None]:
     """(hint text, the field it suggests) for an unknown field: a close missing field, else a close known one."""
     model = _schema_at(report, loc[:-1])
-    fields = list(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else []
+    # As written in YAML: a field with an alias (`if`) is known by it.
+    fields = [info.alias or name for name, info in model.model_fields.items()] if isinstance(model, type) and issubclass(model, BaseModel) else []
     name = str(loc[-1])
     for pool in (missing, fields):
         close = get_close_matches(name, [str(f) for f in pool], n=1, cutoff=0.6)

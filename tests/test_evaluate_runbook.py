@@ -14,7 +14,7 @@ Substituted, through the runbook's variables only (the eval_command is left at i
                    metres, std ~0.014) or `mm` (the unit slip, std ~14).
 - `python`      -> this interpreter (it has the agentops training core); `work` -> the test's directory.
 
-Not substituted: training.stats, the dataset_stats and action_units checks, the worker loop,
+Not substituted: training.stats, the dataset_stats and action_units checks, the per-task matrix cells,
 training.eval_report, tmux, the journal and the get steps into the run's artifacts.
 """
 from __future__ import annotations
@@ -88,17 +88,17 @@ def _vars(tmp_path: Path, data: Path, **extra: object) -> dict[str, object]:
 def test_validate_and_plan_through_the_cli() -> None:
     validate = subprocess.run([*CLI, "validate", str(RUNBOOK)], capture_output=True, text=True, timeout=60)
     assert validate.returncode == 0, validate.stdout + validate.stderr
-    assert "evaluate.yaml: ok (evaluate, 13 steps)" in validate.stdout + validate.stderr
+    assert "evaluate.yaml: ok (evaluate, 14 steps)" in validate.stdout + validate.stderr  # one eval cell per default task
     plan = subprocess.run([*CLI, "plan", str(RUNBOOK), "--var", "workers=2", "--var", "tasks=0,1", "--json"],
                           capture_output=True, text=True, timeout=60)
     assert plan.returncode == 0, plan.stderr
     doc = json.loads(plan.stdout)
     assert [[s["id"] for s in wave] for wave in doc["waves"]] == [
-        ["preflight", "workspace"], ["stats"], ["units"], ["eval_0", "eval_1", "eval_2", "eval_3"], ["report"],
+        ["preflight", "workspace"], ["stats"], ["units"], ["eval[task=0]", "eval[task=1]"], ["report"],
         ["fetch_table", "fetch_csv", "fetch_json", "fetch_plot"]]
-    worker = doc["waves"][3][1]["command"]
-    assert "[ $((i % 2)) -eq \"$EVAL_WORKER\" ]" in worker and "printf '%s' 0,1 |" in worker
-    assert "bash -c 'cd \"$RDT_DIR\" && \"$EVAL_PYTHON\" eval_sim/eval_rdt_libero.py --config configs/base.yaml" in worker
+    cell = doc["waves"][3][1]["command"]
+    assert "/eval_logs task=1\n" in cell and "printf '%s' 0,1 |" in cell  # the cell's task, and the list for TASK_INDEX
+    assert "bash -c 'cd \"$RDT_DIR\" && \"$EVAL_PYTHON\" eval_sim/eval_rdt_libero.py --config configs/base.yaml" in cell
 
 
 def _run(box: Box, values: dict[str, object]) -> tuple[str, RunStatus]:
@@ -117,13 +117,13 @@ def test_evaluate_per_task_success_rates_table_and_plot(datasets, box: Box, tmp_
     final, status = _run(box, _vars(tmp_path, datasets["m"], tasks="0,1,2,3,4", trials=10, workers=2))
     steps = {s.id: s for s in status.steps}
     assert final == "succeeded", {s.id: (s.state, s.message) for s in status.steps if s.state != "succeeded"}
-    assert {s.id for s in status.steps if s.state == "skipped"} == {"eval_2", "eval_3"}  # workers=2
     passed = [e.message for e in events(box.journal(), status.id, "check_passed") if e.step_id == "units"]
     assert any("libero_synth.action.std within [0.005, 0.05] m: dim 0 = 0.01" in m for m in passed), passed
 
-    # The two workers ran at once, each its own share of the tasks.
-    first, second = steps["eval_0"], steps["eval_1"]
-    assert max(first.started, second.started) < min(first.ended, second.ended)
+    # One cell per task, two at once (workers=2), never more.
+    cells = [steps[f"eval[task={t}]"] for t in RATES]
+    at_once = [sum(1 for c in cells if c.started <= d.started < c.ended) for d in cells]
+    assert max(at_once) == 2
     work = tmp_path / "eval" / "runs" / status.id
     assert sorted(p.name for p in (work / "eval_logs").iterdir()) == [f"{t}.log" for t in RATES]
 
@@ -163,20 +163,22 @@ def test_data_in_millimetres_fails_the_units_check_before_evaluating(datasets, b
     passed = [e.message for e in events(box.journal(), status.id, "check_passed") if e.step_id == "units"]
     assert len(passed) == 1 and "valid for robot libero" in passed[0]
     # Nothing was evaluated: the workers and the report never ran.
-    for step_id in ("eval_0", "report", "fetch_plot"):
+    for step_id in ("eval[task=0]", "report", "fetch_plot"):
         assert steps[step_id].state == "cancelled", (step_id, steps[step_id].state)
     assert list((tmp_path / "eval" / "runs" / status.id / "eval_logs").iterdir()) == []
 
 
 @end_to_end
-def test_a_failing_evaluator_fails_its_worker_and_no_table_is_made(datasets, box: Box, tmp_path: Path) -> None:
+def test_a_failing_evaluator_fails_its_task_and_no_table_is_made(datasets, box: Box, tmp_path: Path) -> None:
     # Task 7 is beyond what the stand-in knows: it exits 2 like a real evaluator on a bad task id.
-    final, status = _run(box, _vars(tmp_path, datasets["m"], tasks="0,7", trials=2))
+    final, status = _run(box, _vars(tmp_path, datasets["m"], tasks="7,0", trials=2))
     steps = {s.id: s for s in status.steps}
     assert final == "failed"
-    assert steps["eval_0"].state == "failed"
-    assert any("task '7': this stand-in knows libero_90 tasks 0-4" in line for line in steps["eval_0"].log_tail)
-    assert "[eval-worker] error: task=7: the evaluator failed" in steps["eval_0"].message + "\n".join(steps["eval_0"].log_tail)
+    bad = steps["eval[task=7]"]
+    assert bad.state == "failed"
+    assert any("task '7': this stand-in knows libero_90 tasks 0-4" in line for line in bad.log_tail)
+    assert "[eval-worker] error: task=7: the evaluator failed" in bad.message + "\n".join(bad.log_tail)
+    assert steps["eval[task=0]"].state == "succeeded"  # fail_fast: false: the other task is still evaluated
     assert steps["report"].state == "cancelled"
     logs = tmp_path / "eval" / "runs" / status.id / "eval_logs"
     assert (logs / "0.log").is_file() and (logs / "7.log.part").is_file() and not (logs / "7.log").exists()

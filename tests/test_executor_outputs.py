@@ -62,3 +62,11 @@ def test_plan_shows_each_steps_env_and_what_it_reads(tmp_path: Path) -> None:
     assert steps["count"]["env"] == {"AO_TEST_SECRET": "***", "AGENTOPS_OUTPUT": "<its job directory>/outputs"}
     assert steps["report"]["reads"] == ["count", "started", "files"]
     assert "echo tasks {{ steps.count.outputs.n_tasks * 2 }}" in steps["report"]["command"]  # shown as written until it runs
+
+
+def test_matrix_cells_read_results_of_their_own_cell_and_of_a_named_cell(box: Box) -> None:
+    run = run_api(box, "matrix_outputs.yaml")
+    assert run.final == "succeeded", [(s.step_id, s.state, s.message) for s in run.journal.steps(run.run_id)]
+    assert [(box.scratch / f"use-{n}").read_text() for n in (1, 2)] == ["1 w1\n", "2 w2\n"]  # each cell its own make's output
+    assert (box.scratch / "pick").read_text() == "w2\n"
+    assert [(box.scratch / f"wait-{k}").read_text() for k in (1, 2)] == ["1\n", "2\n"]

@@ -99,11 +99,15 @@ def test_a_lost_nodes_steps_go_to_the_others(make_sshd: Callable[..., SSHServer]
 def test_placement_prefers_the_least_loaded_node_and_avoids_where_a_step_failed() -> None:
     book = Placement(["a", "b", "c"], per_node=1)
     assert book.free_node("s1", gone=()) == "a"
-    book.take("s1", "a")
+    book.take("s1", "s1", "a")
     assert book.free_node("s2", gone=()) == "b"
-    book.take("s2", "b")
+    book.take("s2", "s2", "b")
     assert book.free_node("s3", gone={"c"}) is None  # a and b are full, c is out
-    book.release("s1")
     book.requeue("s1", "a")
+    book.release("s1")
     assert book.free_node("s1", gone=()) == "c"  # not a, where it failed
     assert book.free_node("s1", gone={"c"}) == "a"  # ... unless a is the only node free
+    # The steps of one cell share its node and its slot.
+    book.take("train[seed=1]", "cell[seed=1]", "c")
+    assert book.free_node("cell[seed=1]", gone=()) == "c"
+    assert book.free_node("other", gone=()) == "a"

@@ -124,7 +124,7 @@ CASES: dict[str, Case] = {
           - id: a
             kind: shell
             command: echo
-        """, 4, "steps.0.kind", ("unknown step kind 'shell' (expected one of run, check, gate, put, get)",)),
+        """, 4, "steps.0.kind", ("unknown step kind 'shell' (expected one of run, check, gate, put, get, group)",)),
     "missing-step-kind": Case("""
         name: x
         steps:
@@ -577,6 +577,7 @@ def test_every_problem_is_reported_in_one_pass_in_file_order(tmp_path: Path) -> 
     found = [parse(p) for p in problems(path)]
     assert [(int(p["line"]), p["path"]) for p in found] == [
         (2, "stpes"), (3, "poll.cap_s"), (7, "steps.0.command"), (8, "steps.0.retries"), (10, "steps.1.kind"), (11, "steps.2.dest"),
+        (13, "steps.2.src"),  # the put's local source does not exist: found at validation, not when the run gets there
     ]
 
 
@@ -891,7 +892,7 @@ def test_find_runbook_resolves_a_shipped_bare_name(tmp_path: Path, monkeypatch: 
 def test_json_schema_has_the_step_kinds_and_descriptions() -> None:
     schema = Runbook.model_json_schema()
     steps = schema["properties"]["steps"]
-    assert set(steps["items"]["discriminator"]["mapping"]) == {"run", "check", "gate", "put", "get"}
+    assert set(steps["items"]["discriminator"]["mapping"]) == {"run", "check", "gate", "put", "get", "group"}
     run = schema["$defs"]["RunStep"]
     assert run["additionalProperties"] is False
     assert "shell-quoted" in run["properties"]["command"]["description"]

@@ -307,6 +307,69 @@ def test_results_cannot_be_read_outside_a_step(tmp_path: Path) -> None:
     assert "can be read only in a step's own fields" in problem["message"]
 
 
+MATRIX_RESULTS = """
+    name: x
+    steps:
+      - id: cell
+        kind: group
+        matrix: {n: [1, 2]}
+        steps:
+          - {id: make, kind: run, outputs: [word], command: echo}
+          - {id: use, kind: run, needs: [make], command: "echo {{ matrix.n }} {{ steps.make.outputs.word }}"}
+      - {id: pick, kind: run, needs: [cell], command: "echo {{ steps['make[n=2]'].outputs.word }}"}
+      - id: wait
+        kind: run
+        needs: [pick]
+        matrix: {k: [1, 2]}
+        timeout: "{{ steps['make[n=1]'].outputs.word | length + matrix.k * 10 }}"
+        command: echo {{ matrix.k }}
+    """
+
+
+def test_a_matrix_cell_reads_results_of_its_own_cell_or_of_a_cell_named_by_id(tmp_path: Path) -> None:
+    loaded = load_runbook(write(tmp_path, MATRIX_RESULTS))
+    # Inside a group's cell the written name is that cell's step (as in needs); elsewhere a cell is named by its id.
+    assert loaded.reads == {"use[n=1]": ["make[n=1]"], "use[n=2]": ["make[n=2]"], "pick": ["make[n=2]"],
+                            "wait[k=1]": ["make[n=1]"], "wait[k=2]": ["make[n=1]"]}
+    results = steps_view({f"make[n={n}]": ("succeeded", {"outputs": {"word": f"w{n}"}}) for n in (1, 2)})
+    values = {**resolve_vars(loaded, {}), "steps": results}
+    assert render_step(loaded, "use[n=2]", values).command == "echo 2 w2"
+    assert render_step(loaded, "pick", values).command == "echo w2"
+    wait = render_step(loaded, "wait[k=2]", values)
+    assert (wait.timeout, wait.command) == (22, "echo 2")  # a result and the cell's value in one numeric field
+    with pytest.raises(RunbookError) as caught:  # a cell's error is reported at the step as written
+        render_step(loaded, "use[n=1]", {**values, "steps": steps_view({"make[n=1]": ("succeeded", {"outputs": {}})})})
+    [problem] = [PROBLEM.match(p).groupdict() for p in caught.value.problems]
+    assert (problem["line"], problem["path"]) == ("8", "steps.0.steps.1.command")
+    assert "steps.make[n=1].outputs has no 'word'" in problem["message"]
+
+
+@pytest.mark.parametrize(("before", "after", "line", "path", "words"), [
+    ("steps['make[n=2]'].outputs.word", "steps.make.outputs.word", "9", "steps.1.command",
+     "steps.make: 'make' stands for 2 steps (a matrix or a group); read one of them by its id, e.g. steps['make[n=1]']"),
+    ("steps['make[n=2]'].outputs.word", "steps['make[n=3]'].outputs.word", "9", "steps.1.command", "unknown step 'make[n=3]'"),
+    ("needs: [make], ", "", "8", "steps.0.steps.1.command", "step 'use[n=1]' reads results of 'make[n=1]' but does not wait for it"),
+    ("echo {{ matrix.k }}", "echo {{ matrix.n }}", "15", "steps.2.command", "unknown matrix axis 'n' (axes here: k)"),
+])
+def test_a_matrix_cells_references_are_checked_at_load(tmp_path: Path, before: str, after: str, line: str, path: str,
+                                                      words: str) -> None:
+    assert before in MATRIX_RESULTS
+    [problem] = problems(tmp_path, MATRIX_RESULTS.replace(before, after))
+    assert (problem["line"], problem["path"]) == (line, path)
+    assert words in problem["message"]
+
+
+def test_an_axis_cannot_come_from_results(tmp_path: Path) -> None:
+    [problem] = problems(tmp_path, """
+        name: x
+        steps:
+          - {id: a, kind: run, command: echo, outputs: [n]}
+          - {id: b, kind: run, needs: [a], matrix: {k: "{{ steps.a.outputs.n }}"}, command: "echo {{ matrix.k }}"}
+        """)
+    assert (problem["line"], problem["path"]) == ("4", "steps.1.matrix.k")
+    assert "can be read only in a step's own fields (not in a matrix" in problem["message"]
+
+
 def test_output_lines_protocol() -> None:
     assert parse_output_lines("a=1\n\nb=x=y\nc=0.5\nd=007\na=2\n") == {"a": 2, "b": "x=y", "c": 0.5, "d": "007"}
     with pytest.raises(ValueError, match="line 2: expected NAME=value"):
@@ -331,7 +394,7 @@ def test_schema_describes_builtins_filters_results_and_escaping() -> None:
 
 def test_the_readme_examples_load_and_mean_what_they_say(tmp_path: Path) -> None:
     readme = (Path(__file__).parents[1] / "README.md").read_text()
-    section = readme[readme.index("### Templates"):readme.index("### Where a run's files live")]
+    section = readme[readme.index("### Templates"):readme.index("### Matrices, groups")]
     expressions, results = re.findall(r"```yaml\n(.*?)```", section, re.S)
     loaded = load_runbook(write(tmp_path, "name: a\n" + expressions))
     builtins = dict.fromkeys(BUILTIN_VARS, "x")

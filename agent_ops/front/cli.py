@@ -2,7 +2,7 @@
 
 Exit codes: 0 success; 1 the run (or check) failed; 2 bad input (runbook, vars, target),
 nothing ran; 3 the target could not be reached; 4 the run id is unknown or in the wrong
-state; 130 interrupted. With --json, stdout carries exactly one JSON document and
+state; 124 `wait --until done` timed out; 130 interrupted. With --json, stdout carries exactly one JSON document and
 progress goes to stderr.
 """
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from agent_ops.errors import AgentOpsError, JournalError, RunbookError, TransportError
 from agent_ops.front import service as ops
@@ -40,6 +41,7 @@ err = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
 
 EXIT_FAILED, EXIT_INPUT, EXIT_TRANSPORT, EXIT_STATE, EXIT_INTERRUPTED = 1, 2, 3, 4, 130
+EXIT_TIMEOUT = 124  # `wait --until done --timeout N`: the run had not ended (as timeout(1) says it)
 # After the journal refused a write mid-run: how long to keep trying to record the run as interrupted (a disk freed).
 JOURNAL_RETRY_S = 10.0
 
@@ -146,6 +148,7 @@ def plan(file: str, var: list[str] | None = VarOpt, as_json: bool = JsonOpt) -> 
             needs = f"  (needs {', '.join(s.needs)})" if s.needs else ""
             needs += f"  (after {', '.join(s.after)} finished)" if s.after else ""
             needs += f"  (reads results of {', '.join(s.reads)}: rendered when it starts)" if s.reads else ""
+            needs += "  (if: always)" if s.always else ""
             out.print(f"  {s.id} [{s.kind}]{needs}", markup=False, highlight=False)
             for k, v in s.env.items():
                 out.print(f"      env {k}={v}", markup=False, highlight=False, style="dim")
@@ -313,7 +316,7 @@ def _print_reports(runbook, status) -> None:
     reported = {s.id for s in runbook.steps if getattr(s, "report", False)}
     for step in status.steps:
         if step.id in reported and step.log_tail:
-            err.rule(f"{step.id}", style="dim")
+            err.rule(Text(step.id), style="dim")  # Text: a cell id's brackets are not markup
             for line in step.log_tail:
                 err.print(line, markup=False, highlight=False)
 
@@ -378,11 +381,22 @@ def status(
 @app.command()
 def wait(
     run_id: str,
-    timeout: float = typer.Option(30.0, "--timeout", min=0, max=30, help="Seconds to wait at most (<= 30)."),
+    until: str = typer.Option("change", "--until", help="change: return at the run's next change (<= 30 s); "
+                              "done: keep waiting, a progress line per change, until the run ends."),
+    timeout: float | None = typer.Option(None, "--timeout", min=0, help="Seconds to wait at most (change: <= 30, default 30; "
+                                         "done: default no limit, exit 124 when it passes first)."),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Return when the run changes (a step, attempt, gate line, remedy) or after --timeout; for shell-driven agents."""
-    result = _op(as_json, ops.wait, _journal(as_json), run_id, timeout)
+    """Wait for a run: its next change, or (--until done) its end, with exit code 0 succeeded, 1 failed or cancelled."""
+    if until not in ("change", "done"):
+        _fail(EXIT_INPUT, f"--until {until!r}: expected change or done", as_json, "invalid_option")
+    if until == "change":
+        if timeout is not None and timeout > ops.MAX_BLOCK_S:
+            _fail(EXIT_INPUT, f"--timeout {timeout:g}: at most {ops.MAX_BLOCK_S:g} s with --until change (--until done waits longer)",
+                  as_json, "invalid_option")
+        result = _op(as_json, ops.wait, _journal(as_json), run_id, ops.MAX_BLOCK_S if timeout is None else timeout)
+    else:
+        result = _op(as_json, ops.wait_until_done, _journal(as_json), run_id, timeout, _progress_line)
     if as_json:
         print(result.model_dump_json(indent=2))
     else:
@@ -392,7 +406,25 @@ def wait(
                   markup=False, highlight=False)
         for s in st.steps:
             out.print(f"  {s.id:<16} {s.state:<10} {s.message or s.last_line or ''}", markup=False, highlight=False)
-    raise typer.Exit(EXIT_FAILED if result.status.state == "failed" else 0)
+    state = result.status.state
+    if until == "change":
+        raise typer.Exit(EXIT_FAILED if state == "failed" else 0)
+    if not result.status.terminal:
+        err.print(f"run {run_id} still {state} after {result.waited_s:.0f}s", markup=False, highlight=False)
+        raise typer.Exit(EXIT_TIMEOUT)
+    raise typer.Exit(0 if state == "succeeded" else EXIT_FAILED)  # the run's own exit code
+
+
+def _progress_line(result: ops.WaitResult) -> None:
+    """One line per change while `wait --until done` waits: the run's state, step counts, what runs now."""
+    st = result.status
+    counts: dict[str, int] = {}
+    for s in st.steps:
+        counts[s.state] = counts.get(s.state, 0) + 1
+    running = [s.id for s in st.steps if s.state in ("running", "started")]
+    now = f"; running: {', '.join(running[:4])}{' ...' if len(running) > 4 else ''}" if running else ""
+    summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+    err.print(f"[{result.waited_s:7.1f}s] {st.id}: {st.state}: {summary}{now}", markup=False, highlight=False)
 
 
 @app.command()
@@ -427,12 +459,31 @@ def logs(
                                     "first node the step ran on)."),
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new output until the job ends."),
     offset: int = typer.Option(0, help="Start at this byte offset."),
+    start_timeout: float = typer.Option(600.0, "--start-timeout", min=0, help="With --follow: wait this long for the step to start."),
 ) -> None:
-    """Print a run step's job log from its node (by byte offset; --follow polls <= 1 s)."""
+    """Print a run step's job log from its node (by byte offset; --follow polls <= 1 s).
+
+    A gate shows the log of the job it watches. With --follow, a step that has not started yet is waited for
+    (at most --start-timeout seconds, saying so); it exits 4 if the step ends without a job (skipped, not run).
+    On a fleet, --node picks the node (default: the head, or the first node the step ran on).
+    """
     from agent_ops.secret_values import Masker
     from agent_ops.transport.target import connect
 
-    row, chosen, target = _op(False, ops.job_attempt, _journal(), run_id, step, node, attempt)
+    journal = _journal()
+    source = _op(False, ops.log_source, journal, run_id, step)
+    if source.note:
+        err.print(source.note, markup=False, highlight=False)
+    attempts = _job_attempts(journal, run_id, source.step_id, attempt, node)
+    if not attempts:
+        if not follow or attempt is not None:
+            state = journal.step(run_id, source.step_id)
+            _fail(EXIT_STATE, f"step {source.step_id!r} of run {run_id} has no job log yet ({state.state if state else 'unknown'}); "
+                              f"--follow waits for it to start", False, "not_started")
+        attempts = _wait_for_start(journal, run_id, source.step_id, start_timeout, node)
+    name, target = _op(False, ops.node_of, journal, run_id, source.step_id, node)
+    chosen = [a for a in attempts if a.node in (name, "")][-1]
+    row = journal.run(run_id)
     masker = Masker(v for v in (read_secrets_quiet(row.secret_names)))
     transport = connect(target)
     try:
@@ -465,6 +516,31 @@ def result_lines(outputs: dict | None) -> list[str]:
         details = ", ".join(f"{k}={v!r}" for k, v in (check.get("details") or {}).items() if not isinstance(v, (list, dict)))
         lines.append(f"checks[{i}] {check.get('status')}: {details}")
     return lines
+
+
+def _job_attempts(journal: Journal, run_id: str, step_id: str, attempt: int | None, node: str | None = None) -> list:
+    found = [a for a in journal.attempts(run_id, step_id, node=node) if a.job_dir]
+    return [a for a in found if a.attempt == attempt] if attempt is not None else found
+
+
+def _wait_for_start(journal: Journal, run_id: str, step_id: str, limit: float, node: str | None = None) -> list:
+    """Poll the journal (every 0.5 s, at most `limit` seconds) until the step's job exists; exit 4 if it never will."""
+    t0 = time.monotonic()
+    err.print(f"waiting for step {step_id} of run {run_id} to start (up to {limit:g}s)", markup=False, highlight=False)
+    while True:
+        attempts = _job_attempts(journal, run_id, step_id, None, node)
+        if attempts:
+            return attempts
+        row, run = journal.step(run_id, step_id), journal.run(run_id)
+        if row is not None and row.state in ("skipped", "cancelled", "failed", "succeeded"):
+            _fail(EXIT_STATE, f"step {step_id!r} ended without a job log: {row.state}{': ' + row.message if row.message else ''}",
+                  False, "no_log")
+        if run is not None and run.state in ("succeeded", "failed", "cancelled"):
+            _fail(EXIT_STATE, f"run {run_id} {run.state} before step {step_id!r} started", False, "no_log")
+        if time.monotonic() - t0 >= limit:
+            _fail(EXIT_STATE, f"step {step_id!r} did not start within {limit:g}s (state {row.state if row else 'unknown'})",
+                  False, "not_started")
+        time.sleep(0.5)
 
 
 def read_secrets_quiet(names: list[str]) -> list[str]:

@@ -8,7 +8,6 @@ from typing import TextIO
 
 from rich.console import Console, Group
 from rich.live import Live
-from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -80,9 +79,10 @@ def render_status(status: RunStatus) -> Group:
         table.add_column(col, overflow="fold" if col == "detail" else "ellipsis", no_wrap=col != "detail")
     for s in status.steps:
         table.add_row(
-            Text(ICON.get(s.state, "?"), style=STATE_STYLE.get(s.state, "")), s.id, s.kind,
+            # Text, not markup: a matrix cell's id (`train[seed=42]`) and log lines (`[train] step=...`) hold brackets.
+            Text(ICON.get(s.state, "?"), style=STATE_STYLE.get(s.state, "")), Text(s.id), s.kind,
             Text(s.state, style=STATE_STYLE.get(s.state, "")), str(s.attempt or ""),
-            f"{s.elapsed_s:.1f}s" if s.elapsed_s is not None else "", escape(_detail(s)),  # log text is not markup
+            f"{s.elapsed_s:.1f}s" if s.elapsed_s is not None else "", Text(_detail(s, len(status.nodes))),
         )
     parts = [head, table]
     if len(status.nodes) > 1:
@@ -105,9 +105,10 @@ def _nodes_detail(step) -> str:
     return " ".join(f"{p.node} {ICON.get(p.state, '?')}" for p in step.nodes)
 
 
-def _detail(step) -> str:
+def _detail(step, fleet_size: int = 1) -> str:
+    """The step's progress or message; on a fleet, led by its nodes' states (a step on one node of several: which)."""
     text = _step_detail(step)
-    return f"[{_nodes_detail(step)}] {text}" if len(step.nodes) > 1 else text
+    return f"[{_nodes_detail(step)}] {text}" if step.nodes and fleet_size > 1 else text
 
 
 def _step_detail(step) -> str:

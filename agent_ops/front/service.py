@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -60,6 +61,7 @@ class PlanStep(BaseModel):
     kind: str
     needs: list[str]
     after: list[str] = []  # needs that must have finished (a background job exited), not merely started
+    always: bool = False  # `if: always`: runs whatever happened to what it needs
     command: str | None = None
     env: dict[str, str] = Field(default_factory=dict, description="A run step's job environment (secrets as ***).")
     reads: list[str] = Field(default_factory=list, description="Steps whose results its templates read: those parts are "
@@ -135,7 +137,8 @@ def plan(file: str, overrides: dict[str, str]) -> PlanResult:
     from agent_ops.runbook.plan import build_plan
 
     loaded, values = _load(file, overrides)
-    builtins = builtin_values(**{k: f"<{k}>" for k in ("run_id", "run_dir", "runbook_dir", "artifacts_dir")})
+    builtins = {**builtin_values(**{k: f"<{k}>" for k in ("run_id", "run_dir", "runbook_dir", "artifacts_dir")}),
+                "runbook_dir": str(loaded.path.parent)}
     runbook = render_runbook(loaded, {**values, **builtins})
     masked = dict.fromkeys(runbook.secrets, "***")
     waves = [[_plan_step(runbook, runbook.step(sid), masked, loaded.reads.get(sid, [])) for sid in wave]
@@ -164,8 +167,8 @@ def _plan_step(runbook: Runbook, step: Step, secrets: dict[str, str], reads: lis
     env = runbook.job_env(step, secrets) if isinstance(step, RunStep) else {}
     if isinstance(step, RunStep) and step.outputs:
         env[OUTPUT_ENV] = "<its job directory>/outputs"
-    return PlanStep(id=step.id, kind=step.kind, needs=step.needs, after=step.after, command=getattr(step, "command", None),
-                    env=env, reads=reads)
+    return PlanStep(id=step.id, kind=step.kind, needs=step.needs, after=step.after, always=step.if_ == "always",
+                    command=getattr(step, "command", None), env=env, reads=reads)
 
 
 def _load(file: str, overrides: dict[str, str]):
@@ -265,6 +268,29 @@ def wait(journal: Journal, run_id: str, timeout: float = MAX_BLOCK_S) -> WaitRes
             return WaitResult(changed=_fingerprint(now) != before, waited_s=round(waited, 3), status=now)
 
 
+def wait_until_done(journal: Journal, run_id: str, timeout: float | None, on_change: Callable[[WaitResult], None]) -> WaitResult:
+    """Wait in bounded slices (<= 30 s each) until the run ends or `timeout` seconds pass; report the state at
+    the start and at each change.
+
+    A run that no controller drives any more (interrupted, or its controller died) will not end by waiting:
+    that is an OpError naming `agentops resume`.
+    """
+    t0 = time.monotonic()
+    on_change(WaitResult(changed=False, waited_s=0.0, status=status(journal, run_id)))
+    while True:
+        left = None if timeout is None else max(0.0, timeout - (time.monotonic() - t0))
+        result = wait(journal, run_id, MAX_BLOCK_S if left is None else min(MAX_BLOCK_S, left))
+        result = result.model_copy(update={"waited_s": round(time.monotonic() - t0, 3)})
+        st = result.status
+        if result.changed:
+            on_change(result)
+        if st.terminal or (left is not None and time.monotonic() - t0 >= timeout):
+            return result
+        if st.state == "interrupted" or (st.state in ("running", "cancelling") and not st.controller_alive):
+            raise OpError("run_stalled", f"run {run_id} is {st.state} and no controller drives it: continue it with "
+                                         f"agentops resume {run_id}")
+
+
 def cancel(journal: Journal, run_id: str) -> str:
     from agent_ops.run.context import RunStateError, cancel_run
 
@@ -274,31 +300,69 @@ def cancel(journal: Journal, run_id: str) -> str:
         raise OpError("unknown_run" if "unknown run" in str(exc) else "run_finished", str(exc)) from None
 
 
-def job_attempt(journal: Journal, run_id: str, step_id: str, node: str | None = None, attempt: int | None = None):
-    """(run row, the job attempt whose log to read, that node's target): the newest attempt, on the head unless
-    `node` names another node."""
+class LogSource(BaseModel):
+    """Whose job log to read for a step: its own, or (for a gate) the job it watches, with a note saying so."""
+
+    step_id: str
+    note: str | None = None
+
+
+def log_source(journal: Journal, run_id: str, step_id: str) -> LogSource:
+    """The step whose job log `logs RUN STEP` shows; a step that has no log is an OpError saying what it has instead."""
+    from agent_ops.yaml_models import did_you_mean
+
+    run = journal.run(run_id)
+    if run is None:
+        raise OpError("unknown_run", f"unknown run {run_id!r}")
+    steps = {s.step_id: s for s in journal.steps(run_id)}
+    row = steps.get(step_id)
+    if row is None:
+        raise OpError("unknown_step", f"run {run_id} has no step {step_id!r}{did_you_mean(step_id, steps)}")
+    if row.kind == "run":
+        return LogSource(step_id=step_id)
+    if row.kind != "gate":
+        raise OpError("no_log", f"step {step_id!r} is a {row.kind} step: it runs no job and has no log "
+                                f"({row.state}{': ' + row.message if row.message else ''})")
+    gate = _rendered_step(run, step_id)
+    if gate is None:
+        raise OpError("no_log", f"step {step_id!r} is a gate; which job it watches cannot be read from {run.runbook_path} "
+                                f"(see agentops status {run_id})")
+    if gate.job is None:
+        raise OpError("no_log", f"step {step_id!r} is a gate on the file {gate.file} on the target, not on a job: read that file")
+    return LogSource(step_id=gate.job, note=f"{step_id} is a gate on job {gate.job}: showing {gate.job}'s log")
+
+
+def _rendered_step(run: Any, step_id: str) -> Any:
+    """A step of a run as the run rendered it (vars from the journal), or None when the runbook cannot give it."""
+    from pathlib import Path
+
+    from agent_ops.runbook.loader import builtin_values, load_runbook, render_runbook
+
+    try:
+        loaded = load_runbook(run.runbook_path)
+        builtins = builtin_values(run_id=run.id, run_dir=run.run_dir or "", runbook_dir=str(Path(run.runbook_path).parent),
+                                  artifacts_dir=run.artifacts_dir or "")
+        return render_runbook(loaded, {**run.vars, **builtins}).step(step_id)
+    except (RunbookError, KeyError):
+        return None
+
+
+def node_of(journal: Journal, run_id: str, step_id: str, node: str | None) -> tuple[str, Any]:
+    """(name, target) of the node whose log of `step_id` to read: `node` (checked against the run's fleet), else the
+    head, or the first node the step ran on when the head ran none of it."""
     from agent_ops.fleet.nodes import fleet_rows
 
     row = journal.run(run_id)
     if row is None:
         raise OpError("unknown_run", f"unknown run {run_id!r}")
-    fleet = fleet_rows(journal, row)
-    names = [spec.name for spec, _, _ in fleet]
-    if node is not None and node not in names:
+    fleet = {spec.name: spec for spec, _, _ in fleet_rows(journal, row)}
+    names = list(fleet)
+    if node is not None and node not in fleet:
         raise OpError("unknown_node", f"run {run_id} has no node {node!r} (nodes: {', '.join(names)})")
-    spec = next(s for s, _, _ in fleet if s.name == (node or names[0]))
-    attempts = [a for a in journal.attempts(run_id, step_id, node=spec.name) if a.job_dir]
-    if not attempts and node is None:  # a step that ran on other nodes only: its first node's log
-        attempts = [a for a in journal.attempts(run_id, step_id) if a.job_dir]
-        if attempts:
-            spec = next(s for s, _, _ in fleet if s.name == attempts[0].node)
-            attempts = [a for a in attempts if a.node == spec.name]
-    if attempt is not None:
-        attempts = [a for a in attempts if a.attempt == attempt]
-    if not attempts:
-        on = f" on node {node}" if node else ""
-        raise OpError("unknown_step", f"run {run_id} has no job log for step {step_id!r}{on}")
-    return row, attempts[-1], spec.target
+    if node is None:
+        ran = [a.node for a in journal.attempts(run_id, step_id) if a.job_dir]
+        node = names[0] if not ran or names[0] in ran or "" in ran else ran[0]
+    return node, fleet[node].target
 
 
 def tail(journal: Journal, run_id: str, step_id: str, *, lines: int | None = 50, offset: int | None = None,
@@ -307,7 +371,15 @@ def tail(journal: Journal, run_id: str, step_id: str, *, lines: int | None = 50,
     from agent_ops.secret_values import Masker
     from agent_ops.transport.target import connect
 
-    row, att, target = job_attempt(journal, run_id, step_id, node)
+    row = journal.run(run_id)
+    if row is None:
+        raise OpError("unknown_run", f"unknown run {run_id!r}")
+    source = log_source(journal, run_id, step_id)  # a gate reads the log of the job it watches
+    name, target = node_of(journal, run_id, source.step_id, node)
+    attempts = [a for a in journal.attempts(run_id, source.step_id, node=name) if a.job_dir]
+    if not attempts:
+        raise OpError("not_started", f"run {run_id} has no job log for step {source.step_id!r} on node {name} yet")
+    att = attempts[-1]
     masker = Masker(os.environ[n] for n in row.secret_names if os.environ.get(n))
     transport = connect(target)
     try:

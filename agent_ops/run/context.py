@@ -103,7 +103,7 @@ class RunContext:
 
     def step(self, step_id: str) -> Step:
         """A step as its next attempt runs it: one that reads earlier steps' results is rendered now, with them."""
-        if step_id not in self.loaded.reads:
+        if not self.loaded.reads_results(step_id):
             return self.runbook.step(step_id)
         results = steps_view({row.step_id: (row.state, row.outputs) for row in self.journal.steps(self.run_id)})
         return render_step(self.loaded, step_id, {**self.values, "steps": results})

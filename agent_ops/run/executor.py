@@ -1,11 +1,15 @@
 """The executor: runs a rendered runbook's DAG on a fleet of nodes, recording everything in the journal.
 
-The scheduler (one loop in the calling thread) starts ready steps up to
-`max_parallel`; each step runs in a driver thread, which drives the step's part
-on each of its nodes (run/fanout.py); one Monitor thread per node polls that box
-for every job on it. Drivers report back through a queue. The journal is written
-as things happen, so another process can read status at any moment and `resume`
-can pick the run up after the controller dies. A single box is a fleet of one.
+The scheduler (one loop in the calling thread) starts ready steps within the limits
+(`max_parallel`, `throttle` per tag, a matrix's own `max_parallel`, `max_per_node` for steps
+placed `on: any`); each step runs in a driver thread, which drives the step's part on each of
+its nodes (run/fanout.py); one Monitor thread per node polls that box for every job on it.
+Drivers report back through a queue. The journal is written as things happen, so another
+process can read status at any moment and `resume` can pick the run up after the controller
+dies. A single box is a fleet of one.
+
+Gates hold no slot: a gate only watches, and it starts as soon as its job is up (background
+or not), so it always judges a live log; a slot held by the job can never starve its gate.
 """
 from __future__ import annotations
 
@@ -28,7 +32,9 @@ from agent_ops.run.nodes import Node
 from agent_ops.run.poll import Backoff
 from agent_ops.run.steps import HandleKey, StepOutcome
 from agent_ops.runbook.plan import dependencies
-from agent_ops.runbook.schema import Step
+from agent_ops.runbook.schema import GateStep, Step
+
+UNSETTLED = ("pending", "running")  # an `if: always` step waits only for these to pass
 
 
 class Executor:
@@ -40,6 +46,15 @@ class Executor:
         self.deps = dependencies(self.runbook.steps)
         self.after = {s.id: frozenset(s.after) for s in self.runbook.steps}  # deps that must have finished, not just started
         self.state: dict[str, str] = {s.id: "pending" for s in self.runbook.steps}
+        self.steps: dict[str, Step] = {s.id: s for s in self.runbook.steps}
+        self.gates = frozenset(sid for sid, s in self.steps.items() if isinstance(s, GateStep))
+        self.cells: dict[tuple[str, str], list[str]] = {}  # (matrix group, cell) -> its steps
+        for sid in self.steps:
+            if (cell := self.runbook.cell_of(sid)) is not None:
+                self.cells.setdefault((cell.group, cell.cell), []).append(sid)
+        self.up: set[str] = set()  # run steps whose job has been started (their gates may start)
+        self.tolerated: set[str] = set()  # failed steps with continue_on_error: dependents go on, the run does not fail
+        self.halted: set[str] = set()  # matrix groups that stopped starting cells (fail_fast)
         self.handles: dict[HandleKey, JobHandle] = {}  # (step id, node) -> current job (gates follow them)
         self.monitors = {n.name: Monitor(n.transport, n.layout, Backoff(self.runbook.poll)) for n in ctx.nodes}
         self.events: queue.Queue[tuple[str, str, StepOutcome | None]] = queue.Queue()
@@ -101,27 +116,30 @@ class Executor:
                 self.state[row.step_id] = row.state
 
     def _schedule(self) -> str:
-        running: set[str] = set()  # driver threads alive: foreground steps and background jobs
+        running: set[str] = set()  # driver threads alive: foreground steps, background jobs, gates
         while True:
             if self.journal_error is not None:
                 raise self.journal_error
             if self._cancel_requested():
                 self._cancel()
                 return "cancelled"
-            self._block_unreachable()
+            self._settle_pending()
             for step in self.runbook.steps:
-                if len(running) < self.runbook.max_parallel and self.state[step.id] == "pending" and self._ready(step.id):
+                if self.state[step.id] == "pending" and self._ready(step) and self._has_room(step, running):
                     node = self._place(step)
                     if node is None:
                         continue  # every node that may take it is full: the next free one will
                     self.state[step.id] = "running"
                     running.add(step.id)
                     self._pool.submit(self._drive, step, node or None)
-            pending = any(st == "pending" for st in self.state.values())
+            pending = [sid for sid, st in self.state.items() if st == "pending"]
             if not running and not pending:
-                return "succeeded" if all(st in DONE_OK or st == "started" for st in self.state.values()) else "failed"
+                ok = all(st in DONE_OK or st == "started" or sid in self.tolerated for sid, st in self.state.items())
+                return "succeeded" if ok else "failed"
             foreground = any(self.state[s] == "running" for s in running)
-            if not foreground and not pending and any(st == "failed" for st in self.state.values()):
+            # `if: always` steps run after the rest: they must not keep a failed run waiting on a training job.
+            waiting = [sid for sid in pending if self.steps[sid].if_ != "always"]
+            if not foreground and not waiting and self._failed():
                 self._stop_background(running)  # the run has failed: don't wait hours for a training job
             try:
                 kind, sid, outcome = self.events.get(timeout=0.5)
@@ -129,16 +147,38 @@ class Executor:
                 self.ctx.journal.set_run(self.ctx.run_id, heartbeat=time.time())
                 continue
             if kind == "started":
-                self.state[sid] = "started"  # a background job is up: its dependents may go
-                if getattr(self.runbook.step(sid), "keep_running", False):
-                    running.discard(sid)  # the run may end while it runs on
+                self.up.add(sid)
+                step = self.steps[sid]
+                if getattr(step, "background", False):
+                    self.state[sid] = "started"  # a background job is up: its dependents may go
+                    if getattr(step, "keep_running", False):
+                        running.discard(sid)  # the run may end while it runs on
             else:
                 running.discard(sid)
                 self.placement.release(sid)
-                self.state[sid] = outcome.state if outcome else "failed"  # "pending" again: re-queued
+                self._ended(sid, outcome)  # "pending" again: re-queued on the next free node
+
+    def _ended(self, sid: str, outcome: StepOutcome | None) -> None:
+        self.state[sid] = outcome.state if outcome else "failed"
+        if self.state[sid] != "failed":
+            return
+        if self.steps[sid].continue_on_error:
+            self.tolerated.add(sid)
+            self.ctx.event("step_tolerated", sid, "failed, but continue_on_error: the run goes on")
+            return
+        cell = self.runbook.cell_of(sid)
+        if cell and cell.cell and cell.fail_fast and cell.group not in self.halted:
+            self.halted.add(cell.group)
+            self.ctx.event("matrix_halted", sid, f"cell {cell.cell} of {cell.group} failed: cells not yet started are not run (fail_fast)")
+
+    def _failed(self) -> bool:
+        return any(st == "failed" and sid not in self.tolerated for sid, st in self.state.items())
 
     def _stop_background(self, running: set[str]) -> None:
         for sid in running:
+            cell = self.runbook.cell_of(sid)
+            if cell and not cell.fail_fast and all(self.state[m] != "failed" for m in self.cells[(cell.group, cell.cell)]):
+                continue  # fail_fast: false: another cell's failure does not end this one's job
             jobs = {node: h for (step, node), h in self.handles.items() if step == sid}
             if jobs and sid not in self._stopping:
                 self._stopping.add(sid)
@@ -146,37 +186,97 @@ class Executor:
                 self._on_each(lambda node, jobs=jobs: kill_job(node.transport, node.layout, jobs[node.name]),
                               [n for n in self.ctx.nodes if n.name in jobs])
 
-    def _ready(self, sid: str) -> bool:
-        after = self.after[sid]
-        return all(self.state[d] in (DONE_OK if d in after else (*DONE_OK, "started"))
-                   for d in self.deps[sid])
+    # --- when a step may start ----------------------------------------------------------------
 
-    def _block_unreachable(self) -> None:
-        """Pending steps whose dependency failed will never run: record them as not run."""
+    def _ok(self, dep: str, *, exited: bool) -> bool:
+        """Whether a dependency lets a step go: done (or tolerated), or, unless it must have exited, a job that is up."""
+        st = self.state[dep]
+        return st in DONE_OK or dep in self.tolerated or (not exited and st == "started")
+
+    def _ready(self, step: Step) -> bool:
+        sid, after = step.id, self.after[step.id]
+        job = step.job if isinstance(step, GateStep) else None
+        for dep in self.deps[sid]:
+            if dep == job and dep in self.up:
+                continue  # a gate starts with its job (background or not): it judges the log while it is written
+            if step.if_ == "always":
+                if self.state[dep] in UNSETTLED or (dep in after and self.state[dep] == "started"):
+                    return False
+            elif not self._ok(dep, exited=dep in after):
+                return False
+        return True
+
+    def _has_room(self, step: Step, running: set[str]) -> bool:
+        """max_parallel, the throttle of each of the step's tags, its matrix's max_parallel; a gate needs no room."""
+        if step.id in self.gates:
+            return True
+        if sum(1 for sid in running if sid not in self.gates) >= self.runbook.max_parallel:
+            return False
+        for tag in step.tags:
+            limit = self.runbook.throttle.get(tag)
+            alive = (sid for sid, st in self.state.items() if st in ("running", "started") and sid not in self.gates)
+            if limit is not None and sum(1 for sid in alive if tag in self.steps[sid].tags) >= limit:
+                return False
+        cell = self.runbook.cell_of(step.id)
+        if cell is None or cell.max_parallel is None or self._cell_active(cell.group, cell.cell, running):
+            return True
+        active = sum(1 for group, key in self.cells if group == cell.group and self._cell_active(group, key, running))
+        return active < cell.max_parallel
+
+    def _cell_active(self, group: str, cell: str, running: set[str]) -> bool:
+        """A cell is in progress while one of its steps holds a slot, or while it is part done."""
+        members = self.cells[(group, cell)]
+        if any(sid in running and sid not in self.gates for sid in members):
+            return True
+        states = [self.state[sid] for sid in members]
+        return "pending" in states and any(st != "pending" for st in states)
+
+    def _settle_pending(self) -> None:
+        """Pending steps that will never run are recorded as such: gates of skipped jobs, steps whose dependency
+        failed or did not run, cells of a matrix that stopped on a failure (fail_fast)."""
         changed = True
         while changed:
             changed = False
-            for sid, deps in self.deps.items():
+            for step in self.runbook.steps:
+                sid = step.id
                 if self.state[sid] != "pending":
                     continue
-                bad = [d for d in deps if self.state[d] in ("failed", "cancelled")]
-                if bad:
-                    self.state[sid] = "cancelled"
-                    why = f"not run: dependency {bad[0]} {'failed' if self.state[bad[0]] == 'failed' else 'was not run'}"
-                    self.ctx.journal.set_step(self.ctx.run_id, sid, state="cancelled", message=why)
-                    self.ctx.event("step_not_run", sid, why)
-                    changed = True
+                why, state = self._never(step), "cancelled"
+                if why is None and isinstance(step, GateStep) and step.job and self.state.get(step.job) == "skipped":
+                    why, state = f"skipped: job {step.job} was skipped", "skipped"
+                if why is None:
+                    continue
+                self.state[sid] = state
+                self.ctx.journal.set_step(self.ctx.run_id, sid, state=state, message=why)
+                self.ctx.event("step_skipped" if state == "skipped" else "step_not_run", sid, why)
+                changed = True
+
+    def _never(self, step: Step) -> str | None:
+        """Why a pending step can never run, or None."""
+        if step.if_ == "always":
+            return None
+        bad = [d for d in self.deps[step.id] if self.state[d] in ("failed", "cancelled") and d not in self.tolerated]
+        if bad:
+            return f"not run: dependency {bad[0]} {'failed' if self.state[bad[0]] == 'failed' else 'was not run'}"
+        cell = self.runbook.cell_of(step.id)
+        if cell and cell.group in self.halted and all(self.state[sid] == "pending" for sid in self.cells[(cell.group, cell.cell)]):
+            return f"not run: another cell of {cell.group} failed (fail_fast: false runs every cell)"
+        return None
 
     def _place(self, step: Step) -> str | None:
-        """For an `on: any` step, the free node it starts on (None: none free now); '' for any other step."""
+        """For an `on: any` step, the free node it starts on (None: none free now); '' for any other step.
+
+        The steps of one matrix cell (a group) share their node: the first one placed takes a slot there."""
         if step.on != "any":
             return ""
+        cell = self.runbook.cell_of(step.id)
+        key = f"{cell.group}[{cell.cell}]" if cell and cell.cell else step.id
         gone = set(self.ctx.out) | {name for name, m in self.monitors.items() if m.error is not None}
-        node = self.placement.free_node(step.id, gone)
+        node = self.placement.free_node(key, gone)
         if node is None and gone >= set(self.placement.nodes):
             node = self.placement.nodes[0]  # no node is left to take it: it fails there, saying so
         if node is not None:
-            self.placement.take(step.id, node)
+            self.placement.take(step.id, key, node)
         return node
 
     def _drive(self, step: Step, placed_on: str | None = None) -> None:

@@ -97,20 +97,65 @@ class MetricState:
     verdict: Verdict | None = None
 
     def judge(self) -> Verdict:
+        """The assertions on the first `count` values; a failure names what it saw."""
         spec, vals = self.spec, self.values[: self.spec.count]
+        problem = self._problem(vals)
+        if problem is not None:
+            return Verdict(False, f"{spec.name}: {problem} ({self.seen()})", kind="metric")
+        return Verdict(True, f"{spec.name}: {len(vals)} values, first {vals[0]:g}, last {vals[-1]:g}", kind="metric")
+
+    def _problem(self, vals: list[float]) -> str | None:
+        spec = self.spec
         if spec.first and not spec.first.contains(vals[0]):
-            return Verdict(False, f"{spec.name}: first value {vals[0]:g} not in {_range(spec.first)}", kind="metric")
+            return f"first value {vals[0]:g} not in {_range(spec.first)}"
         if spec.last and not spec.last.contains(vals[-1]):
-            return Verdict(False, f"{spec.name}: last value {vals[-1]:g} not in {_range(spec.last)}", kind="metric")
+            return f"last value {vals[-1]:g} not in {_range(spec.last)}"
         if spec.falling:
             third = max(1, len(vals) // 3)
             head, tail = sum(vals[:third]) / third, sum(vals[-third:]) / third
             if not tail < head:
-                return Verdict(False, f"{spec.name}: not falling (first-third mean {head:.4g}, last-third mean {tail:.4g})", kind="metric")
+                return f"not falling (first-third mean {head:.4g}, last-third mean {tail:.4g})"
+        if spec.monotonic:
+            broken = _against(vals, spec.monotonic, spec.tolerance)
+            if broken is not None:
+                i = broken
+                slack = f" by more than {spec.tolerance:g}" if spec.tolerance else ""
+                return (f"not {spec.monotonic.replace('_', '-')}: {vals[i - 1]:g} at {self._where(i - 1)} then "
+                        f"{vals[i]:g} at {self._where(i)}{slack}")
+        for band in spec.at_steps:
+            problem = self._band_problem(band)
+            if problem is not None:
+                return problem
         rate = self.seconds_per_step()
         if spec.rate_max_s is not None and rate is not None and rate > spec.rate_max_s:
-            return Verdict(False, f"{spec.name}: {rate:.3g} s/step exceeds {spec.rate_max_s:g}", kind="metric")
-        return Verdict(True, f"{spec.name}: {len(vals)} values, first {vals[0]:g}, last {vals[-1]:g}", kind="metric")
+            return f"{rate:.3g} s/step exceeds {spec.rate_max_s:g}"
+        return None
+
+    def _band_problem(self, band: Any) -> str | None:
+        n = min(len(self.values), self.spec.count)
+        near = [(abs(step - band.step), i) for i, step in enumerate(self.steps[:n]) if step is not None and abs(step - band.step) <= band.near]
+        at = f"step {band.step}" + (f" (+-{band.near})" if band.near else "")
+        if not near:
+            return f"no value logged at {at}"
+        i = min(near)[1]
+        if not band.contains(self.values[i]):
+            return f"value {self.values[i]:g} at step {self.steps[i]} not in {_range(band)} (wanted at {at})"
+        return None
+
+    def _where(self, i: int) -> str:
+        return f"step {self.steps[i]}" if self.steps[i] is not None else f"value {i + 1}"
+
+    def seen(self, limit: int = 8) -> str:
+        """How many values were seen and which (the first and last few when there are many), with their steps."""
+        n = len(self.values)
+        if n == 0:
+            return "saw no values"
+        shown = [self._item(i) for i in range(n)] if n <= limit else \
+            [*(self._item(i) for i in range(limit // 2)), "...", *(self._item(i) for i in range(n - limit // 2, n))]
+        return f"saw {n} value{'s' if n != 1 else ''}: {', '.join(shown)}"
+
+    def _item(self, i: int) -> str:
+        return f"{self.values[i]:g}" + (f"@{self.steps[i]}" if self.steps[i] is not None else "")
 
     def seconds_per_step(self) -> float | None:
         """Seconds per logged step from arrival times (by step numbers when the regex captures them)."""
@@ -222,13 +267,15 @@ class LogWatch:
             return Verdict(False, f"pattern {pending + 1}/{len(self.patterns)} {spec.name or spec.regex!r} not seen within {spec.within:g}s", kind="deadline")
         for m in waiting_metrics:
             if now > m.spec.within:
-                return Verdict(False, f"metric {m.spec.name}: {len(m.values)}/{m.spec.count} values within {m.spec.within:g}s", kind="deadline")
+                return Verdict(False, f"metric {m.spec.name}: {len(m.values)}/{m.spec.count} values within {m.spec.within:g}s ({m.seen()})",
+                               kind="deadline")
         if ended and self.judges_success:
             if pending is not None:
-                what = f"pattern {self.patterns[pending].spec.name or self.patterns[pending].spec.regex!r}"
+                what = f"pattern {self.patterns[pending].spec.name or self.patterns[pending].spec.regex!r} was satisfied"
             else:
-                what = f"metric {waiting_metrics[0].spec.name}"
-            return Verdict(False, f"the log ended before {what} was satisfied", kind="eof")
+                m = waiting_metrics[0]
+                what = f"metric {m.spec.name} had its {m.spec.count} values ({m.seen()})"
+            return Verdict(False, f"the log ended before {what}", kind="eof")
         if self.stall_after is not None and not ended and now - self._last_growth > self.stall_after:
             return Verdict(False, f"log stalled: no output for {now - self._last_growth:.0f}s (limit {self.stall_after:g}s)", kind="stall")
         return None
@@ -269,6 +316,18 @@ class LogWatch:
                 for m in self.metrics
             ],
         }
+
+
+def _against(vals: list[float], direction: str, tolerance: float) -> int | None:
+    """The index of the first value that moves against `direction` (beyond `tolerance`), or None."""
+    for i in range(1, len(vals)):
+        step = vals[i] - vals[i - 1]
+        if direction in ("non_increasing", "decreasing"):
+            step = -step
+        strict = direction in ("decreasing", "increasing")
+        if step < -tolerance or (strict and step <= 0 and tolerance == 0):
+            return i
+    return None
 
 
 def _range(r: Any) -> str:

@@ -268,8 +268,7 @@ def _run(sctx: StepContext, step: RunStep, attempt: int, reattach: bool) -> Step
             run.journal.start_attempt(run.run_id, step.id, attempt, job_dir=handle.job_dir, window=spec.name, node=sctx.node)
             sctx.event("job_started", step.id, f"job {spec.name} started in tmux window {run.layout.session}:{spec.name}")
         sctx.handles[(step.id, sctx.node)] = handle
-        if step.background:
-            sctx.started(step.id)
+        sctx.started(step.id)  # its gates start now; a background job also frees its dependents
         watch = LogWatch(fail_on=step.fail_on, stall_after=step.stall_after)
         verdict, rc, size = _follow(sctx, step.id, handle, watch, Deadline(step.timeout), stop_on_pass=False,
                                     seq=seq, started=started)

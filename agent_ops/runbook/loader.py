@@ -2,6 +2,10 @@
 
 Every problem is reported as `FILE:LINE: path.to.field: message`; all of them at once,
 sorted by line, so a user fixes a runbook in one pass. Nothing runs unless this module is satisfied.
+
+Matrices and groups are expanded (matrix.py) before anything else: the graph, template references and
+put sources are judged on the expanded steps, every cell rendered with its own `matrix` values, and a
+problem of a cell is reported at the step as written.
 """
 from __future__ import annotations
 
@@ -16,10 +20,22 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from agent_ops.errors import RunbookError
+from agent_ops.runbook.matrix import Expansion, Node, expand
 from agent_ops.runbook.plan import graph_problems
 from agent_ops.runbook.references import report_templates
+from agent_ops.runbook.results import Fields
 from agent_ops.runbook.schema import BUILTIN_VARS, Runbook, Step, template_languages
-from agent_ops.runbook.template import FieldError, fill_numbers, line_offset, names_used, render_tree, whole_expression
+from agent_ops.runbook.template import (
+    FieldError,
+    RenderError,
+    fill_numbers,
+    line_offset,
+    names_used,
+    render_text,
+    render_tree,
+    unknown_names,
+    whole_expression,
+)
 from agent_ops.yaml_models import LineMap, Report, YamlProblems, did_you_mean, kind_of, read_yaml, value_at, where
 
 __all__ = ["BUILTIN_VARS", "LoadedRunbook", "builtin_values", "load_runbook", "render_runbook", "render_step", "resolve_vars"]
@@ -47,14 +63,17 @@ def builtin_values(*, run_id: str, run_dir: str, runbook_dir: str, artifacts_dir
 
 # Top-level fields kept verbatim: variable specs, and prose that may show `{{ x }}` as an example.
 UNTEMPLATED = ("vars", "description")
+# Builtins whose files come into being during the run: a put from there is not checked before it starts.
+RUN_MADE = ("run_id", "run_dir", "artifacts_dir")
 
 
 @dataclass(frozen=True)
 class LoadedRunbook:
     """A validated runbook with what is needed to report on it: its file, text hash and line map.
 
-    `reads`: for each step whose templates read `steps.…`, the ids it reads; such a step is rendered
-    when it is about to run (the results exist then), every other one when the run starts.
+    `runbook` is expanded (a matrix step's cells are steps) with the variables' defaults. `reads`: for
+    each expanded step whose templates read `steps.…`, the ids it reads; such a step is rendered when it
+    is about to run (the results exist then), every other one when the run starts.
     """
 
     path: Path
@@ -70,6 +89,11 @@ class LoadedRunbook:
 
     def report(self, root: Any = Runbook, prefix: tuple = ()) -> Report:
         return Report(str(self.path), self.lines, root, prefix, numeric_ref=WHOLE_EXPRESSION)
+
+    def reads_results(self, step_id: str) -> bool:
+        """Whether a step's templates read earlier steps' results. Asked of the step as written, so that it holds
+        for the cells that `--var` values make, which the defaults did not (ids as written have no brackets)."""
+        return step_id.split("[", 1)[0] in {sid.split("[", 1)[0] for sid in self.reads}
 
 
 def find_runbook(name: str) -> Path:
@@ -91,7 +115,7 @@ def shipped_runbooks() -> list[str]:
 
 
 def load_runbook(name: str | os.PathLike[str]) -> LoadedRunbook:
-    """Read, parse and validate a runbook (schema, graph, template references). Raises RunbookError."""
+    """Read, parse and validate a runbook (schema, graph, template references, put sources). Raises RunbookError."""
     path = find_runbook(str(name))
     label = str(name)
     try:
@@ -105,14 +129,22 @@ def load_runbook(name: str | os.PathLike[str]) -> LoadedRunbook:
         what = "the file is empty" if data is None else f"the top level is {kind_of(data)}"
         raise RunbookError([f"{label}:{lines.line_of(()) or 1}: (top): {what}; a runbook is a mapping with name and steps"])
     report = Report(label, lines, Runbook, numeric_ref=WHOLE_EXPRESSION)
-    # Validated before --var values are known: a field that is one expression giving a number is checked
-    # with the variables' defaults, and again with the real values when the run renders it.
+    # Validated before --var values are known: matrices are expanded, and a field that is one expression giving
+    # a number is checked, with the variables' defaults; again with the real values when the run renders them.
+    values, here = _load_values(data), {"runbook_dir": str(path.resolve().parent)}
+    exp = expand(data.get("steps"), {**values, **here})
     templated = _templated(data)
-    runbook = _validate(report, {**fill_numbers(templated, _load_values(data), template_languages()), **_verbatim(data)})
-    if runbook is not None:
-        for loc, msg in graph_problems(runbook.steps):
-            report.add(loc, msg)
-    reads = report_templates(report, data, templated, runbook)
+    _validate(report, {**_fill_written(templated, values, exp), **_verbatim(data)})
+    # The graph, references and files are judged on whatever parsed, schema problems or not: one pass finds all.
+    for loc, msg in [*graph_problems(exp), *_put_problems(exp, {**_defaults(data), **here}, path.resolve().parent),
+                     *_throttle_problems(data, exp)]:
+        report.add(loc, msg)
+    runbook = None
+    if not report.found:
+        languages = template_languages()
+        runbook = _expanded(report, data, exp, fill_numbers(_without_steps(templated), values, languages),
+                            [fill_numbers(node.data, {**values, "matrix": node.values}, languages) for node in exp.nodes])
+    reads = report_templates(report, data, templated, exp, runbook)
     if report.found:
         raise RunbookError(report.problems())
     sha = hashlib.sha256(text.encode()).hexdigest()
@@ -128,25 +160,97 @@ def _verbatim(data: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in data.items() if k in UNTEMPLATED}
 
 
+def _without_steps(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in data.items() if k != "steps"}
+
+
+def _fill_written(templated: dict[str, Any], values: dict[str, Any], exp: Expansion) -> dict[str, Any]:
+    """The runbook as written (groups and matrices) with whole numeric expressions filled, for the schema check;
+    a matrix step's (a group's steps') with its first cell's values."""
+    languages = template_languages()
+    firsts: dict[tuple, dict[str, Any]] = {}
+    for node in exp.nodes:
+        firsts.setdefault(node.loc, node.values)
+
+    def step(raw: Any, loc: tuple) -> Any:
+        if isinstance(raw, dict) and isinstance(raw.get("steps"), list):  # a group: its own fields, then its steps
+            return {**fill_numbers(_without_steps(raw), values, languages),
+                    "steps": [step(inner, loc + ("steps", j)) for j, inner in enumerate(raw["steps"])]}
+        return fill_numbers(raw, {**values, "matrix": firsts.get(loc, {})}, languages)
+
+    steps = templated.get("steps")
+    out = fill_numbers(_without_steps(templated), values, languages)
+    if isinstance(steps, list):
+        return {**out, "steps": [step(raw, ("steps", i)) for i, raw in enumerate(steps)]}
+    return {**out, **({"steps": steps} if "steps" in templated else {})}
+
+
+def _expanded(report: Report, data: dict[str, Any], exp: Expansion, top: dict[str, Any], steps: list[Any],
+              suffix: str = "") -> Runbook | None:
+    """The runbook of `top`'s fields and the expanded `steps` (each made from its node), validated; its problems go
+    to `report` at the steps as written, explained with the value the cell gave (None then)."""
+    whole = {**top, **_verbatim(data), "steps": steps}
+    runbook, errors = _checked(Runbook, whole)
+    for error in errors:
+        loc = tuple(error["loc"])
+        k = loc[1] if len(loc) >= 2 and loc[0] == "steps" and isinstance(loc[1], int) and loc[1] < len(exp.nodes) else None
+        if k is None:
+            report.add_errors(whole, [error], suffix)
+            continue
+        view = _placed({**whole, "steps": data.get("steps")}, exp.nodes[k].loc, steps[k])
+        report.add_errors(view, [{**error, "loc": exp.nodes[k].loc + loc[2:]}], suffix)
+    if runbook is not None:
+        runbook._cells = {node.id: node.cell for node in exp.nodes if node.id and node.cell}
+    return runbook
+
+
+def _placed(data: Any, loc: tuple, value: Any) -> Any:
+    """`data` with `value` at `loc` (copies along the path; the rest is shared)."""
+    if not loc:
+        return value
+    head, rest = loc[0], loc[1:]
+    if isinstance(data, dict):
+        return {**data, head: _placed(data.get(head), rest, value)}
+    if isinstance(data, list) and isinstance(head, int) and head < len(data):
+        return [*data[:head], _placed(data[head], rest, value), *data[head + 1:]]
+    return data
+
+
 def _validate(report: Report, data: dict[str, Any], suffix: str = "", model: Any = Runbook) -> Any:
-    """The model, or None with the problems in the report.
+    """The model, or None with the problems in the report."""
+    obj, errors = _checked(model, data)
+    report.add_errors(data, errors, suffix)
+    return obj
+
+
+def _checked(model: Any, data: dict[str, Any]) -> tuple[Any, list[dict[str, Any]]]:
+    """The model and no errors, or None and pydantic's errors.
 
     A field that is one expression reading an earlier step's result (`within: "{{ steps.a.outputs.n }}"`)
     has no value yet: where only that fails, a number stands in, and the step is checked again when it runs.
     """
-    try:
-        return model.validate_python(data) if isinstance(model, TypeAdapter) else model.model_validate(data)
-    except ValidationError as exc:
-        errors = exc.errors()
-    prefix = report.prefix
-    later = [loc for loc in (report.lines.clean_loc(prefix + tuple(e["loc"]))[len(prefix):] for e in errors)
-             if _reads_results(value_at(data, loc))]
-    if later:
-        for loc in later:
+    while True:
+        try:
+            return (model.validate_python(data) if isinstance(model, TypeAdapter) else model.model_validate(data)), []
+        except ValidationError as exc:
+            errors = exc.errors()
+        later = [loc for loc in (_data_loc(data, tuple(e["loc"])) for e in errors) if _reads_results(value_at(data, loc))]
+        if not later:
+            return None, errors
+        for loc in later:  # each replaced value no longer reads results: the loop ends
             _set_at(data, loc, LATER_NUMBER)
-        return _validate(report, data, suffix, model)
-    report.add_errors(data, errors, suffix)
-    return None
+
+
+def _data_loc(data: Any, loc: tuple) -> tuple:
+    """The parts of a pydantic error location that index into `data` (drops union tags and validator names)."""
+    path: tuple = ()
+    for part in loc:
+        try:
+            inner = data[part]
+        except (KeyError, IndexError, TypeError):
+            continue
+        path, data = path + (part,), inner
+    return path
 
 
 def _reads_results(value: Any) -> bool:
@@ -159,19 +263,23 @@ def _set_at(data: Any, loc: tuple, value: Any) -> None:
     data[loc[-1]] = value
 
 
-def _load_values(data: dict[str, Any]) -> dict[str, Any]:
-    """Each variable's default (a required one: its first choice), from the raw data: what load-time checks evaluate with."""
+def _defaults(data: dict[str, Any]) -> dict[str, Any]:
+    """Each variable's declared default (required ones left out), from the raw data."""
     declared = data.get("vars")
     out: dict[str, Any] = {}
     for name, spec in (declared.items() if isinstance(declared, dict) else ()):
-        if isinstance(spec, dict):
-            choices = spec.get("choices") if isinstance(spec.get("choices"), list) else []
-            value = spec.get("default") if spec.get("default") is not None or not choices else choices[0]
-        else:
-            value = spec
+        value = spec.get("default") if isinstance(spec, dict) else spec
         if value is not None:
             out[name] = value
     return out
+
+
+def _load_values(data: dict[str, Any]) -> dict[str, Any]:
+    """Each variable's default (a required one: its first choice), from the raw data: what load-time checks evaluate with."""
+    declared = data.get("vars")
+    firsts = {name: spec["choices"][0] for name, spec in (declared.items() if isinstance(declared, dict) else ())
+              if isinstance(spec, dict) and isinstance(spec.get("choices"), list) and spec["choices"]}
+    return {**firsts, **_defaults(data)}
 
 
 def resolve_vars(loaded: LoadedRunbook, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -231,27 +339,54 @@ def coerce(raw: Any, default: Any) -> Any:
 
 
 def render_runbook(loaded: LoadedRunbook, values: dict[str, Any]) -> Runbook:
-    """The runbook with its templates rendered, as far as `values` go (no `steps`: those fields wait for their step)."""
+    """The runbook expanded (matrix cells, each with its `matrix` values) and rendered, as far as `values` go
+    (no `steps`: those fields wait for their step).
+
+    A value that makes a field invalid, a matrix empty or a put's source missing is reported where it was written.
+    """
     report = loaded.report()
-    rendered, errors = render_tree(_templated(loaded.data), values, template_languages())
+    suffix = " (after substituting variables)"
+    exp = expand(loaded.data.get("steps"), values)
+    for loc, msg in [*exp.problems, *_put_problems(exp, values, loaded.path.parent)]:
+        report.add(loc, msg + suffix)
+    languages = template_languages()
+    top, errors = render_tree(_without_steps(_templated(loaded.data)), values, languages)
+    steps = []
+    for node in exp.nodes:
+        step, cell_errors = render_tree(node.data, {**values, "matrix": node.values}, languages, node.loc)
+        steps.append(step)
+        errors += cell_errors
     _report_render_errors(report, errors)
-    runbook = None if errors else _validate(report, {**rendered, **_verbatim(loaded.data)}, " (after substituting variables)")
+    runbook = None if report.found else _expanded(report, loaded.data, exp, top, steps, suffix)
     if report.found:  # a value made a field invalid (e.g. a regex): reported where it was written
         raise RunbookError(report.problems())
     return runbook
 
 
 def render_step(loaded: LoadedRunbook, step_id: str, values: dict[str, Any]) -> Step:
-    """One step rendered with `values` that include `steps` (the results so far): just before it runs."""
-    index = next(i for i, s in enumerate(loaded.runbook.steps) if s.id == step_id)
-    loc = ("steps", index)
-    report = loaded.report(Step, loc)
-    rendered, errors = render_tree(loaded.data["steps"][index], values, template_languages(), loc)
+    """One expanded step rendered with `values` that include `steps` (the results so far): just before it runs.
+
+    The step as written is rendered with its cell's `matrix` values; inside a group's cell, `steps.NAME` of a
+    step of the group is that step of the same cell (as in `needs`). The expansion is made with `values`, as
+    the run's own was, so the cells that `--var` values make are found.
+    """
+    node = _node(loaded, step_id, values)
+    results = values["steps"]
+    cell = {**values, "matrix": node.values, "steps": results.aliased(node.siblings) if isinstance(results, Fields) else results}
+    report = loaded.report(Step, node.loc)
+    rendered, errors = render_tree(node.data, cell, template_languages(), node.loc)
     _report_render_errors(report, errors)
     step = None if errors else _validate(report, rendered, " (after substituting results)", _STEP)
     if report.found:
         raise RunbookError(report.problems())
     return step
+
+
+def _node(loaded: LoadedRunbook, step_id: str, values: dict[str, Any]) -> Node:
+    for node in expand(loaded.data.get("steps"), values).nodes:
+        if node.id == step_id:
+            return node
+    raise KeyError(step_id)
 
 
 _STEP: TypeAdapter[Step] = TypeAdapter(Step)
@@ -261,3 +396,44 @@ def _report_render_errors(report: Report, errors: list[FieldError]) -> None:
     for e in errors:
         line = report.lines.line_in(e.loc, line_offset(e.text, e.error.line), e.text) if e.error.line else None
         report.add(e.loc, f"cannot render: {e.error.message}", line)
+
+
+def _throttle_problems(data: dict[str, Any], exp: Expansion) -> list[tuple[tuple, str]]:
+    """A throttled tag that no step carries is a typo: it would limit nothing."""
+    throttle = data.get("throttle")
+    tags = {t for n in exp.nodes if isinstance(n.data, dict) and isinstance(n.data.get("tags"), list)
+            for t in n.data["tags"] if isinstance(t, str)}
+    return [(("throttle", tag), f"no step has the tag {tag!r}{did_you_mean(str(tag), tags)} (tags: {', '.join(sorted(tags)) or 'none'})")
+            for tag in (throttle if isinstance(throttle, dict) else ()) if tag not in tags]
+
+
+# --- files a put step copies ---------------------------------------------------------------------
+
+
+def _put_problems(exp: Expansion, values: dict[str, Any], runbook_dir: Path) -> list[tuple[tuple, str]]:
+    """A put whose local source is missing fails before anything runs (not halfway through the run)."""
+    found = []
+    for node in exp.nodes:
+        src = node.data.get("src") if node.kind == "put" and isinstance(node.data, dict) else None
+        if not isinstance(src, str):
+            continue
+        text = _source_path(src, {**values, "matrix": node.values})
+        if text is None:
+            continue
+        path = Path(text) if Path(text).is_absolute() else runbook_dir / text
+        if path.is_dir():
+            found.append((node.loc + ("src",), f"put source {text!r} is a directory ({path}); put copies one file"))
+        elif not path.is_file():
+            found.append((node.loc + ("src",), f"put source {text!r} does not exist ({path})"))
+    return list(dict.fromkeys(found))
+
+
+def _source_path(text: str, values: dict[str, Any]) -> str | None:
+    """A put's source as the run will read it, or None where that is not known before the run: it reads what
+    the run makes (its directories, earlier steps' results) or a variable with no value yet."""
+    if names_used(text) & {*RUN_MADE, "steps"} or unknown_names(text, values):
+        return None
+    try:
+        return render_text(text, values, "text")
+    except RenderError:
+        return None  # the template check reports it

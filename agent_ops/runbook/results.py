@@ -59,6 +59,10 @@ class Fields:
     def __repr__(self) -> str:
         return f"{self._label}({', '.join(self._items)})"
 
+    def aliased(self, names: Mapping[str, str]) -> Fields:
+        """The same fields, also under other names (alias -> a name there): a group cell's steps by their written ids."""
+        return Fields(self._label, {**self._items, **{alias: self._items[name] for alias, name in names.items() if name in self._items}})
+
     def describe_missing(self, name: str) -> str:
         """The error for `label.name` when there is no such name."""
         there = ", ".join(self._items) or "none"

@@ -8,9 +8,11 @@ from __future__ import annotations
 import functools
 import re
 import typing
+from dataclasses import dataclass
+from difflib import get_close_matches
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from agent_ops.bounds import MAX_POLL_S
 from agent_ops.runbook.results import RESULT_PARTS, SERIES_PARTS
@@ -18,8 +20,14 @@ from agent_ops.runbook.template import FILTERS, FUNCTIONS, LANGUAGES, NAMESPACES
 from checks.kinds import Check
 
 # Step ids become file and tmux window names on the box: keep them filesystem- and tmux-safe.
-STEP_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+# A matrix cell's id adds its values in brackets (`train[suite=object,seed=42]`); only expansion writes those.
+WRITTEN_ID = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
+STEP_ID = rf"^{WRITTEN_ID}(\[[A-Za-z0-9_.=,-]+\])?$"
 VAR_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+# Keys of a matrix that are settings, not axes.
+MATRIX_SETTINGS = ("include", "exclude", "max_parallel", "fail_fast")
+MAX_CELLS = 256  # one matrix's cells at most: each becomes steps, tmux windows and journal rows
+MatrixValue = Union[str, int, float, bool]
 # The rule every agent of seed 003 obeys: nothing waits more than 30 s without re-checking.
 
 # Names every runbook may use without declaring them; their values are set when a run starts.
@@ -69,6 +77,39 @@ class PollSpec(Strict):
     factor: float = Field(1.6, ge=1.0, le=4.0, description="Backoff factor between checks while nothing changes.")
 
 
+class MatrixSpec(BaseModel):
+    """Axes (any other key: a list of values, or a template naming a comma-separated variable) and settings."""
+
+    model_config = ConfigDict(extra="allow")
+    __pydantic_extra__: dict[str, Union[list[MatrixValue], str]] = Field(init=False)  # the axes, in order
+
+    include: list[dict[str, MatrixValue]] = Field(
+        default_factory=list, description="Extra cells, each giving a value for every axis (or, with no axes, the cells).")
+    exclude: list[dict[str, MatrixValue]] = Field(
+        default_factory=list, description="Cells to leave out: each entry removes the cells that match all its values.")
+    max_parallel: int | None = Field(None, ge=1, le=32, description="At most this many cells in progress at once.")
+    fail_fast: bool = Field(True, description="When a cell fails, cells not yet started are not run; false: all cells run.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _axes_are_not_typos(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in data:
+                if key in MATRIX_SETTINGS:
+                    continue
+                close = get_close_matches(str(key), MATRIX_SETTINGS, n=1, cutoff=0.75)
+                if close:
+                    raise ValueError(f"unknown field {key!r} (did you mean {close[0]!r}?); an axis needs a name not this close "
+                                     f"to a setting ({', '.join(MATRIX_SETTINGS)})")
+                if not isinstance(key, str) or not re.match(VAR_NAME, key):
+                    raise ValueError(f"matrix axis name {key!r} must match {VAR_NAME} (it is used as {{{{ matrix.NAME }}}})")
+        return data
+
+    def axes(self) -> dict[str, list[MatrixValue] | str]:
+        """The axes as written, in order."""
+        return dict(self.model_extra or {})
+
+
 class StepBase(Strict):
     """Fields every step kind has."""
 
@@ -91,6 +132,15 @@ class StepBase(Strict):
         "fleet, at most max_per_node at once on a node; a retry goes back to the queue and another node may take it). On "
         "several nodes the step is one job (or check, copy, gate) per node, each with its own attempts, retries, remedies "
         "and skip_if; it succeeds when every node's part does (see on_node_failure).")
+    matrix: MatrixSpec | None = Field(
+        None, description="Run this step once per cell of a product of lists; each cell's values are {{ matrix.NAME }} "
+        "in its templates and part of its id (`train[suite=object,seed=42]`). `needs: [ID]` waits for every cell.")
+    if_: Literal["success", "always"] = Field(
+        "success", alias="if",
+        description="always: run once the steps it needs have ended, whatever their outcome (reports, copying results off "
+        "the box, teardown); success (default): only when they succeeded.")
+    continue_on_error: bool = Field(
+        False, description="A failure of this step is recorded but does not fail the run; steps that need it go on.")
 
     @property
     def title(self) -> str:
@@ -167,6 +217,13 @@ class RangeSpec(Strict):
         return (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
 
 
+class StepBand(RangeSpec):
+    """The value logged at a step (or the one logged nearest to it, within `near` steps) must lie in [min, max]."""
+
+    step: int = Field(ge=0, description="The step (as the regex's `step` group captures it).")
+    near: int = Field(0, ge=0, description="Accept the value logged nearest to `step` within this many steps.")
+
+
 class MetricSpec(Strict):
     """A number extracted from log lines, with assertions on its series."""
 
@@ -178,6 +235,11 @@ class MetricSpec(Strict):
     first: RangeSpec | None = Field(None, description="The first value must lie in this range (e.g. first loss 0.7-1.0).")
     last: RangeSpec | None = Field(None, description="The last collected value must lie in this range.")
     falling: bool = Field(False, description="The mean of the last third of values must be below the mean of the first third.")
+    monotonic: Literal["non_increasing", "non_decreasing", "decreasing", "increasing"] | None = Field(
+        None, description="Every value compared with the one before it (e.g. non_increasing: never goes up by more than tolerance).")
+    tolerance: float = Field(0.0, ge=0, description="Slack for monotonic: how far a value may move against the direction.")
+    at_steps: list[StepBand] = Field(
+        default_factory=list, description="Values at given steps (needs a `step` group in regex) must lie in bands.")
     rate_max_s: float | None = Field(None, gt=0, description="Upper bound on seconds between consecutive values (s/step).")
 
     @field_validator("regex")
@@ -191,6 +253,10 @@ class MetricSpec(Strict):
     def _falling_needs_values(self) -> MetricSpec:
         if self.falling and self.count < 3:
             raise ValueError("falling needs count >= 3 to compare the first and last thirds")
+        if self.monotonic and self.count < 2:
+            raise ValueError("monotonic needs count >= 2 to compare consecutive values")
+        if self.at_steps and "step" not in re.compile(self.regex).groupindex:
+            raise ValueError("at_steps needs a named group (?P<step>...) in regex to know which step a value belongs to")
         return self
 
 
@@ -254,6 +320,37 @@ class GetStep(StepBase):
 Step = Annotated[Union[RunStep, CheckStep, GateStep, PutStep, GetStep], Field(discriminator="kind")]
 
 
+class GroupStep(Strict):
+    """Steps that form one unit (a job and its gate): with a matrix, the whole unit is repeated per cell.
+
+    Inside a cell, a step's `needs`, `after` and `job` that name a step of the group mean that step of the
+    same cell; outside, `needs: [GROUP]` waits for every step of every cell, `needs: [STEP]` for every cell of it.
+    """
+
+    kind: Literal["group"]
+    id: str = Field(pattern=f"^{WRITTEN_ID}$", description="The group's id: `needs: [ID]` waits for all its steps.")
+    name: str | None = Field(None, description="Human title; defaults to the id.")
+    needs: list[str] = Field(default_factory=list, description="Added to the needs of every step in the group.")
+    after: list[str] = Field(default_factory=list, description="Added to the after of every step in the group.")
+    tags: list[str] = Field(default_factory=list, description="Added to the tags of every step in the group.")
+    matrix: MatrixSpec | None = Field(None, description="Repeat the group per cell (see a step's matrix).")
+    steps: list[Step] = Field(min_length=1, description="The group's steps (no nested groups).")
+
+
+StepOrGroup = Annotated[Union[RunStep, CheckStep, GateStep, PutStep, GetStep, GroupStep], Field(discriminator="kind")]
+
+
+@dataclass(frozen=True)
+class CellRef:
+    """Where an expanded step came from: its group (a matrix step is a group of one), cell and the group's limits."""
+
+    group: str
+    cell: str  # "suite=object,seed=42"; "" for a group without a matrix
+    values: dict[str, Any]
+    max_parallel: int | None = None
+    fail_fast: bool = True
+
+
 class Runbook(Strict):
     """A named, validated list of steps with variables, secrets and environment.
 
@@ -276,15 +373,19 @@ class Runbook(Strict):
     secrets: list[str] = Field(default_factory=list, description="Names read from the controller's environment; jobs see them as env vars.")
     env: dict[str, str] = Field(default_factory=dict, description="Environment for every job.")
     poll: PollSpec = Field(default_factory=PollSpec, description="Polling bounds.")
-    max_parallel: int = Field(4, ge=1, le=32, description="Most steps running at once.")
+    max_parallel: int = Field(4, ge=1, le=32, description="Most steps running at once (gates hold no slot: they start with their job).")
     max_per_node: int | None = Field(None, ge=1, le=32, description="Most `on: any` steps (matrix cells) running on one "
                                      "node at once; unset: only max_parallel bounds them.")
+    throttle: dict[str, Annotated[int, Field(ge=1, le=32)]] = Field(
+        default_factory=dict, description="Per tag, the most steps with that tag running at once (e.g. {train: 2}); "
+        "counted apart from max_parallel, a job left running included.")
     on_node_failure: Literal["stop_all", "continue"] = Field(
         "stop_all", description="What one node's failure (after its retries and remedies) does to the others: `stop_all` "
         "(the default, for training: that step's jobs on every other node are stopped at once, the step fails, and the run "
         "with it) or `continue` (the others finish; the failed node is taken out of the fleet and later steps run on the "
         "nodes left; a step succeeds when every node still in the fleet succeeded).")
-    steps: list[Step] = Field(min_length=1, description="The steps; `needs` makes them a DAG.")
+    steps: list[StepOrGroup] = Field(min_length=1, description="The steps (and groups); `needs` makes them a DAG.")
+    _cells: dict[str, CellRef] = PrivateAttr(default_factory=dict)  # expanded step id -> its group and cell
 
     @field_validator("vars")
     @classmethod
@@ -317,6 +418,10 @@ class Runbook(Strict):
             if step.id == step_id:
                 return step
         raise KeyError(step_id)
+
+    def cell_of(self, step_id: str) -> CellRef | None:
+        """The group and matrix cell an expanded step belongs to (None for a plain step)."""
+        return self._cells.get(step_id)
 
 
 RESERVED_NAMES = (*BUILTIN_VARS, *NAMESPACES, *FUNCTIONS)

@@ -190,10 +190,15 @@ def render_text(text: str, values: Mapping[str, Any], language: Language) -> str
 def render_value(text: str, values: Mapping[str, Any], language: Language) -> Any:
     """A field's value: the number itself when the whole text is one expression that gives one; else text."""
     if language != "shell" and whole_expression(text) is not None:
-        value = _guarded(lambda: _native(text)(values))
+        value = evaluate(text, values)
         if is_number(value):
             return value
     return render_text(text, values, language)
+
+
+def evaluate(text: str, values: Mapping[str, Any]) -> Any:
+    """The value (of any type: a list, a number, text) of a text that is exactly one `{{ expr }}`. Raises RenderError."""
+    return _guarded(lambda: _native(text)(values))
 
 
 def _guarded(render: Callable[[], Any]) -> Any:
@@ -279,15 +284,16 @@ def render_tree(data: Any, values: Mapping[str, Any], languages: Mapping[str, La
     return map_strings(data, leaf, loc), errors
 
 
-def _available(values: Mapping[str, Any]) -> set[str]:
-    return set(values) | set(ENV.globals)
+def unknown_names(text: str, values: Mapping[str, Any]) -> frozenset[str]:
+    """The names a template reads that neither `values` nor the functions give (a required variable before --var)."""
+    return names_used(text) - set(values) - set(ENV.globals)
 
 
 def fill_numbers(data: Any, values: Mapping[str, Any], languages: Mapping[str, Language]) -> Any:
     """Only whole expressions that evaluate to a number replaced (what load-time validation sees); the rest untouched."""
 
     def leaf(text: str, field: str | None, where: tuple[Any, ...]) -> Any:
-        if languages.get(field or "") == "shell" or whole_expression(text) is None or not names_used(text) <= _available(values):
+        if languages.get(field or "") == "shell" or whole_expression(text) is None or unknown_names(text, values):
             return text
         try:
             value = _native(text)(values)
