@@ -224,7 +224,8 @@ class _Builder:
         key = self.scalar(node) if isinstance(node, yaml.ScalarNode) else None
         if not isinstance(node, yaml.ScalarNode) or not isinstance(key, Hashable):
             raise yaml.MarkedYAMLError(problem="a mapping key must be a plain value, not a list or mapping", problem_mark=node.start_mark)
-        return key
+        # YAML 1.1 reads `on:` (a step field) and `yes:`/`no:` as booleans; no key of ours is a boolean, so keep the word.
+        return node.value if isinstance(key, bool) else key
 
     def mapping_pairs(self, node: yaml.MappingNode, depth: int) -> list[tuple[Any, yaml.Node, yaml.Node]]:
         """(key, key node, value node) after `<<:` merges: explicit keys win, then earlier merge sources.

@@ -24,6 +24,7 @@ from checks.kinds import (
     ActionUnitsCheck,
     Check,
     CheckBase,
+    ClockSkewCheck,
     CommandCheck,
     DatasetStatsCheck,
     DiskFreeCheck,
@@ -32,6 +33,7 @@ from checks.kinds import (
     JsonFieldCheck,
     PathExistsCheck,
     SafetensorsCheck,
+    SameAcrossNodesCheck,
     version_matches,
 )
 from checks.safetensors_header import HeaderError, TensorInfo, read_header
@@ -597,6 +599,36 @@ def _rendered_number(check: CheckBase, field: str) -> float:
     return value
 
 
+# --- across a fleet: each node's part (the comparison itself is the controller's, over all nodes' details) -------
+
+MAX_COMPARED_OUTPUT = 4096  # a version string, not a log: longer output is compared on its start
+
+
+def _same_across_nodes(check: SameAcrossNodesCheck, transport: CheckTarget) -> CheckResult:
+    res = transport.exec(check.run, timeout=check.timeout)
+    output = res.stdout.decode("utf-8", "replace").strip()[:MAX_COMPARED_OUTPUT]
+    if res.rc != 0:
+        last = _last_line((res.stdout + res.stderr).decode("utf-8", "replace"))
+        raise CheckFailed(f"`{check.subject}`: expected exit status 0, got {res.rc}; output ends: {last}", rc=res.rc, output=output)
+    return _passed(check, f"`{check.subject}`: {_short(output, 80)} (compared across the fleet)", output=output)
+
+
+def _clock_skew(check: ClockSkewCheck, transport: CheckTarget) -> CheckResult:
+    before = time.time()
+    res = transport.exec("date +%s.%N", timeout=10)
+    after = time.time()
+    try:
+        remote = float(res.stdout.decode().strip())
+    except ValueError:
+        raise CheckFailed(f"cannot read the clock: `date +%s.%N` printed {res.stdout[:80]!r} (rc {res.rc})") from None
+    # The remote clock was read somewhere inside the round trip: its middle is the best guess, its half the error bar.
+    offset, slack = remote - (before + after) / 2, (after - before) / 2
+    details = {"offset_s": round(offset, 4), "rtt_s": round(after - before, 4)}
+    if abs(offset) > check.max_skew_s + slack:
+        raise CheckFailed(f"clock is {offset:+.3f} s off the controller's (allowed {check.max_skew_s:g} s)", **details)
+    return _passed(check, f"clock {offset:+.3f} s off the controller's (allowed {check.max_skew_s:g} s)", **details)
+
+
 _EVALUATORS: dict[type, Callable[[Any, CheckTarget], CheckResult]] = {
     PathExistsCheck: _path_exists,
     FileCountCheck: _file_count,
@@ -607,4 +639,6 @@ _EVALUATORS: dict[type, Callable[[Any, CheckTarget], CheckResult]] = {
     GpuMemoryCheck: _gpu_memory,
     DatasetStatsCheck: _dataset_stats,
     ActionUnitsCheck: _action_units,
+    SameAcrossNodesCheck: _same_across_nodes,
+    ClockSkewCheck: _clock_skew,
 }

@@ -338,8 +338,32 @@ class ActionUnitsCheck(CheckBase):
         return self
 
 
+class SameAcrossNodesCheck(CheckBase):
+    """A command whose output must be the same on every node of the fleet (torch / CUDA / NCCL versions)."""
+
+    kind: Literal["same_across_nodes"] = Field(description="Run a command on each node; its output must match across the fleet.")
+    run: str = Field(min_length=1, description="Bash snippet run on each node (no ~/.bashrc); it must exit 0, and its stdout "
+                     "(stripped) is compared across the nodes the step runs on.", json_schema_extra={"x-template": "shell"})
+    timeout: float = Field(
+        MAX_COMMAND_TIMEOUT_S, gt=0, le=MAX_COMMAND_TIMEOUT_S, description="Seconds before the command is killed (at most 30)."
+    )
+
+    @property
+    def subject(self) -> str:
+        first = self.run.strip().splitlines()[0] if self.run.strip() else ""
+        return first if len(first) <= 60 else first[:57] + "..."
+
+
+class ClockSkewCheck(CheckBase):
+    """The node's clock agrees with the controller's, and (across a fleet) the nodes' clocks with each other."""
+
+    kind: Literal["clock_skew"] = Field(description="Compare the node's clock with the controller's.")
+    max_skew_s: float = Field(2.0, gt=0, description="Largest offset from the controller's clock, and largest spread across "
+                              "the fleet's nodes, in seconds (the round trip's half is allowed on top).")
+
+
 Check = Annotated[
     Union[PathExistsCheck, FileCountCheck, JsonFieldCheck, CommandCheck, SafetensorsCheck, DiskFreeCheck, GpuMemoryCheck,
-          DatasetStatsCheck, ActionUnitsCheck],
+          DatasetStatsCheck, ActionUnitsCheck, SameAcrossNodesCheck, ClockSkewCheck],
     Field(discriminator="kind"),
 ]

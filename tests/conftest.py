@@ -8,6 +8,7 @@ import pytest
 
 from agent_ops.transport.local import LocalTransport
 from agent_ops.transport.ssh import SSHTransport
+from tests.fleet import Fleet, make_fleet
 from tests.runs import Box, make_box
 from tests.sshd import SSHServer, sshd_available
 
@@ -27,6 +28,31 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SSHServer]:
     server.start()
     yield server
     server.stop()
+
+
+FLEET_SIZE = 3  # the issue's acceptance: a fleet of at least three boxes
+
+
+@pytest.fixture(scope="session")
+def fleet_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[SSHServer]]:
+    """Three private sshd servers (own ports and homes), shared by the session's fleet tests that leave them running."""
+    _require_sshd()
+    servers = []
+    for i in range(FLEET_SIZE):
+        servers.append(SSHServer(tmp_path_factory.mktemp(f"fleet-sshd{i}")))
+        servers[-1].start()  # at once: the free port it picked is free only until someone else takes it
+    yield servers
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def fleet(fleet_servers: list[SSHServer], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fleet]:
+    """The three loopback boxes as a fleet (n1 the head), each on a fresh tmux socket, with a private journal home."""
+    made = make_fleet(tmp_path, fleet_servers)
+    monkeypatch.setenv("AGENTOPS_HOME", str(made.home))
+    yield made
+    made.kill_tmux()
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import libtmux
 from libtmux.exc import LibTmuxException
 
 from agent_ops.record.journal import AttemptRow, EventRow, Journal, StepRow
-from agent_ops.run.context import start_run
+from agent_ops.run.context import close_run, start_run
 from agent_ops.run.executor import Executor
 from agent_ops.runbook.loader import load_runbook, resolve_vars
 from agent_ops.secret_values import read_secrets
@@ -117,7 +117,7 @@ def run_api(box: Box, runbook: str, overrides: dict[str, Any] | None = None, sec
     try:
         final = Executor(ctx).execute()
     finally:
-        ctx.transport.close()
+        close_run(ctx)
     return ApiRun(ctx.run_id, final, journal)
 
 

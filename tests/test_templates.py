@@ -382,7 +382,7 @@ def test_output_lines_protocol() -> None:
 def test_schema_describes_builtins_filters_results_and_escaping() -> None:
     schema = Runbook.model_json_schema()
     templates = schema["x-templates"]
-    assert set(templates["builtins"]) == set(BUILTIN_VARS) == {"run_id", "run_dir", "artifacts_dir", "runbook_dir"}
+    assert set(templates["builtins"]) == set(BUILTIN_VARS) == {"run_id", "run_dir", "artifacts_dir", "runbook_dir", "node", "fleet"}
     assert all(templates["builtins"].values())
     assert set(FILTERS) <= set(templates["filters"]) and {"outputs", "metrics", "checks", "state"} == set(templates["steps.ID"])
     assert schema["$defs"]["RunStep"]["properties"]["command"]["x-template"] == "shell"

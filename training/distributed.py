@@ -14,6 +14,7 @@ import os
 import socket
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -56,6 +57,14 @@ class DistContext:
             self.all_reduce_sum(tensor)
             tensor /= self.world_size
         return tensor
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        """Every rank's `obj` (small, picklable), in rank order, on every rank."""
+        if self.backend is None:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
 
     def close(self) -> None:
         """Tear the process group down."""

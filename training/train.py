@@ -384,13 +384,13 @@ def save(run: Run) -> None:
 
     ctx, st, out = run.ctx, run.state, Path(run.cfg.out_dir)
     model_state, optim_state = gather_state(run.policy, run.optimizer)
+    # Rank 0 writes every rank's small state: the ranks of another node cannot reach rank 0's disk (multi-node
+    # training needs no shared filesystem to checkpoint).
+    states = ctx.all_gather_object({"rank": ctx.rank, "rng": capture_rng(run.noise, ctx.device), "data": run.loader.state_dict()})
     if ctx.is_main:
         prepare_temp(out, st.step)
-    ctx.barrier()
-    write_rank_state(temp_dir(out, st.step), ctx.rank,
-                     {"rank": ctx.rank, "rng": capture_rng(run.noise, ctx.device), "data": run.loader.state_dict()})
-    ctx.barrier()
-    if ctx.is_main:
+        for state in states:
+            write_rank_state(temp_dir(out, st.step), state["rank"], state)
         healthy = run.watchdog.healthy and st.nonfinite_since_save == 0
         final = finalize(out, st.step, ctx.world_size, CheckpointContents(
             model_state=model_state, optimizer_state=optim_state, trainer_state=training_state(run),

@@ -75,8 +75,10 @@ def _journal(as_json: bool = False) -> Journal:
 
 
 def _target(target: str, identity: str | None, inventory: str | None, accept: bool, tmux_socket: str | None,
-            workdir: str | None, as_json: bool):
-    from agent_ops.transport.target import load_inventory, parse_target
+            workdir: str | None, as_json: bool, known_hosts: str | None = None, allow_deleting_fixes: bool = False):
+    """The fleet `-t` names (a single target is a fleet of one), options applied to every node."""
+    from agent_ops.fleet.nodes import resolve_fleet
+    from agent_ops.transport.target import read_inventory
 
     options: dict[str, Any] = {}
     if identity:
@@ -87,13 +89,12 @@ def _target(target: str, identity: str | None, inventory: str | None, accept: bo
         options["tmux_socket"] = tmux_socket
     if workdir:
         options["workdir"] = workdir
+    if known_hosts:
+        options["known_hosts"] = known_hosts
+    if allow_deleting_fixes:
+        options["allow_deleting_fixes"] = True
     try:
-        if inventory:
-            hosts = load_inventory(inventory)
-            if target not in hosts:
-                _fail(EXIT_INPUT, f"{inventory}: no host {target!r} (hosts: {', '.join(hosts)})", as_json, "invalid_target")
-            return hosts[target].model_copy(update=options)
-        return parse_target(target, **options)
+        return resolve_fleet(target, read_inventory(inventory) if inventory else None, options)
     except RunbookError as exc:
         _fail(EXIT_INPUT, str(exc), as_json, exc.code, exc.problems)
 
@@ -184,9 +185,10 @@ def schema() -> None:
 def run(
     file: str = typer.Argument(..., help="A runbook file, or the name of one shipped with agentops."),
     var: list[str] | None = VarOpt,
-    target: str = typer.Option("local", "--target", "-t", help="local, ssh://user@host:port, or a host of --inventory."),
+    target: str = typer.Option("local", "--target", "-t", help="local, ssh://user@host:port, a host or group of --inventory; "
+                               "several, comma-separated, make a fleet (the first is the head)."),
     identity: str | None = typer.Option(None, "--identity", "-i", help="SSH private key."),
-    inventory: str | None = typer.Option(None, "--inventory", help="YAML file of named hosts."),
+    inventory: str | None = typer.Option(None, "--inventory", help="YAML file of named hosts and groups of them."),
     accept_new_host_key: bool = typer.Option(False, "--accept-new-host-key", help="Trust an unknown host key and record it."),
     tmux_socket: str | None = typer.Option(None, "--tmux-socket", help="tmux server (-L name) shared by the runs naming it; default: one per run."),
     workdir: str | None = typer.Option(None, "--workdir", help="Directory on the target for job files (run_dir is WORKDIR/runs/RUN; "
@@ -203,11 +205,8 @@ def run(
     from agent_ops.run.context import start_run
 
     loaded, values = _load(file, var, as_json)
-    spec = _target(target, identity, inventory, accept_new_host_key, tmux_socket, workdir, as_json)
-    if known_hosts:
-        spec = spec.model_copy(update={"known_hosts": known_hosts})
-    if allow_deleting_fixes:
-        spec = spec.model_copy(update={"allow_deleting_fixes": True})
+    fleet = _target(target, identity, inventory, accept_new_host_key, tmux_socket, workdir, as_json, known_hosts,
+                    allow_deleting_fixes)
     if dry_run:
         plan(file, var, as_json)
         return
@@ -231,12 +230,13 @@ def run(
         _fail(EXIT_INPUT, f"{loaded.path}: secrets missing from the environment: {exc.args[0]}", as_json, "missing_secret")
     journal = _journal(as_json)
     _execute(journal, as_json,
-             lambda observer: start_run(loaded, values, secret_values, spec, journal, run_id=run_id, observer=observer))
+             lambda observer: start_run(loaded, values, secret_values, fleet, journal, run_id=run_id, observer=observer))
 
 
 def _execute(journal: Journal, as_json: bool, make_ctx) -> None:
     from agent_ops.front.live_view import LiveView, PlainView, render_status
     from agent_ops.record.status import run_status
+    from agent_ops.run.context import close_run
     from agent_ops.run.executor import Executor
 
     plain = PlainView()
@@ -268,7 +268,7 @@ def _execute(journal: Journal, as_json: bool, make_ctx) -> None:
             signal.signal(sig, handler)
         if view:
             view.close()
-        ctx.transport.close()
+        close_run(ctx)
     status = run_status(journal, ctx.run_id)
     if as_json:
         print(status.model_dump_json(indent=2))
@@ -363,6 +363,10 @@ def status(
     from agent_ops.front.live_view import render_status
 
     out.print(render_status(st))
+    for s in st.steps if verbose and len(st.nodes) > 1 else ():
+        for p in s.nodes:
+            out.print(f"{s.id}@{p.node}: {p.state} (try {p.attempt}) {p.message or p.last_line or ''}", markup=False,
+                      highlight=False)
     for s in st.steps if verbose else ():
         for k, v in (s.env or {}).items():
             out.print(f"{s.id}: env {k}={v}", markup=False, highlight=False)
@@ -443,7 +447,8 @@ def list_runs(limit: int = typer.Option(20, help="How many runs."), as_json: boo
         return
     for r in runs:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created))
-        out.print(f"{r.id}  {when}  {r.state:<10} {r.runbook}  {r.target}", markup=False, highlight=False)
+        where = f"{len(r.nodes)} nodes: {','.join(r.nodes)}" if len(r.nodes) > 1 else r.target
+        out.print(f"{r.id}  {when}  {r.state:<10} {r.runbook}  {where}", markup=False, highlight=False)
 
 
 @app.command()
@@ -451,33 +456,37 @@ def logs(
     run_id: str,
     step: str,
     attempt: int | None = typer.Option(None, help="Attempt number (default: the latest)."),
+    node: str | None = typer.Option(None, "--node", "-n", help="The node whose log to print (default: the head, or the "
+                                    "first node the step ran on)."),
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new output until the job ends."),
     offset: int = typer.Option(0, help="Start at this byte offset."),
     start_timeout: float = typer.Option(600.0, "--start-timeout", min=0, help="With --follow: wait this long for the step to start."),
 ) -> None:
-    """Print a run step's job log from the target (by byte offset; --follow polls <= 1 s).
+    """Print a run step's job log from its node (by byte offset; --follow polls <= 1 s).
 
     A gate shows the log of the job it watches. With --follow, a step that has not started yet is waited for
     (at most --start-timeout seconds, saying so); it exits 4 if the step ends without a job (skipped, not run).
+    On a fleet, --node picks the node (default: the head, or the first node the step ran on).
     """
     from agent_ops.secret_values import Masker
-    from agent_ops.transport.target import TargetSpec, connect
+    from agent_ops.transport.target import connect
 
     journal = _journal()
     source = _op(False, ops.log_source, journal, run_id, step)
     if source.note:
         err.print(source.note, markup=False, highlight=False)
-    attempts = _job_attempts(journal, run_id, source.step_id, attempt)
+    attempts = _job_attempts(journal, run_id, source.step_id, attempt, node)
     if not attempts:
         if not follow or attempt is not None:
             state = journal.step(run_id, source.step_id)
             _fail(EXIT_STATE, f"step {source.step_id!r} of run {run_id} has no job log yet ({state.state if state else 'unknown'}); "
                               f"--follow waits for it to start", False, "not_started")
-        attempts = _wait_for_start(journal, run_id, source.step_id, start_timeout)
-    chosen = attempts[-1]
+        attempts = _wait_for_start(journal, run_id, source.step_id, start_timeout, node)
+    name, target = _op(False, ops.node_of, journal, run_id, source.step_id, node)
+    chosen = [a for a in attempts if a.node in (name, "")][-1]
     row = journal.run(run_id)
     masker = Masker(v for v in (read_secrets_quiet(row.secret_names)))
-    transport = connect(TargetSpec.model_validate(row.target))
+    transport = connect(target)
     try:
         path = f"{chosen.job_dir}/log"
         while True:
@@ -510,17 +519,17 @@ def result_lines(outputs: dict | None) -> list[str]:
     return lines
 
 
-def _job_attempts(journal: Journal, run_id: str, step_id: str, attempt: int | None) -> list:
-    found = [a for a in journal.attempts(run_id, step_id) if a.job_dir]
+def _job_attempts(journal: Journal, run_id: str, step_id: str, attempt: int | None, node: str | None = None) -> list:
+    found = [a for a in journal.attempts(run_id, step_id, node=node) if a.job_dir]
     return [a for a in found if a.attempt == attempt] if attempt is not None else found
 
 
-def _wait_for_start(journal: Journal, run_id: str, step_id: str, limit: float) -> list:
+def _wait_for_start(journal: Journal, run_id: str, step_id: str, limit: float, node: str | None = None) -> list:
     """Poll the journal (every 0.5 s, at most `limit` seconds) until the step's job exists; exit 4 if it never will."""
     t0 = time.monotonic()
     err.print(f"waiting for step {step_id} of run {run_id} to start (up to {limit:g}s)", markup=False, highlight=False)
     while True:
-        attempts = _job_attempts(journal, run_id, step_id, None)
+        attempts = _job_attempts(journal, run_id, step_id, None, node)
         if attempts:
             return attempts
         row, run = journal.step(run_id, step_id), journal.run(run_id)

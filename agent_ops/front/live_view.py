@@ -18,7 +18,7 @@ STATE_STYLE = {
     "pending": "dim", "running": "cyan", "started": "cyan", "succeeded": "green", "skipped": "yellow",
     "failed": "bold red", "cancelled": "magenta",
 }
-ICON = {"pending": "·", "running": "▶", "succeeded": "✔", "skipped": "↷", "failed": "✘", "cancelled": "■"}
+ICON = {"pending": "·", "running": "▶", "started": "▶", "succeeded": "✔", "skipped": "↷", "failed": "✘", "cancelled": "■"}
 
 
 class PlainView:
@@ -82,15 +82,36 @@ def render_status(status: RunStatus) -> Group:
             # Text, not markup: a matrix cell's id (`train[seed=42]`) and log lines (`[train] step=...`) hold brackets.
             Text(ICON.get(s.state, "?"), style=STATE_STYLE.get(s.state, "")), Text(s.id), s.kind,
             Text(s.state, style=STATE_STYLE.get(s.state, "")), str(s.attempt or ""),
-            f"{s.elapsed_s:.1f}s" if s.elapsed_s is not None else "", Text(_detail(s)),
+            f"{s.elapsed_s:.1f}s" if s.elapsed_s is not None else "", Text(_detail(s, len(status.nodes))),
         )
     parts = [head, table]
+    if len(status.nodes) > 1:
+        parts.append(Text("nodes: " + ", ".join(_node_text(n) for n in status.nodes), style="dim"))
+    if status.blame:
+        b = status.blame
+        parts.append(Text(f"blame: node {b.node} failed first: {b.error} ({b.why})", style="bold red"))
     if status.attach:
         parts.append(Text(f"watch: {status.attach}", style="dim"))
     return Group(*parts)
 
 
-def _detail(step) -> str:
+def _node_text(node) -> str:
+    out = f" OUT ({node.message})" if node.state == "out" else ""
+    return f"{node.rank}:{node.name} {node.address}{out}"
+
+
+def _nodes_detail(step) -> str:
+    """Per node, for a step on several: which are running, done, failed (e.g. `a ✔ b ▶ c ✘`)."""
+    return " ".join(f"{p.node} {ICON.get(p.state, '?')}" for p in step.nodes)
+
+
+def _detail(step, fleet_size: int = 1) -> str:
+    """The step's progress or message; on a fleet, led by its nodes' states (a step on one node of several: which)."""
+    text = _step_detail(step)
+    return f"[{_nodes_detail(step)}] {text}" if step.nodes and fleet_size > 1 else text
+
+
+def _step_detail(step) -> str:
     progress = step.progress or {}
     pats = progress.get("patterns") or []
     if step.state == "running" and pats:

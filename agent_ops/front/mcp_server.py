@@ -100,9 +100,11 @@ def build_server(tier: str | None = None):
     async def wait(run_id: str, timeout_s: float = Field(30.0, ge=0, le=30)) -> ops.WaitResult:
         return await _bounded(ops.wait, journal, run_id, timeout_s)
 
-    @server.tool(description="A step's job log: the last `lines` lines, or bytes from `offset` (use next_offset next time).")
-    async def tail(run_id: str, step_id: str, lines: int | None = 50, offset: int | None = None) -> ops.TailResult:
-        return await _bounded(ops.tail, journal, run_id, step_id, lines=lines, offset=offset)
+    @server.tool(description="A step's job log: the last `lines` lines, or bytes from `offset` (use next_offset next time); "
+                 "`node`: which node's (default the head; status lists each step's nodes).")
+    async def tail(run_id: str, step_id: str, lines: int | None = 50, offset: int | None = None,
+                   node: str | None = None) -> ops.TailResult:
+        return await _bounded(ops.tail, journal, run_id, step_id, lines=lines, offset=offset, node=node)
 
     @server.tool(description="What a step's job pane shows now (last `lines` lines, secrets masked) and the prompt it "
                              "waits at, if any: a job at [Y/n] or a password request waits for input its log does not reveal.")

@@ -114,6 +114,7 @@ class TailResult(BaseModel):
 
     run_id: str
     step_id: str
+    node: str = ""
     attempt: int
     text: str
     offset: int
@@ -132,11 +133,12 @@ def validate(file: str) -> ValidateResult:
 
 
 def plan(file: str, overrides: dict[str, str]) -> PlanResult:
-    from agent_ops.runbook.loader import BUILTIN_VARS, builtin_values, render_runbook
+    from agent_ops.runbook.loader import builtin_values, render_runbook
     from agent_ops.runbook.plan import build_plan
 
     loaded, values = _load(file, overrides)
-    builtins = {**builtin_values(**{k: f"<{k}>" for k in BUILTIN_VARS}), "runbook_dir": str(loaded.path.parent)}
+    builtins = {**builtin_values(**{k: f"<{k}>" for k in ("run_id", "run_dir", "runbook_dir", "artifacts_dir")}),
+                "runbook_dir": str(loaded.path.parent)}
     runbook = render_runbook(loaded, {**values, **builtins})
     masked = dict.fromkeys(runbook.secrets, "***")
     waves = [[_plan_step(runbook, runbook.step(sid), masked, loaded.reads.get(sid, [])) for sid in wave]
@@ -357,16 +359,41 @@ def _rendered_step(run: Any, step_id: str) -> Any:
         return None
 
 
+def node_of(journal: Journal, run_id: str, step_id: str, node: str | None) -> tuple[str, Any]:
+    """(name, target) of the node whose log of `step_id` to read: `node` (checked against the run's fleet), else the
+    head, or the first node the step ran on when the head ran none of it."""
+    from agent_ops.fleet.nodes import fleet_rows
+
+    row = journal.run(run_id)
+    if row is None:
+        raise OpError("unknown_run", f"unknown run {run_id!r}")
+    fleet = {spec.name: spec for spec, _, _ in fleet_rows(journal, row)}
+    names = list(fleet)
+    if node is not None and node not in fleet:
+        raise OpError("unknown_node", f"run {run_id} has no node {node!r} (nodes: {', '.join(names)})")
+    if node is None:
+        ran = [a.node for a in journal.attempts(run_id, step_id) if a.job_dir]
+        node = names[0] if not ran or names[0] in ran or "" in ran else ran[0]
+    return node, fleet[node].target
+
+
 def tail(journal: Journal, run_id: str, step_id: str, *, lines: int | None = 50, offset: int | None = None,
-         limit: int = 64 << 10) -> TailResult:
-    """A step's job log: the last `lines` lines, or `limit` bytes from `offset` (a cursor for the next call)."""
-    from agent_ops.transport.target import TargetSpec, connect
+         limit: int = 64 << 10, node: str | None = None) -> TailResult:
+    """A step's job log (on `node`, default the head): the last `lines` lines, or `limit` bytes from `offset`."""
+    from agent_ops.secret_values import Masker
+    from agent_ops.transport.target import connect
 
     if journal.run(run_id) is None:
         raise OpError("unknown_run", f"unknown run {run_id!r}")
     source = log_source(journal, run_id, step_id)  # a gate reads the log of the job it watches
-    row, att, masker = _job_of(journal, run_id, source.step_id)
-    transport = connect(TargetSpec.model_validate(row.target))
+    row = journal.run(run_id)
+    name, target = node_of(journal, run_id, source.step_id, node)
+    attempts = [a for a in journal.attempts(run_id, source.step_id, node=name) if a.job_dir]
+    if not attempts:
+        raise OpError("not_started", f"run {run_id} has no job log for step {source.step_id!r} on node {name} yet")
+    att = attempts[-1]
+    masker = Masker(os.environ[n] for n in row.secret_names if os.environ.get(n))
+    transport = connect(target)
     try:
         path = f"{att.job_dir}/log"
         st = transport.stat(path)
@@ -379,7 +406,7 @@ def tail(journal: Journal, run_id: str, step_id: str, *, lines: int | None = 50,
     text = masker.mask(data.decode("utf-8", "replace"))
     if offset is None and lines is not None:
         text = "\n".join(text.splitlines()[-lines:]) + ("\n" if text.endswith("\n") else "")
-    return TailResult(run_id=run_id, step_id=step_id, attempt=att.attempt, text=text, offset=start,
+    return TailResult(run_id=run_id, step_id=step_id, node=att.node, attempt=att.attempt, text=text, offset=start,
                       next_offset=start + len(data), ended=ended)
 
 

@@ -57,12 +57,43 @@ CREATE TABLE IF NOT EXISTS steps (
     progress TEXT,                 -- gate/metric progress as JSON
     outputs TEXT,                  -- results later steps' templates read, JSON: {outputs, metrics, checks} (masked)
     env TEXT,                      -- the newest attempt's job environment, JSON (secrets as ***)
+    nodes TEXT,                    -- JSON list of the nodes the step runs on (its `on:` resolved)
+    blame TEXT,                    -- JSON: the node whose failure came first, when the step failed on several
     waiting_for_input TEXT,        -- the prompt a running job's pane shows while it waits at one (masked), else NULL
     PRIMARY KEY (run_id, step_id)
+);
+CREATE TABLE IF NOT EXISTS nodes (
+    run_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    rank INTEGER NOT NULL,         -- 0 is the head
+    target TEXT NOT NULL,          -- TargetSpec as JSON
+    address TEXT NOT NULL,         -- where the other nodes reach it
+    run_dir TEXT NOT NULL,         -- the run's directory on this node
+    tmux_session TEXT NOT NULL,
+    state TEXT NOT NULL,           -- ok | out (failed; with on_node_failure: continue it takes no more steps)
+    message TEXT,
+    PRIMARY KEY (run_id, name)
+);
+CREATE TABLE IF NOT EXISTS step_nodes (
+    run_id TEXT NOT NULL,
+    step_id TEXT NOT NULL,
+    node TEXT NOT NULL,
+    state TEXT NOT NULL,           -- as a step's state, for this node's part of it
+    attempt INTEGER NOT NULL DEFAULT 0,
+    started REAL,
+    ended REAL,
+    message TEXT,
+    last_line TEXT,
+    tail TEXT,                     -- JSON list (masked)
+    progress TEXT,                 -- JSON
+    outputs TEXT,                  -- JSON: this node's results (outputs, metrics, checks)
+    failed_at REAL,                -- when this node's part was seen failing on its own (not stopped by us)
+    PRIMARY KEY (run_id, step_id, node)
 );
 CREATE TABLE IF NOT EXISTS attempts (
     run_id TEXT NOT NULL,
     step_id TEXT NOT NULL,
+    node TEXT NOT NULL DEFAULT '',  -- '' in journals from before fleets: the run's only node
     attempt INTEGER NOT NULL,
     job_dir TEXT,
     window TEXT,
@@ -73,7 +104,7 @@ CREATE TABLE IF NOT EXISTS attempts (
     message TEXT,
     log_size INTEGER,
     overrides TEXT,                -- vars/env changed by remedies for this attempt, JSON
-    PRIMARY KEY (run_id, step_id, attempt)
+    PRIMARY KEY (run_id, step_id, node, attempt)
 );
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -82,13 +113,15 @@ CREATE TABLE IF NOT EXISTS events (
     ts REAL NOT NULL,
     kind TEXT NOT NULL,
     message TEXT NOT NULL,
-    data TEXT
+    data TEXT,
+    node TEXT
 );
 CREATE TABLE IF NOT EXISTS remedies (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     run_id TEXT NOT NULL,
     step_id TEXT NOT NULL,
     attempt INTEGER NOT NULL,
+    node TEXT,
     ts REAL NOT NULL,
     issue_id TEXT NOT NULL,
     matched_lines TEXT NOT NULL,   -- JSON list
@@ -116,9 +149,10 @@ CREATE INDEX IF NOT EXISTS rentals_run ON rentals (run_id);
 """
 
 # Columns added to `steps` after the first release (ALTER TABLE on older journals).
-MIGRATED_STEP_COLUMNS = ("tail", "outputs", "env", "waiting_for_input")
+# Columns newer versions added to older tables (TEXT each); attempts gained `node` in its key (rebuilt in _migrate).
+MIGRATED_COLUMNS = {"steps": ("tail", "outputs", "env", "nodes", "blame", "waiting_for_input"), "events": ("node",), "remedies": ("node",)}
 # The schema's identity, kept in the journal's user_version once it is created or migrated (a positive 31-bit number).
-SCHEMA_ID = zlib.crc32((SCHEMA + repr(MIGRATED_STEP_COLUMNS)).encode()) & 0x7FFFFFFF
+SCHEMA_ID = zlib.crc32((SCHEMA + repr(MIGRATED_COLUMNS)).encode()) & 0x7FFFFFFF
 
 RunState = Literal["pending", "running", "succeeded", "failed", "cancelling", "cancelled", "interrupted"]
 # "started": a background job is up (its dependents may go); "cancelled" also means "not run".
@@ -171,15 +205,52 @@ class StepRow:
     progress: dict[str, Any] | None
     outputs: dict[str, Any] | None  # {outputs, metrics, checks}: what `{{ steps.ID... }}` reads
     env: dict[str, str] | None  # the newest attempt's job environment, secrets as ***
+    nodes: list[str] | None  # the nodes it runs on
+    blame: dict[str, Any] | None  # {node, error, at, why}: whose failure came first
     waiting_for_input: str | None = None  # the prompt line a running job waits at (its pane shows it), else None
 
 
 @dataclass(frozen=True)
-class AttemptRow:
-    """One attempt of a step: its job, exit code and verdict."""
+class NodeRow:
+    """One node of a run's fleet: where it is, where its run lives, whether it is still in service."""
+
+    run_id: str
+    name: str
+    rank: int
+    target: dict[str, Any]
+    address: str
+    run_dir: str
+    tmux_session: str
+    state: str  # ok | out
+    message: str | None
+
+
+@dataclass(frozen=True)
+class StepNodeRow:
+    """One node's part of a step: its state and what its newest attempt showed."""
 
     run_id: str
     step_id: str
+    node: str
+    state: StepState
+    attempt: int
+    started: float | None
+    ended: float | None
+    message: str | None
+    last_line: str | None
+    tail: list[str] | None
+    progress: dict[str, Any] | None
+    outputs: dict[str, Any] | None
+    failed_at: float | None
+
+
+@dataclass(frozen=True)
+class AttemptRow:
+    """One attempt of a step on one node: its job, exit code and verdict."""
+
+    run_id: str
+    step_id: str
+    node: str
     attempt: int
     job_dir: str | None
     window: str | None
@@ -203,6 +274,7 @@ class EventRow:
     kind: str
     message: str
     data: Any
+    node: str | None
 
 
 @dataclass(frozen=True)
@@ -213,6 +285,7 @@ class RemedyRow:
     run_id: str
     step_id: str
     attempt: int
+    node: str | None
     ts: float
     issue_id: str
     matched_lines: list[str]
@@ -283,10 +356,20 @@ class Journal:
 
     def _migrate(self) -> None:
         # Journals written by older versions lack newer columns: add them, never drop anything.
-        cols = {row[1] for row in self._db.execute("PRAGMA table_info(steps)")}
-        for col in MIGRATED_STEP_COLUMNS:
-            if col not in cols:
-                self._db.execute(f"ALTER TABLE steps ADD COLUMN {col} TEXT")
+        for table, added in MIGRATED_COLUMNS.items():
+            cols = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            for col in added:
+                if col not in cols:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {col} TEXT")
+        cols = [row[1] for row in self._db.execute("PRAGMA table_info(attempts)")]
+        if "node" not in cols:
+            # The node is part of the key, which SQLite cannot change in place: copy the rows into the new table.
+            keep = ", ".join(cols)
+            self._db.executescript(
+                "BEGIN; ALTER TABLE attempts RENAME TO attempts_before_fleets;"
+                + SCHEMA[SCHEMA.index("CREATE TABLE IF NOT EXISTS attempts"):SCHEMA.index("CREATE TABLE IF NOT EXISTS events")]
+                + f"INSERT INTO attempts ({keep}) SELECT {keep} FROM attempts_before_fleets; DROP TABLE attempts_before_fleets; COMMIT;"
+            )
 
     def close(self) -> None:
         with self._lock:
@@ -312,8 +395,8 @@ class Journal:
 
     # --- writes ---------------------------------------------------------------------------
 
-    def create_run(self, run: dict[str, Any], steps: list[tuple[str, str]]) -> None:
-        """Insert a run and its steps (id, kind) in order, all pending."""
+    def create_run(self, run: dict[str, Any], steps: list[tuple[str, str]], nodes: list[dict[str, Any]] = ()) -> None:
+        """Insert a run, its steps (id, kind) in order, all pending, and its nodes (NodeRow fields but run_id and state)."""
         now = time.time()
         with self._tx() as db:
             db.execute(
@@ -328,6 +411,12 @@ class Journal:
             db.executemany(
                 "INSERT INTO steps (run_id, step_id, kind, position, state) VALUES (?,?,?,?, 'pending')",
                 [(run["id"], sid, kind, i) for i, (sid, kind) in enumerate(steps)],
+            )
+            db.executemany(
+                "INSERT INTO nodes (run_id, name, rank, target, address, run_dir, tmux_session, state)"
+                " VALUES (?,?,?,?,?,?,?, 'ok')",
+                [(run["id"], n["name"], n["rank"], self._j(n["target"]), n["address"], n["run_dir"], n["tmux_session"])
+                 for n in nodes],
             )
         self.event(run["id"], None, "run_created", f"run {run['id']} of {run['runbook_name']} created")
 
@@ -347,53 +436,79 @@ class Journal:
         for key in ("message", "last_line", "waiting_for_input"):
             if key in fields:
                 fields[key] = self._m(fields[key])
-        for key in ("progress", "tail", "outputs", "env"):
+        for key in ("progress", "tail", "outputs", "env", "nodes", "blame"):
             if key in fields:
                 fields[key] = self._j(fields[key])
         cols = ", ".join(f"{k} = ?" for k in fields)
         with self._tx() as db:
             db.execute(f"UPDATE steps SET {cols} WHERE run_id = ? AND step_id = ?", (*fields.values(), run_id, step_id))
 
+    def set_step_node(self, run_id: str, step_id: str, node: str, **fields: Any) -> None:
+        """Update one node's part of a step (state, attempt, started, ended, message, last_line, tail, progress,
+        failed_at); the row is made, pending, the first time."""
+        for key in ("message", "last_line"):
+            if key in fields:
+                fields[key] = self._m(fields[key])
+        for key in ("progress", "tail", "outputs"):
+            if key in fields:
+                fields[key] = self._j(fields[key])
+        cols = ", ".join(f"{k} = ?" for k in fields)
+        with self._tx() as db:
+            db.execute("INSERT OR IGNORE INTO step_nodes (run_id, step_id, node, state) VALUES (?,?,?, 'pending')",
+                       (run_id, step_id, node))
+            if fields:
+                db.execute(f"UPDATE step_nodes SET {cols} WHERE run_id = ? AND step_id = ? AND node = ?",
+                           (*fields.values(), run_id, step_id, node))
+
+    def set_node(self, run_id: str, name: str, **fields: Any) -> None:
+        """Update a node of the run (state, message)."""
+        if "message" in fields:
+            fields["message"] = self._m(fields["message"])
+        cols = ", ".join(f"{k} = ?" for k in fields)
+        with self._tx() as db:
+            db.execute(f"UPDATE nodes SET {cols} WHERE run_id = ? AND name = ?", (*fields.values(), run_id, name))
+
     def start_attempt(self, run_id: str, step_id: str, attempt: int, *, job_dir: str | None, window: str | None,
-                      overrides: dict[str, Any] | None = None) -> None:
+                      node: str = "", overrides: dict[str, Any] | None = None) -> None:
         with self._tx() as db:
             db.execute(
-                "INSERT OR REPLACE INTO attempts (run_id, step_id, attempt, job_dir, window, started, overrides)"
-                " VALUES (?,?,?,?,?,?,?)",
-                (run_id, step_id, attempt, job_dir, window, time.time(), self._j(overrides or {})),
+                "INSERT OR REPLACE INTO attempts (run_id, step_id, node, attempt, job_dir, window, started, overrides)"
+                " VALUES (?,?,?,?,?,?,?,?)",
+                (run_id, step_id, node, attempt, job_dir, window, time.time(), self._j(overrides or {})),
             )
 
     def end_attempt(self, run_id: str, step_id: str, attempt: int, *, rc: int | None, verdict: str,
-                    message: str, log_size: int | None = None) -> None:
+                    message: str, log_size: int | None = None, node: str = "") -> None:
         with self._tx() as db:
             db.execute(
                 "UPDATE attempts SET ended = ?, rc = ?, verdict = ?, message = ?, log_size = ?"
-                " WHERE run_id = ? AND step_id = ? AND attempt = ?",
-                (time.time(), rc, verdict, self._m(message), log_size, run_id, step_id, attempt),
+                " WHERE run_id = ? AND step_id = ? AND node = ? AND attempt = ?",
+                (time.time(), rc, verdict, self._m(message), log_size, run_id, step_id, node, attempt),
             )
 
-    def event(self, run_id: str, step_id: str | None, kind: str, message: str, data: Any = None) -> None:
+    def event(self, run_id: str, step_id: str | None, kind: str, message: str, data: Any = None, node: str | None = None) -> None:
         with self._tx() as db:
             db.execute(
-                "INSERT INTO events (run_id, step_id, ts, kind, message, data) VALUES (?,?,?,?,?,?)",
-                (run_id, step_id, time.time(), kind, self._m(message), self._j(data)),
+                "INSERT INTO events (run_id, step_id, ts, kind, message, data, node) VALUES (?,?,?,?,?,?,?)",
+                (run_id, step_id, time.time(), kind, self._m(message), self._j(data), node),
             )
 
     def remedy(self, run_id: str, step_id: str, attempt: int, *, issue_id: str, matched_lines: list[str],
-               fix: Any, result: str) -> None:
+               fix: Any, result: str, node: str | None = None) -> None:
         with self._tx() as db:
             db.execute(
-                "INSERT INTO remedies (run_id, step_id, attempt, ts, issue_id, matched_lines, fix, result)"
-                " VALUES (?,?,?,?,?,?,?,?)",
-                (run_id, step_id, attempt, time.time(), issue_id, self._j(matched_lines), self._j(fix), result),
+                "INSERT INTO remedies (run_id, step_id, attempt, node, ts, issue_id, matched_lines, fix, result)"
+                " VALUES (?,?,?,?,?,?,?,?,?)",
+                (run_id, step_id, attempt, node, time.time(), issue_id, self._j(matched_lines), self._j(fix), result),
             )
 
-    def remedy_outcome(self, run_id: str, step_id: str, attempt: int, outcome: str) -> None:
+    def remedy_outcome(self, run_id: str, step_id: str, attempt: int, outcome: str, node: str | None = None) -> None:
         """Record how the attempt after a fix went: the fix row's result becomes succeeded or failed."""
         with self._tx() as db:
             db.execute(
-                "UPDATE remedies SET result = ? WHERE run_id = ? AND step_id = ? AND attempt = ? AND result = 'applied'",
-                (outcome, run_id, step_id, attempt),
+                "UPDATE remedies SET result = ? WHERE run_id = ? AND step_id = ? AND attempt = ? AND node IS ?"
+                " AND result = 'applied'",
+                (outcome, run_id, step_id, attempt, node),
             )
 
     def add_rental(self, run_id: str, provider: str, instance_id: str, *, offer_id: str | None, machine_id: str | None,
@@ -448,11 +563,27 @@ class Journal:
         row = self._db.execute("SELECT * FROM steps WHERE run_id = ? AND step_id = ?", (run_id, step_id)).fetchone()
         return StepRow(**_decode(row)) if row else None
 
-    def attempts(self, run_id: str, step_id: str | None = None) -> list[AttemptRow]:
+    def attempts(self, run_id: str, step_id: str | None = None, node: str | None = None) -> list[AttemptRow]:
         sql, args = "SELECT * FROM attempts WHERE run_id = ?", [run_id]
         if step_id is not None:
             sql, args = sql + " AND step_id = ?", args + [step_id]
+        if node is not None:
+            sql, args = sql + " AND node IN (?, '')", args + [node]  # '': written before fleets, the only node
         return [AttemptRow(**_decode(r)) for r in self._db.execute(sql + " ORDER BY started, attempt", args).fetchall()]
+
+    def nodes(self, run_id: str) -> list[NodeRow]:
+        """The run's fleet, head (rank 0) first; empty for runs recorded before fleets."""
+        rows = self._db.execute("SELECT * FROM nodes WHERE run_id = ? ORDER BY rank", (run_id,)).fetchall()
+        return [NodeRow(**_decode(r)) for r in rows]
+
+    def step_nodes(self, run_id: str, step_id: str | None = None) -> list[StepNodeRow]:
+        """Each node's part of the run's steps (of one step), in node rank order."""
+        sql = ("SELECT s.* FROM step_nodes s LEFT JOIN nodes n ON n.run_id = s.run_id AND n.name = s.node"
+               " WHERE s.run_id = ?")
+        args: list[Any] = [run_id]
+        if step_id is not None:
+            sql, args = sql + " AND s.step_id = ?", args + [step_id]
+        return [StepNodeRow(**_decode(r)) for r in self._db.execute(sql + " ORDER BY n.rank", args).fetchall()]
 
     def events(self, run_id: str, after_id: int = 0, limit: int = 1000) -> list[EventRow]:
         rows = self._db.execute(
@@ -460,11 +591,12 @@ class Journal:
         ).fetchall()
         return [EventRow(**_decode(r)) for r in rows]
 
-    def last_event(self, run_id: str, step_id: str | None, kind: str) -> EventRow | None:
-        """The newest event of one kind for a step (step_id None: for the run)."""
-        row = self._db.execute(
-            "SELECT * FROM events WHERE run_id = ? AND step_id IS ? AND kind = ? ORDER BY id DESC LIMIT 1", (run_id, step_id, kind)
-        ).fetchone()
+    def last_event(self, run_id: str, step_id: str | None, kind: str, node: str | None = None) -> EventRow | None:
+        """The newest event of one kind for a step (step_id None: for the run), on one node if given."""
+        sql, args = "SELECT * FROM events WHERE run_id = ? AND step_id IS ? AND kind = ?", [run_id, step_id, kind]
+        if node is not None:
+            sql, args = sql + " AND (node = ? OR node IS NULL)", args + [node]
+        row = self._db.execute(sql + " ORDER BY id DESC LIMIT 1", args).fetchone()
         return EventRow(**_decode(row)) if row else None
 
     def remedies(self, run_id: str) -> list[RemedyRow]:
@@ -472,7 +604,8 @@ class Journal:
         return [RemedyRow(**_decode(r)) for r in rows]
 
 
-_JSON_COLUMNS = ("tail", "outputs", "env", "target", "vars", "secret_names", "progress", "overrides", "data", "matched_lines", "fix")
+_JSON_COLUMNS = ("tail", "outputs", "env", "target", "vars", "secret_names", "progress", "overrides", "data", "matched_lines", "fix",
+                 "nodes", "blame")
 
 
 def _decode(row: sqlite3.Row) -> dict[str, Any]:

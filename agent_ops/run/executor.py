@@ -1,10 +1,12 @@
-"""The executor: runs a rendered runbook's DAG on a target, recording everything in the journal.
+"""The executor: runs a rendered runbook's DAG on a fleet of nodes, recording everything in the journal.
 
 The scheduler (one loop in the calling thread) starts ready steps within the limits
-(`max_parallel`, `throttle` per tag, a matrix's own `max_parallel`); each step runs in a
-driver thread; a single Monitor thread polls the box for all of them. Drivers report back
-through a queue. The journal is written as things happen, so another process can read
-status at any moment and `resume` can pick the run up after the controller dies.
+(`max_parallel`, `throttle` per tag, a matrix's own `max_parallel`, `max_per_node` for steps
+placed `on: any`); each step runs in a driver thread, which drives the step's part on each of
+its nodes (run/fanout.py); one Monitor thread per node polls that box for every job on it.
+Drivers report back through a queue. The journal is written as things happen, so another
+process can read status at any moment and `resume` can pick the run up after the controller
+dies. A single box is a fleet of one.
 
 Gates hold no slot: a gate only watches, and it starts as soon as its job is up (background
 or not), so it always judges a live log; a slot held by the job can never starve its gate.
@@ -16,16 +18,19 @@ import queue
 import socket
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 from agent_ops.errors import JournalError
+from agent_ops.fleet.placement import Placement
 from agent_ops.record.journal import DONE_OK
 from agent_ops.run.context import RunContext
-from agent_ops.run.jobs import end_run_tmux, kill_job, prepare_run
+from agent_ops.run.fanout import FleetDrive, drive_step
+from agent_ops.run.jobs import JobHandle, end_run_tmux, kill_job, prepare_run
 from agent_ops.run.monitor import Monitor
+from agent_ops.run.nodes import Node
 from agent_ops.run.poll import Backoff
-from agent_ops.run.steps import StepContext, StepOutcome, drive_step
+from agent_ops.run.steps import HandleKey, StepOutcome
 from agent_ops.runbook.plan import dependencies
 from agent_ops.runbook.schema import GateStep, Step
 
@@ -50,14 +55,15 @@ class Executor:
         self.up: set[str] = set()  # run steps whose job has been started (their gates may start)
         self.tolerated: set[str] = set()  # failed steps with continue_on_error: dependents go on, the run does not fail
         self.halted: set[str] = set()  # matrix groups that stopped starting cells (fail_fast)
-        self.handles: dict[str, Any] = {}  # step id -> current JobHandle (gates follow them)
-        self.monitor = Monitor(ctx.transport, ctx.layout, Backoff(self.runbook.poll))
+        self.handles: dict[HandleKey, JobHandle] = {}  # (step id, node) -> current job (gates follow them)
+        self.monitors = {n.name: Monitor(n.transport, n.layout, Backoff(self.runbook.poll)) for n in ctx.nodes}
         self.events: queue.Queue[tuple[str, str, StepOutcome | None]] = queue.Queue()
         self.stop_flag = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=len(self.runbook.steps), thread_name_prefix="step")
         self._cancelled = False
         self._stopping: set[str] = set()
         self.journal_error: JournalError | None = None  # set by a driver: nothing more can be recorded
+        self.placement = Placement([n.name for n in ctx.nodes], self.runbook.max_per_node)  # `on: any` steps
 
     # --- the scheduler --------------------------------------------------------------------
 
@@ -66,11 +72,12 @@ class Executor:
         ctx = self.ctx
         ctx.journal.set_run(ctx.run_id, state="running", started=time.time(), controller_pid=os.getpid(),
                             controller_host=socket.gethostname(), heartbeat=time.time(), message=None)
-        ctx.event("run_started", None, f"run {ctx.run_id} on {ctx.transport.name} (tmux: {ctx.layout.attach_hint()})")
+        ctx.event("run_started", None, f"run {ctx.run_id} on {_where(ctx.nodes)} (tmux: {ctx.layout.attach_hint()})")
         error = None
         try:
-            prepare_run(ctx.transport, ctx.layout)
-            self.monitor.start()
+            self._on_each(lambda node: prepare_run(node.transport, node.layout))
+            for monitor in self.monitors.values():
+                monitor.start()
             self._restore()
             final = self._schedule()
         except JournalError:
@@ -81,9 +88,24 @@ class Executor:
         finally:
             self.stop_flag.set()
             self._pool.shutdown(wait=True, cancel_futures=False)
-            self.monitor.stop()
+            for monitor in self.monitors.values():
+                monitor.stop()
         self._finish(final, error)
         return final
+
+    def _on_each(self, action: Callable[[Node], None], nodes: list[Node] | None = None) -> None:
+        """`action` on every node (reachable ones: a node whose monitor lost it is left alone) side by side; the
+        first error, named by node, is raised after all have finished."""
+        nodes = [n for n in (nodes or self.ctx.nodes) if self.monitors[n.name].error is None]
+        if len(nodes) == 1:
+            action(nodes[0])
+            return
+        with ThreadPoolExecutor(max_workers=min(16, len(nodes)) or 1, thread_name_prefix="fleet") as pool:
+            futures = [(n, pool.submit(action, n)) for n in nodes]
+        for node, future in futures:
+            exc = future.exception()
+            if exc is not None:
+                raise type(exc)(f"node {node.name}: {exc}") from exc
 
     def _restore(self) -> None:
         """On resume: steps that already succeeded stay done and are never re-run."""
@@ -104,9 +126,12 @@ class Executor:
             self._settle_pending()
             for step in self.runbook.steps:
                 if self.state[step.id] == "pending" and self._ready(step) and self._has_room(step, running):
+                    node = self._place(step)
+                    if node is None:
+                        continue  # every node that may take it is full: the next free one will
                     self.state[step.id] = "running"
                     running.add(step.id)
-                    self._pool.submit(self._drive, step)
+                    self._pool.submit(self._drive, step, node or None)
             pending = [sid for sid, st in self.state.items() if st == "pending"]
             if not running and not pending:
                 ok = all(st in DONE_OK or st == "started" or sid in self.tolerated for sid, st in self.state.items())
@@ -130,7 +155,8 @@ class Executor:
                         running.discard(sid)  # the run may end while it runs on
             else:
                 running.discard(sid)
-                self._ended(sid, outcome)
+                self.placement.release(sid)
+                self._ended(sid, outcome)  # "pending" again: re-queued on the next free node
 
     def _ended(self, sid: str, outcome: StepOutcome | None) -> None:
         self.state[sid] = outcome.state if outcome else "failed"
@@ -153,11 +179,12 @@ class Executor:
             cell = self.runbook.cell_of(sid)
             if cell and not cell.fail_fast and all(self.state[m] != "failed" for m in self.cells[(cell.group, cell.cell)]):
                 continue  # fail_fast: false: another cell's failure does not end this one's job
-            handle = self.handles.get(sid)
-            if handle is not None and sid not in self._stopping:
+            jobs = {node: h for (step, node), h in self.handles.items() if step == sid}
+            if jobs and sid not in self._stopping:
                 self._stopping.add(sid)
                 self.ctx.event("step_stopping", sid, "stopping background job: the run has failed")
-                kill_job(self.ctx.transport, self.ctx.layout, handle)
+                self._on_each(lambda node, jobs=jobs: kill_job(node.transport, node.layout, jobs[node.name]),
+                              [n for n in self.ctx.nodes if n.name in jobs])
 
     # --- when a step may start ----------------------------------------------------------------
 
@@ -236,12 +263,29 @@ class Executor:
             return f"not run: another cell of {cell.group} failed (fail_fast: false runs every cell)"
         return None
 
-    def _drive(self, step: Step) -> None:
-        sctx = StepContext(self.ctx, self.monitor, self.handles, self.stop_flag,
-                           started=lambda sid: self.events.put(("started", sid, None)))
+    def _place(self, step: Step) -> str | None:
+        """For an `on: any` step, the free node it starts on (None: none free now); '' for any other step.
+
+        The steps of one matrix cell (a group) share their node: the first one placed takes a slot there."""
+        if step.on != "any":
+            return ""
+        cell = self.runbook.cell_of(step.id)
+        key = f"{cell.group}[{cell.cell}]" if cell and cell.cell else step.id
+        gone = set(self.ctx.out) | {name for name, m in self.monitors.items() if m.error is not None}
+        node = self.placement.free_node(key, gone)
+        if node is None and gone >= set(self.placement.nodes):
+            node = self.placement.nodes[0]  # no node is left to take it: it fails there, saying so
+        if node is not None:
+            self.placement.take(step.id, key, node)
+        return node
+
+    def _drive(self, step: Step, placed_on: str | None = None) -> None:
+        fd = FleetDrive(self.ctx, self.monitors, self.handles, self.stop_flag,
+                        started=lambda sid: self.events.put(("started", sid, None)), placed_on=placed_on,
+                        placement=self.placement)
         outcome = StepOutcome("failed", "the journal cannot be written")
         try:
-            outcome = drive_step(sctx, step)
+            outcome = drive_step(fd, step)
         except JournalError as exc:
             self.journal_error = exc
         except Exception as exc:  # a bug or a lost target must still end the step, never hang the run
@@ -263,7 +307,7 @@ class Executor:
     def _cancel(self) -> None:
         self._cancelled = True
         self.stop_flag.set()
-        end_run_tmux(self.ctx.transport, self.ctx.layout)
+        self._on_each(lambda node: end_run_tmux(node.transport, node.layout))
         for sid, st in self.state.items():
             if st in ("pending", "running", "started"):
                 self.state[sid] = "cancelled"
@@ -283,9 +327,11 @@ class Executor:
             # Every job has ended (their output is in the job logs): an empty session, or the run's own tmux server,
             # would only pile up on the box.
             try:
-                end_run_tmux(ctx.transport, ctx.layout)
+                self._on_each(lambda node: end_run_tmux(node.transport, node.layout))
             except Exception:
                 pass
+        if ctx.out:
+            note += "; out of the fleet: " + ", ".join(f"{n} ({why})" for n, why in ctx.out.items())
         counts: dict[str, int] = {}
         for st in self.state.values():
             counts[st] = counts.get(st, 0) + 1
@@ -293,5 +339,12 @@ class Executor:
         why = f"{error}; " if error else ""
         ctx.journal.set_run(ctx.run_id, state=final, ended=time.time(), message=f"{final}: {why}{summary}{note}",
                             heartbeat=time.time())
-        ctx.event(f"run_{final}", None, f"run {final}: {why}{summary}{note} (max poll interval {self.monitor.max_interval:.2f}s)",
-                  {"max_poll_interval_s": self.monitor.max_interval})
+        longest = max(m.max_interval for m in self.monitors.values())
+        ctx.event(f"run_{final}", None, f"run {final}: {why}{summary}{note} (max poll interval {longest:.2f}s)",
+                  {"max_poll_interval_s": longest})
+
+
+def _where(nodes: list[Node]) -> str:
+    if len(nodes) == 1:
+        return nodes[0].transport.name
+    return f"{len(nodes)} nodes: " + ", ".join(f"{n.name} ({n.transport.name})" for n in nodes)

@@ -47,6 +47,11 @@ class Monitor:
             self._cond.notify_all()
         if self._thread.ident is None:
             return
+        if self.error is not None:
+            # The box is unreachable: a wake-up would only spend another reconnect budget. The thread is a daemon
+            # blocked in a reconnect that the transport's close() ends; it is not waited for.
+            self._thread.join(timeout=1)
+            return
         try:  # wake a probe blocked on the FIFO so the thread ends promptly
             self.transport.exec(f"{self.layout.wake_command()}; true", timeout=10)
         except TransportError:

@@ -87,11 +87,13 @@ def _diagnosis(run: RunContext, step: Step, text: str, catalog: Catalog) -> Diag
     result = diagnose(text, tags=step.tags or None, catalog=catalog)
     seen = {"root_error": result.root_error}
     if not result.matches:
-        run.event("diagnosis", step.id, _unknown(result), {**seen, "nearest": [c.issue_id for c in result.nearest[:3]]})
+        run.event("diagnosis", step.id, _unknown(result), {**seen, "nearest": [c.issue_id for c in result.nearest[:3]]},
+                  node=run.node.name)
         return result
     match = result.matches[0]
     run.event("diagnosis", step.id, f"known issue {match.issue_id}: {match.title}",
-              {"matched_lines": match.matched_lines, "score": match.score, "family": match.family, "level": match.level, **seen})
+              {"matched_lines": match.matched_lines, "score": match.score, "family": match.family, "level": match.level, **seen},
+              node=run.node.name)
     return result
 
 
@@ -109,8 +111,9 @@ def remediate(run: RunContext, step: Step, attempt: int, text: str) -> RemedyRes
         return RemedyResult("none", _unknown(result))
     issue = catalog.get(result.best.issue_id)
     lines = result.best.matched_lines
+    # Counted per node: each node's part of a step has its own budget of fixes.
     fired = sum(1 for r in run.journal.remedies(run.run_id) if r.step_id == step.id and r.issue_id == issue.id
-                and r.result in ("applied", "succeeded", "failed"))
+                and r.node in (run.node.name, None) and r.result in ("applied", "succeeded", "failed"))
     if not issue.fix or issue.retry.max_attempts == 0 or any(isinstance(f, Escalate) for f in issue.fix):
         return _stop(run, step, attempt, issue, lines, "escalated", _escalation(issue, result))
     if fired >= issue.retry.max_attempts:
@@ -125,8 +128,10 @@ def remediate(run: RunContext, step: Step, attempt: int, text: str) -> RemedyRes
         applied = [apply_fix(run, action, failed_step=_last_step(text)) for action in issue.fix]
     except FixNotApplicable as exc:
         return _stop(run, step, attempt, issue, lines, "escalated", f"fix not applicable: {exc}. {_escalation(issue, result)}")
-    run.journal.remedy(run.run_id, step.id, attempt, issue_id=issue.id, matched_lines=lines, fix=applied, result="applied")
-    run.event("remedy_applied", step.id, f"{issue.id}: " + "; ".join(applied), {"issue_id": issue.id, "fix": applied})
+    run.journal.remedy(run.run_id, step.id, attempt, issue_id=issue.id, matched_lines=lines, fix=applied, result="applied",
+                       node=run.node.name)
+    run.event("remedy_applied", step.id, f"{issue.id}: " + "; ".join(applied), {"issue_id": issue.id, "fix": applied},
+              node=run.node.name)
     if issue.retry.backoff_s:
         time.sleep(issue.retry.backoff_s)
     return RemedyResult("applied", f"{issue.id}: " + "; ".join(applied))
@@ -134,8 +139,8 @@ def remediate(run: RunContext, step: Step, attempt: int, text: str) -> RemedyRes
 
 def _stop(run: RunContext, step: Step, attempt: int, issue: KnownIssue, lines: list[str], result: str, why: str) -> RemedyResult:
     run.journal.remedy(run.run_id, step.id, attempt, issue_id=issue.id, matched_lines=lines, fix={"escalate": why},
-                       result=result)
-    run.event(f"remedy_{result}", step.id, f"{issue.id}: {why}")
+                       result=result, node=run.node.name)
+    run.event(f"remedy_{result}", step.id, f"{issue.id}: {why}", node=run.node.name)
     return RemedyResult(result, f"known issue {issue.id} ({issue.title}): {why}")
 
 

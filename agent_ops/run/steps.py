@@ -1,4 +1,9 @@
-"""Step drivers: what each step kind does, one attempt at a time, with retries around it."""
+"""Step drivers: what each step kind does on one node, one attempt at a time, with retries around it.
+
+A step on several nodes is one driver per node (run/fanout.py starts them and judges the whole);
+each writes its node's part of the step (journal `step_nodes`) and, for the step's lead node, the
+step's own row's progress, log tail and results.
+"""
 from __future__ import annotations
 
 import json
@@ -10,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from agent_ops.errors import RunbookError
+from agent_ops.fleet.blame import is_knock_on, root_error
 from agent_ops.record.journal import DONE_OK, TERMINAL_STEP_STATES, StepState
 from agent_ops.run.context import RunContext, on_target
 from agent_ops.run.jobs import JobHandle, JobSpec, exit_code_written, kill_job, start_job, unwritable_reason
@@ -31,34 +37,92 @@ FILE_GATE_EVENT = "gate_file_opened"  # its data: the file, the offset a file ga
 
 @dataclass(frozen=True)
 class StepOutcome:
-    """How a step (or one attempt) ended."""
+    """How a step (or one attempt, or one node's part) ended."""
 
     state: StepState  # succeeded | failed | skipped | cancelled | started (left running)
     message: str
     log_tail: str = ""
     log_path: str | None = None  # the log a diagnosis reads (a job's, or the job a gate watched)
+    # Why it failed, where that matters: "stopped" (another node's part decided the step), "unreachable" (node lost),
+    # or a gate's verdict kind (deadline, eof, fail_on, ...).
+    kind: str = ""
 
     @property
     def ok(self) -> bool:
         return self.state in (*DONE_OK, "started")
 
 
+HandleKey = tuple[str, str]  # (step id, node name)
+
+
+class StopSignal:
+    """A step's own stop, set once with the reason (another node's part failed); drivers look at it each wake-up."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.reason = ""
+
+    def set(self, reason: str) -> bool:
+        """Stop the step; False if it was already stopped (the first reason stays)."""
+        if self._event.is_set():
+            return False
+        self.reason = reason
+        self._event.set()
+        return True
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for the step to be stopped; whether it was."""
+        return self._event.wait(timeout)
+# Fields of a step's part on a node that the step's own row shows too (from its lead node): what status and templates read.
+LEAD_FIELDS = ("last_line", "tail", "progress", "outputs", "env", "attempt")
+
+
 @dataclass
 class StepContext:
-    """What a driver may touch: the run, the monitor, the shared job handles, the stop flag."""
+    """What a driver may touch: its node's view of the run and monitor, the shared job handles, the stop flags.
+
+    `abort` is the step's own stop (another node's part failed: stop this one too); `stop_flag` the run's.
+    """
 
     run: RunContext
     monitor: Monitor
-    handles: dict[str, JobHandle]
+    handles: dict[HandleKey, JobHandle]
     stop_flag: threading.Event
     started: Callable[[str], None]
+    abort: StopSignal
+    lead: bool = True  # this node's part also fills the step's own row (progress, tail, results)
+    parts: int = 1  # how many nodes the step runs on
+    placed: bool = False  # an `on: any` step: its node was chosen when it started, and a retry is re-queued
+    retries: int | None = None  # plain retries left (None: the step's own `retries`)
+
+    @property
+    def node(self) -> str:
+        return self.run.node.name
+
+    def record(self, step_id: str, **fields: Any) -> None:
+        """Write this node's part of the step; the lead node's progress and results go to the step's row as well."""
+        run = self.run
+        env = fields.pop("env", None)
+        if fields:
+            run.journal.set_step_node(run.run_id, step_id, self.node, **fields)
+        shared = {k: v for k, v in {**fields, "env": env}.items() if k in LEAD_FIELDS and v is not None}
+        if self.lead and shared:
+            run.journal.set_step(run.run_id, step_id, **shared)
+
+    def event(self, kind: str, step_id: str, message: str, data: Any = None) -> None:
+        self.run.event(kind, step_id, message, data, node=self.node)
+
+    def stopping(self) -> bool:
+        return self.stop_flag.is_set() or self.abort.is_set()
 
 
-def drive_step(sctx: StepContext, step: Step) -> StepOutcome:
-    """Skip check, then attempts up to 1 + retries; every transition goes to the journal."""
+def drive_on_node(sctx: StepContext, step: Step) -> StepOutcome:
+    """One node's part of a step: skip check, then attempts up to 1 + retries; every transition goes to the journal."""
     run, journal = sctx.run, sctx.run.journal
-    journal.set_step(run.run_id, step.id, state="running", started=time.time(), message=None)
-    run.event("step_started", step.id, f"{step.kind} step {step.title} started")
+    sctx.record(step.id, state="running", started=time.time(), message=None)
     step, problem = _rendered(run, step.id)
     if problem:
         return _end(sctx, step, StepOutcome("failed", problem))
@@ -69,19 +133,28 @@ def drive_step(sctx: StepContext, step: Step) -> StepOutcome:
     outcome = StepOutcome("failed", "no attempt made")
     live, previous = _earlier_attempts(sctx, step)
     attempt = live or previous + 1  # on resume attempt numbers go on: a job directory is never reused
-    plain_retries = step.retries
+    plain_retries = step.retries if sctx.retries is None else sctx.retries
     while True:
         step, problem = _rendered(run, step.id)  # remedies may have changed variables: render the step again
         if problem:
             outcome = StepOutcome("failed", problem)
             break
-        journal.set_step(run.run_id, step.id, attempt=attempt)
+        if sctx.abort.is_set():
+            outcome = StepOutcome("cancelled", "stopped before its attempt: another node's part failed", kind="stopped")
+            break
+        sctx.record(step.id, attempt=attempt)
         outcome = _attempt(sctx, step, attempt, reattach=(attempt == live))
         if attempt > 1:  # a fix applied after the previous attempt now has its outcome
-            journal.remedy_outcome(run.run_id, step.id, attempt - 1, "succeeded" if outcome.ok else "failed")
-        if outcome.ok or sctx.stop_flag.is_set():
+            journal.remedy_outcome(run.run_id, step.id, attempt - 1, "succeeded" if outcome.ok else "failed", node=sctx.node)
+        if outcome.ok or sctx.stopping() or outcome.kind in ("stopped", "unreachable"):
             break
         text = log_tail(run, outcome.log_path) or outcome.message
+        if sctx.parts > 1 and is_knock_on(root_error(text) or outcome.message):
+            # This node failed because a peer did (a closed socket, a collective's timeout): fixing and re-running
+            # its part alone cannot help, and the step's policy decides what happens to every node.
+            outcome = StepOutcome("failed", f"{outcome.message} | a consequence of another node's failure: not retried "
+                                  "on its own", outcome.log_tail, outcome.log_path)
+            break
         # Only a job can be fixed and re-run; for a gate or check the diagnosis explains the failure.
         remedy = remediate(run, step, attempt, text) if isinstance(step, RunStep) else explain(run, step, text)
         if remedy.decision in ("escalated", "exhausted", "refused", "diagnosed"):
@@ -91,12 +164,18 @@ def drive_step(sctx: StepContext, step: Step) -> StepOutcome:
             if plain_retries <= 0:
                 outcome = StepOutcome("failed", f"{outcome.message} | {remedy.message}", outcome.log_tail, outcome.log_path)
                 break
+            if sctx.placed:  # a placed step's retry goes back to the queue: the next free node takes it
+                outcome = StepOutcome("failed", f"{outcome.message} | {remedy.message}", outcome.log_tail, outcome.log_path,
+                                      kind="requeue")
+                break
             plain_retries -= 1
-        run.event("step_retry", step.id, f"attempt {attempt} failed ({outcome.message}); retrying")
+        sctx.event("step_retry", step.id, f"attempt {attempt} failed ({outcome.message}); retrying")
         attempt += 1
     if outcome.state in ("failed", "started") and _cancelling(sctx):
         # The cancel killed the job: that is why it "failed" (or stopped being followed); it must not read as a failure.
         outcome = StepOutcome("cancelled", "cancelled", outcome.log_tail, outcome.log_path)
+    elif outcome.kind == "stopped" and outcome.state == "failed":
+        outcome = StepOutcome("cancelled", outcome.message, outcome.log_tail, outcome.log_path, kind="stopped")
     return _end(sctx, step, outcome)
 
 
@@ -117,21 +196,30 @@ def _cancelling(sctx: StepContext) -> bool:
 
 
 def _end(sctx: StepContext, step: Step, outcome: StepOutcome) -> StepOutcome:
-    run = sctx.run
+    """Record how this node's part ended (its own failures with the time they were seen: blame reads it)."""
     if outcome.state == "started":
-        run.journal.set_step(run.run_id, step.id, message=outcome.message)
-        run.event("step_left_running", step.id, outcome.message)
+        sctx.record(step.id, state="started", message=outcome.message)
         return outcome
-    run.journal.set_step(run.run_id, step.id, state=outcome.state, ended=time.time(), message=outcome.message)
-    run.event(f"step_{outcome.state}", step.id, outcome.message)
+    own = outcome.state == "failed" and outcome.kind != "stopped"
+    sctx.record(step.id, state=outcome.state, ended=time.time(), message=outcome.message,
+                **({"failed_at": time.time()} if own else {}))
+    # A node's part that did not succeed is an event of its own (which node, why); successes are in step_nodes, and
+    # the step's own event sums them up (a fleet of one: that event says it all).
+    if len(sctx.run.nodes) > 1 and outcome.state != "succeeded":
+        sctx.event(f"node_{outcome.state}", step.id, outcome.message)
     return outcome
 
 
 def _earlier_attempts(sctx: StepContext, step: Step) -> tuple[int | None, int]:
-    """On resume: the attempt whose job may still be alive (re-attach, not restart) and the last attempt number."""
+    """On resume: the attempt whose job may still be alive (re-attach, not restart) and the last attempt number.
+
+    A placed step counts attempts over every node it was on: a re-queued attempt that lands on a node it ran on
+    before must not reuse that job directory."""
     if not sctx.run.resumed:
-        return None, 0
-    attempts = sctx.run.journal.attempts(sctx.run.run_id, step.id)
+        if not sctx.placed:
+            return None, 0
+        return None, max((a.attempt for a in sctx.run.journal.attempts(sctx.run.run_id, step.id)), default=0)
+    attempts = sctx.run.journal.attempts(sctx.run.run_id, step.id, node=sctx.node)
     last = max((a.attempt for a in attempts), default=0)
     live = [a for a in attempts if a.ended is None and a.job_dir] if isinstance(step, RunStep) else []
     return (live[-1].attempt if live else None), last
@@ -140,7 +228,7 @@ def _earlier_attempts(sctx: StepContext, step: Step) -> tuple[int | None, int]:
 def _attempt(sctx: StepContext, step: Step, attempt: int, reattach: bool) -> StepOutcome:
     if isinstance(step, RunStep):
         return _run(sctx, step, attempt, reattach)
-    sctx.run.journal.start_attempt(sctx.run.run_id, step.id, attempt, job_dir=None, window=None)
+    sctx.run.journal.start_attempt(sctx.run.run_id, step.id, attempt, job_dir=None, window=None, node=sctx.node)
     if isinstance(step, CheckStep):
         outcome = _check(sctx, step)
     elif isinstance(step, GateStep):
@@ -151,7 +239,8 @@ def _attempt(sctx: StepContext, step: Step, attempt: int, reattach: bool) -> Ste
         outcome = _get(sctx, step)
     else:  # pragma: no cover - the schema admits no other kind
         raise TypeError(step.kind)
-    sctx.run.journal.end_attempt(sctx.run.run_id, step.id, attempt, rc=None, verdict=outcome.state, message=outcome.message)
+    sctx.run.journal.end_attempt(sctx.run.run_id, step.id, attempt, rc=None, verdict=outcome.state, message=outcome.message,
+                                 node=sctx.node)
     return outcome
 
 
@@ -166,20 +255,20 @@ def _run(sctx: StepContext, step: RunStep, attempt: int, reattach: bool) -> Step
     )
     if step.outputs:
         spec.env[OUTPUT_ENV] = f"{run.layout.job_dir(spec.name)}/outputs"
-    run.journal.set_step(run.run_id, step.id, env={k: "***" if k in run.secrets else v for k, v in spec.env.items()})
+    sctx.record(step.id, env={k: "***" if k in run.secrets else v for k, v in spec.env.items()})
     # Watched before it starts: the probe that will see it end is on its way while it starts (a round trip less).
     seq = sctx.monitor.latest.seq
     with sctx.monitor.watching(job=spec.name):
         if reattach:
             handle = JobHandle(spec.name, run.layout.job_dir(spec.name))
-            run.event("job_reattached", step.id, f"re-attached to job {spec.name}")
+            sctx.event("job_reattached", step.id, f"re-attached to job {spec.name}")
         else:
             handle = start_job(run.transport, run.layout, spec)
         started = time.monotonic()
         if not reattach:
-            run.journal.start_attempt(run.run_id, step.id, attempt, job_dir=handle.job_dir, window=spec.name)
-            run.event("job_started", step.id, f"job {spec.name} started in tmux window {run.layout.session}:{spec.name}")
-        sctx.handles[step.id] = handle
+            run.journal.start_attempt(run.run_id, step.id, attempt, job_dir=handle.job_dir, window=spec.name, node=sctx.node)
+            sctx.event("job_started", step.id, f"job {spec.name} started in tmux window {run.layout.session}:{spec.name}")
+        sctx.handles[(step.id, sctx.node)] = handle
         sctx.started(step.id)  # its gates start now; a background job also frees its dependents
         watch = LogWatch(fail_on=step.fail_on, stall_after=step.stall_after)
         prompts = PromptWatch()
@@ -189,6 +278,9 @@ def _run(sctx: StepContext, step: RunStep, attempt: int, reattach: bool) -> Step
             run.journal.set_step(run.run_id, step.id, waiting_for_input=None)
     if verdict is None:  # the controller stops following; the job runs on
         return StepOutcome("started", f"job {handle.name} left running (tmux {run.layout.session}:{handle.name})")
+    if verdict.kind == "unreachable":  # nothing more can be done on the node, nor read from it
+        run.journal.end_attempt(run.run_id, step.id, attempt, rc=None, verdict="failed", message=verdict.reason, node=sctx.node)
+        return StepOutcome("failed", verdict.reason, kind="unreachable")
     if rc is None:
         kill_job(run.transport, run.layout, handle)
     ok = verdict.passed and rc == 0
@@ -197,13 +289,13 @@ def _run(sctx: StepContext, step: RunStep, attempt: int, reattach: bool) -> Step
         message = f"exit code {rc}"
     if ok and (step.outputs or step.outputs_file):
         outputs, problem = _read_outputs(run, step, handle)
-        run.journal.set_step(run.run_id, step.id, outputs={"outputs": outputs})
+        sctx.record(step.id, outputs={"outputs": outputs})
         ok, message = problem is None, problem or f"{message}; outputs: {', '.join(outputs) or 'none'}"
     run.journal.end_attempt(run.run_id, step.id, attempt, rc=rc, verdict="succeeded" if ok else "failed",
-                            message=message, log_size=size)
+                            message=message, log_size=size, node=sctx.node)
     tail = watch.last_line or ""
     return StepOutcome("succeeded" if ok else "failed", message + (f" | last line: {tail}" if not ok and tail else ""), tail,
-                       handle.log)
+                       handle.log, kind="stopped" if verdict.kind == "stopped" else "")
 
 
 def _read_outputs(run: RunContext, step: RunStep, handle: JobHandle) -> tuple[dict[str, Any], str | None]:
@@ -261,6 +353,9 @@ def _follow(sctx: StepContext, step_id: str, handle: JobHandle, watch: LogWatch,
         snap = monitor.wait_next(seq, WAKE_S)
         seq = snap.seq
         now = time.monotonic() - t0
+        if monitor.error is not None:  # the transport gave up reconnecting: the node is gone for this run
+            _journal_progress(sctx, step_id, watch, now)
+            return Verdict(False, f"node {sctx.node} unreachable: {monitor.error}", kind="unreachable"), None, offset
         if handle.name in snap.rcs:  # this probe included our job: its facts are current
             rc = snap.rcs[handle.name]
             # A running job's log is read up to the size the probe saw; an ended job's to its end,
@@ -269,7 +364,7 @@ def _follow(sctx: StepContext, step_id: str, handle: JobHandle, watch: LogWatch,
             offset = _read_new(run, handle.log, offset, end, watch, now)
             if rc is not None:
                 watch.end_of_log(now)
-                _journal_progress(run, step_id, watch, now)
+                _journal_progress(sctx, step_id, watch, now)
                 return watch.verdict(now, ended=True) or Verdict(True, "job ended"), rc, offset
             # The probe read the exit code before it listed windows: a job that ended in between has its rc by now.
             if snap.sent >= started and handle.name not in snap.windows and not exit_code_written(run.transport, handle):
@@ -279,15 +374,18 @@ def _follow(sctx: StepContext, step_id: str, handle: JobHandle, watch: LogWatch,
                 _record_prompt(run, step_id, prompts.prompt)
         verdict = watch.verdict(now)
         if verdict is not None and (not verdict.passed or stop_on_pass):
-            _journal_progress(run, step_id, watch, now)
+            _journal_progress(sctx, step_id, watch, now)
             return verdict, None, offset
         if deadline.passed():
             return Verdict(False, "step timeout reached", kind="deadline"), None, offset
+        if sctx.abort.is_set():
+            _journal_progress(sctx, step_id, watch, now)
+            return Verdict(False, f"stopped: {_abort_reason(sctx)}", kind="stopped"), None, offset
         if sctx.stop_flag.is_set():
             return None, None, offset
         if time.monotonic() - last_write > JOURNAL_EVERY_S:
             last_write = time.monotonic()
-            _journal_progress(run, step_id, watch, now)
+            _journal_progress(sctx, step_id, watch, now)
 
 
 def _record_prompt(run: RunContext, step_id: str, prompt: str | None) -> None:
@@ -316,11 +414,15 @@ def _read_new(run: RunContext, path: str, offset: int, size: int | None, watch: 
     return offset
 
 
-def _journal_progress(run: RunContext, step_id: str, watch: LogWatch, now: float) -> None:
+def _abort_reason(sctx: StepContext) -> str:
+    return sctx.abort.reason or "another node's part of the step failed"
+
+
+def _journal_progress(sctx: StepContext, step_id: str, watch: LogWatch, now: float) -> None:
     fields: dict[str, Any] = {"last_line": watch.last_line, "tail": list(watch.tail)}
     if watch.judges_success:
         fields["progress"] = watch.progress(now)
-    run.journal.set_step(run.run_id, step_id, **fields)
+    sctx.record(step_id, **fields)
 
 
 # --- gates ------------------------------------------------------------------------------------
@@ -331,15 +433,17 @@ def _gate(sctx: StepContext, step: GateStep) -> StepOutcome:
         watch = _watch_for(step)
         verdict = _follow_file(sctx, step, watch)
         return _gate_outcome(sctx, step, verdict, watch, None)
-    handle = sctx.handles.get(step.job)
+    handle = sctx.handles.get((step.job, sctx.node))
     if handle is None:
-        return StepOutcome("failed", f"gate: job {step.job!r} has not started")
+        return StepOutcome("failed", f"gate: job {step.job!r} has not started on node {sctx.node}")
     while True:
         watch = _watch_for(step)  # fresh deadlines for each attempt of the job
         with sctx.monitor.watching(job=handle.name):
             verdict, rc, _ = _follow(sctx, step.id, handle, watch, Deadline(step.deadline_s + 5), stop_on_pass=True)
         if verdict is None:
             return StepOutcome("cancelled", "stopped")
+        if verdict.kind in ("stopped", "unreachable"):
+            return _gate_outcome(sctx, step, verdict, watch, None)
         if verdict.passed and rc not in (None, 0):
             verdict = Verdict(False, f"job {step.job} ended with exit code {rc}", kind="eof")
         if verdict.passed:
@@ -347,7 +451,7 @@ def _gate(sctx: StepContext, step: GateStep) -> StepOutcome:
         retried = _next_attempt(sctx, step.job, handle) if rc not in (None, 0) else None
         if retried is None:
             return _gate_outcome(sctx, step, verdict, watch, handle)
-        sctx.run.event("gate_follows_retry", step.id, f"job {step.job} is being retried; following {retried.name}")
+        sctx.event("gate_follows_retry", step.id, f"job {step.job} is being retried; following {retried.name}")
         handle = retried
 
 
@@ -357,22 +461,22 @@ def _watch_for(step: GateStep) -> LogWatch:
 
 def _gate_outcome(sctx: StepContext, step: GateStep, verdict: Verdict, watch: LogWatch, handle: JobHandle | None) -> StepOutcome:
     # Passed or not, what the gate read is kept: later steps (a report) read its metrics and named groups.
-    sctx.run.journal.set_step(sctx.run.run_id, step.id, outputs=watch.results())
+    sctx.record(step.id, outputs=watch.results())
     message = verdict.reason + (f" | line: {verdict.line}" if verdict.line and not verdict.passed else "")
     return StepOutcome("succeeded" if verdict.passed else "failed", message, verdict.line or "",
-                       handle.log if handle else None)
+                       handle.log if handle else None, kind="" if verdict.passed else verdict.kind)
 
 
 def _next_attempt(sctx: StepContext, job: str, old: JobHandle) -> JobHandle | None:
     """When the watched job failed, the new attempt a remedy or retry starts (waiting at most 60 s), else None."""
     deadline = Deadline(60)
-    while not deadline.passed() and not sctx.stop_flag.is_set():
-        current = sctx.handles.get(job)
+    while not deadline.passed() and not sctx.stopping():
+        current = sctx.handles.get((job, sctx.node))
         if current is not None and current != old:
             return current
-        row = next((s for s in sctx.run.journal.steps(sctx.run.run_id) if s.step_id == job), None)
+        row = next((s for s in sctx.run.journal.step_nodes(sctx.run.run_id, job) if s.node == sctx.node), None)
         if row is None or row.state in TERMINAL_STEP_STATES:
-            return None  # the job step is over: no new attempt will come
+            return None  # the job's part on this node is over: no new attempt will come
         time.sleep(0.25)
     return None
 
@@ -380,7 +484,7 @@ def _next_attempt(sctx: StepContext, job: str, old: JobHandle) -> JobHandle | No
 def _follow_file(sctx: StepContext, step: GateStep, watch: LogWatch) -> Verdict:
     """A gate on a plain file: only bytes written after the gate began are judged."""
     run, monitor = sctx.run, sctx.monitor
-    offset = _file_gate_offset(run, step)
+    offset = _file_gate_offset(sctx, step)
     monitor.watch(file=step.file)
     t0, seq = time.monotonic(), monitor.latest.seq
     try:
@@ -394,38 +498,45 @@ def _follow_file(sctx: StepContext, step: GateStep, watch: LogWatch) -> Verdict:
                 offset = _read_new(run, step.file, offset, size, watch, now)
             verdict = watch.verdict(now)
             if verdict is not None:
-                _journal_progress(run, step.id, watch, now)
+                _journal_progress(sctx, step.id, watch, now)
                 return verdict
+            if sctx.abort.is_set():
+                return Verdict(False, f"stopped: {_abort_reason(sctx)}", kind="stopped")
             if sctx.stop_flag.is_set():
                 return Verdict(False, "stopped")
-            _journal_progress(run, step.id, watch, now)
+            if monitor.error is not None:
+                return Verdict(False, f"node {sctx.node} unreachable: {monitor.error}", kind="unreachable")
+            _journal_progress(sctx, step.id, watch, now)
     finally:
         monitor.unwatch(file=step.file)
 
 
-def _file_gate_offset(run: RunContext, step: GateStep) -> int:
+def _file_gate_offset(sctx: StepContext, step: GateStep) -> int:
     """Where a file gate starts reading, remembered in the journal (FILE_GATE_EVENT).
 
     The file's size when the gate began; after the controller died, where the attempt it interrupted
     began (lines written meanwhile count, as they do for a gate on a job's log).
     """
-    row = run.journal.step(run.run_id, step.id)
-    attempt = row.attempt if row else 1
-    offset = _interrupted_offset(run, step) if run.resumed else None
+    run = sctx.run
+    row = next((r for r in run.journal.step_nodes(run.run_id, step.id) if r.node == sctx.node), None)
+    attempt = row.attempt if row and row.attempt else 1
+    offset = _interrupted_offset(sctx, step) if run.resumed else None
     if offset is None:
         st = run.transport.stat(step.file)
         offset = st.size if st else 0
-    run.event(FILE_GATE_EVENT, step.id, f"gate reads {step.file} from byte {offset}",
-              {"path": step.file, "offset": offset, "attempt": attempt})
+    sctx.event(FILE_GATE_EVENT, step.id, f"gate reads {step.file} from byte {offset}",
+               {"path": step.file, "offset": offset, "attempt": attempt})
     return offset
 
 
-def _interrupted_offset(run: RunContext, step: GateStep) -> int | None:
-    """The offset of this gate's newest attempt if the controller died during it (the attempt never ended)."""
-    last = run.journal.last_event(run.run_id, step.id, FILE_GATE_EVENT)
+def _interrupted_offset(sctx: StepContext, step: GateStep) -> int | None:
+    """The offset of this gate's newest attempt on this node if the controller died during it (the attempt never ended)."""
+    run = sctx.run
+    last = run.journal.last_event(run.run_id, step.id, FILE_GATE_EVENT, node=sctx.node)
     if last is None or not isinstance(last.data, dict) or last.data.get("path") != step.file:
         return None
-    interrupted = any(a.attempt == last.data.get("attempt") and a.ended is None for a in run.journal.attempts(run.run_id, step.id))
+    interrupted = any(a.attempt == last.data.get("attempt") and a.ended is None
+                      for a in run.journal.attempts(run.run_id, step.id, node=sctx.node))
     return int(last.data["offset"]) if interrupted else None
 
 
@@ -434,9 +545,9 @@ def _interrupted_offset(run: RunContext, step: GateStep) -> int | None:
 
 def _check(sctx: StepContext, step: CheckStep) -> StepOutcome:
     results = evaluate_all(step.checks, sctx.run.transport)
-    sctx.run.journal.set_step(sctx.run.run_id, step.id, outputs={"checks": [r.model_dump() for r in results]})
+    sctx.record(step.id, outputs={"checks": [r.model_dump() for r in results]})
     for r in results:
-        sctx.run.event(f"check_{r.status}", step.id, r.message, r.model_dump())
+        sctx.event(f"check_{r.status}", step.id, r.message, r.model_dump())
     failed = [r for r in results if r.status == "failed"]
     if failed:
         return StepOutcome("failed", "; ".join(r.message for r in failed))
@@ -462,7 +573,9 @@ def _get(sctx: StepContext, step: GetStep) -> StepOutcome:
         data = sctx.run.transport.get(step.src)
     except FileNotFoundError:
         return StepOutcome("failed", f"get: {step.src} does not exist on the target")
-    dest = Path(step.dest) if step.dest else sctx.run.artifacts_dir / Path(step.src).name
+    # From several nodes, each node's copy lands in a directory of its own (the same path on every box).
+    own_dir = sctx.run.artifacts_dir / sctx.node if len(sctx.run.nodes) > 1 else sctx.run.artifacts_dir
+    dest = Path(step.dest) if step.dest else own_dir / Path(step.src).name
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_bytes(data)
     return StepOutcome("succeeded", f"copied {step.src} -> {dest} ({len(data)} bytes)")

@@ -46,9 +46,19 @@ WHOLE_EXPRESSION = re.compile(r"^\{\{.*\}\}$", re.S)
 LATER_NUMBER = 1
 
 
-def builtin_values(*, run_id: str, run_dir: str, runbook_dir: str, artifacts_dir: str) -> dict[str, str]:
-    """The values of BUILTIN_VARS for one run (or placeholders, for a plan made before any run)."""
-    return {"run_id": run_id, "run_dir": run_dir, "runbook_dir": runbook_dir, "artifacts_dir": artifacts_dir}
+def builtin_values(*, run_id: str, run_dir: str, runbook_dir: str, artifacts_dir: str,
+                   nodes: list[tuple[str, str]] | None = None, rank: int = 0) -> dict[str, Any]:
+    """The values of BUILTIN_VARS for one run on one node (or placeholders, for a plan made before any run).
+
+    `nodes`: the fleet as (name, address), head first; `rank`: the node whose values these are. Without
+    nodes (a plan), a fleet of one placeholder node.
+    """
+    nodes = nodes or [("<node.name>", "<node.address>")]
+    names, addresses = [n for n, _ in nodes], [a for _, a in nodes]
+    head = {"name": names[0], "address": addresses[0]}
+    return {"run_id": run_id, "run_dir": run_dir, "runbook_dir": runbook_dir, "artifacts_dir": artifacts_dir,
+            "node": {"name": names[rank], "rank": rank, "address": addresses[rank]},
+            "fleet": {"size": len(nodes), "names": names, "addresses": addresses, "head": head, "head_address": head["address"]}}
 
 
 # Top-level fields kept verbatim: variable specs, and prose that may show `{{ x }}` as an example.

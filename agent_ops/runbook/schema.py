@@ -37,7 +37,15 @@ BUILTIN_VARS: dict[str, str] = {
                "target); each job's script, log and exit code live in its jobs/ directory",
     "artifacts_dir": "the run's directory on the controller, $AGENTOPS_HOME/runs/RUN_ID: `get` steps copy files here",
     "runbook_dir": "the runbook file's directory on the controller (a `put` step's relative src starts here)",
+    "node": "the node this step's job runs on: node.name, node.rank (0 = the head), node.address (where the other nodes "
+            "reach it: the inventory's `address:`, else the URL's host); each node's job is rendered with its own",
+    "fleet": "the run's nodes: fleet.size, fleet.names and fleet.addresses (lists, head first), fleet.head.name, "
+             "fleet.head.address (also fleet.head_address): what a multi-node launch needs (torchrun --nnodes, "
+             "--rdzv_endpoint)",
 }
+# Which nodes of the fleet a step runs on: a word, or node names.
+NodeSelector = Union[Literal["all", "head", "workers", "any"], Annotated[list[Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")]],
+                                                                  Field(min_length=1)]]
 # Template marks: the language inserted values are escaped for (see template.py); `agentops schema` shows them.
 SHELL: dict[str, Any] = {"x-template": "shell"}
 REGEX: dict[str, Any] = {"x-template": "regex"}
@@ -117,6 +125,13 @@ class StepBase(Strict):
     skip_if: Check | None = Field(None, description="A check; when it passes the step is skipped (idempotent steps).")
     tags: list[str] = Field(default_factory=list, description="Labels such as install, download, stats, train; known issues apply by tag.")
     timeout: float | None = Field(None, gt=0, description="Wall-clock deadline of one attempt, in seconds.")
+    on: NodeSelector | None = Field(
+        None, description="The nodes of the fleet this step runs on: `all` (the default; a gate's default is its job's "
+        "nodes), `head` (rank 0), `workers` (every node but the head), a list of node names (checked against the fleet "
+        "when the run starts), or `any`: one node, the next free one when the step is ready (matrix cells spread over the "
+        "fleet, at most max_per_node at once on a node; a retry goes back to the queue and another node may take it). On "
+        "several nodes the step is one job (or check, copy, gate) per node, each with its own attempts, retries, remedies "
+        "and skip_if; it succeeds when every node's part does (see on_node_failure).")
     matrix: MatrixSpec | None = Field(
         None, description="Run this step once per cell of a product of lists; each cell's values are {{ matrix.NAME }} "
         "in its templates and part of its id (`train[suite=object,seed=42]`). `needs: [ID]` waits for every cell.")
@@ -255,6 +270,10 @@ class GateStep(StepBase):
     metrics: list[MetricSpec] = Field(default_factory=list, description="Numbers extracted from the log and judged.")
     fail_on: list[str] = Field(default_factory=list, description="Regexes that end the gate as failed at once.", json_schema_extra=REGEX)
     stall_after: float | None = Field(None, gt=0, description="Fail when the log has not grown for this many seconds.")
+    pass_on: Literal["every", "any"] = Field(
+        "every", description="On several nodes: `every` node's log must show the patterns and metrics (the default), or "
+        "`any` one of them: e.g. rank 0's start-up lines and loss, on whichever node torchrun's rendezvous made rank 0. "
+        "The first node that passes ends the wait on the others; a fail_on match (or a lost job) on any node fails the gate.")
 
     @field_validator("fail_on")
     @classmethod
@@ -355,9 +374,16 @@ class Runbook(Strict):
     env: dict[str, str] = Field(default_factory=dict, description="Environment for every job.")
     poll: PollSpec = Field(default_factory=PollSpec, description="Polling bounds.")
     max_parallel: int = Field(4, ge=1, le=32, description="Most steps running at once (gates hold no slot: they start with their job).")
+    max_per_node: int | None = Field(None, ge=1, le=32, description="Most `on: any` steps (matrix cells) running on one "
+                                     "node at once; unset: only max_parallel bounds them.")
     throttle: dict[str, Annotated[int, Field(ge=1, le=32)]] = Field(
         default_factory=dict, description="Per tag, the most steps with that tag running at once (e.g. {train: 2}); "
         "counted apart from max_parallel, a job left running included.")
+    on_node_failure: Literal["stop_all", "continue"] = Field(
+        "stop_all", description="What one node's failure (after its retries and remedies) does to the others: `stop_all` "
+        "(the default, for training: that step's jobs on every other node are stopped at once, the step fails, and the run "
+        "with it) or `continue` (the others finish; the failed node is taken out of the fleet and later steps run on the "
+        "nodes left; a step succeeds when every node still in the fleet succeeded).")
     steps: list[StepOrGroup] = Field(min_length=1, description="The steps (and groups); `needs` makes them a DAG.")
     _cells: dict[str, CellRef] = PrivateAttr(default_factory=dict)  # expanded step id -> its group and cell
 

@@ -1,13 +1,17 @@
 """Targets: where a run executes (`local` or `ssh://user@host:port`) and how to reach it.
 
 A target comes from the command line (`parse_target`) or from a small inventory file
-(`load_inventory`):
+(`read_inventory`), whose groups name fleets (`-t gpu_pool`):
 
     hosts:
       gpu1:
         url: ssh://root@ssh5.vast.ai:31234
         identity: ~/.ssh/vast_ed25519
         accept_new_host_key: false
+        address: 10.0.0.5          # where the other boxes reach this one (default: the URL's host)
+      gpu2: {url: ssh://root@ssh5.vast.ai:31235}
+    groups:
+      gpu_pool: [gpu1, gpu2]
 
 Authentication is by key only; passwords are not supported anywhere.
 """
@@ -16,6 +20,7 @@ from __future__ import annotations
 import getpass
 import os
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -26,7 +31,7 @@ from agent_ops.errors import RunbookError
 from agent_ops.transport.base import Transport
 from agent_ops.transport.local import LocalTransport
 from agent_ops.transport.ssh import SSHConfig, SSHTransport
-from agent_ops.yaml_models import LineMap, Report, YamlProblems, read_yaml
+from agent_ops.yaml_models import LineMap, Report, YamlProblems, did_you_mean, read_yaml
 
 LOCAL = "local"
 _NAME = re.compile(r"^[A-Za-z0-9._-]+$")
@@ -57,6 +62,8 @@ class TargetSpec(BaseModel):
     connect_timeout: float = Field(10.0, gt=0, description="seconds for one connection attempt")
     reconnect_timeout: float = Field(120.0, ge=0, description="seconds spent re-trying a lost connection before giving up")
     python: str = Field("python3", min_length=1, description="interpreter on the target for the agentops exec runner")
+    address: str | None = Field(None, description="address the other boxes of a fleet reach this one at (default: the URL's "
+                                "host; 127.0.0.1 for local): what {{ node.address }} and the rendezvous endpoint use")
     allow_deleting_fixes: bool = Field(False, description="on 'local' (this machine), let known-issue fixes that delete "
                                        "files (caches) run; they always may on a remote box")
 
@@ -67,6 +74,13 @@ class TargetSpec(BaseModel):
             return url
         user, host, port = _split_ssh_url(url)
         return SSHConfig(host=host, port=port, user=user).url
+
+    @field_validator("address")
+    @classmethod
+    def _check_address(cls, address: str | None) -> str | None:
+        if address is not None and not re.match(r"^[A-Za-z0-9.:_-]+$", address):
+            raise ValueError("an address is a host name or IP address (letters, digits, '.', ':', '_', '-')")
+        return address
 
     @field_validator("tmux_socket")
     @classmethod
@@ -106,6 +120,16 @@ class TargetSpec(BaseModel):
         """Whether this is the controller's own machine."""
         return self.url == LOCAL
 
+    @property
+    def host(self) -> str:
+        """The machine's host as the URL names it ('127.0.0.1' for local)."""
+        return "127.0.0.1" if self.is_local else _split_ssh_url(self.url)[1]
+
+    @property
+    def peer_address(self) -> str:
+        """Where the other boxes of a fleet reach this one: `address`, else the URL's host."""
+        return self.address or self.host
+
     def ssh_config(self) -> SSHConfig:
         """The SSH transport's settings for this (ssh://) target."""
         if self.is_local:
@@ -144,19 +168,71 @@ def parse_target(url: str, **options: Any) -> TargetSpec:
         raise TargetSpecError(report.problems()) from None
 
 
+@dataclass(frozen=True)
+class Inventory:
+    """An inventory file: targets by name, and groups of them (fleets) by name."""
+
+    path: str
+    hosts: dict[str, TargetSpec]
+    groups: dict[str, list[str]] = field(default_factory=dict)
+
+
 def load_inventory(path: str | os.PathLike[str]) -> dict[str, TargetSpec]:
-    """Targets by name from an inventory YAML file (`hosts: {name: {url: ..., ...}}`). Raises TargetSpecError.
+    """Targets by name from an inventory YAML file (`hosts: {name: {url: ..., ...}}`). Raises TargetSpecError."""
+    return read_inventory(path).hosts
+
+
+def read_inventory(path: str | os.PathLike[str]) -> Inventory:
+    """An inventory YAML file: `hosts: {name: {url: ..., ...}}` and optional `groups: {name: [host, ...]}`.
 
     Relative identity/known_hosts paths are taken relative to the inventory file's directory.
+    Raises TargetSpecError with every problem.
     """
     label = str(path)
     data, lines = _read_yaml(label)
-    if not isinstance(data, dict) or set(data) != {"hosts"} or not isinstance(data["hosts"], dict):
-        raise TargetSpecError([f"{label}:1: an inventory is a mapping with one key, hosts: {{name: {{url: ...}}}}"])
+    if not isinstance(data, dict) or "hosts" not in data or not set(data) <= {"hosts", "groups"} \
+            or not isinstance(data["hosts"], dict):
+        raise TargetSpecError([f"{label}:1: an inventory is a mapping with hosts: {{name: {{url: ...}}}} and optionally "
+                               "groups: {name: [host, ...]}"])
+    specs, problems = _inventory_hosts(label, lines, data["hosts"])
+    groups, group_problems = _inventory_groups(label, lines, data.get("groups"), set(data["hosts"]))
+    if problems or group_problems:
+        raise TargetSpecError(problems + group_problems)
+    return Inventory(label, specs, groups)
+
+
+def _inventory_groups(label: str, lines: LineMap, raw: Any, hosts: set[str]) -> tuple[dict[str, list[str]], list[str]]:
+    if raw is None:
+        return {}, []
+    if not isinstance(raw, dict):
+        return {}, [f"{label}:{lines.line_of(('groups',)) or 1}: groups: expected a mapping {{name: [host, ...]}}"]
+    groups: dict[str, list[str]] = {}
+    problems: list[str] = []
+    for name, members in raw.items():
+        where = f"{label}:{lines.line_of(('groups', name)) or 1}: groups.{name}"
+        if not isinstance(name, str) or not _NAME.match(name):
+            problems.append(f"{where}: a group name may only contain letters, digits, '.', '_' and '-'")
+        elif name in hosts:
+            problems.append(f"{where}: {name!r} is also a host; -t {name} would be ambiguous")
+        elif not isinstance(members, list) or not members or not all(isinstance(m, str) for m in members):
+            problems.append(f"{where}: expected a non-empty list of host names")
+        else:
+            unknown = [m for m in members if m not in hosts]
+            repeated = sorted({m for m in members if members.count(m) > 1})
+            if unknown:
+                problems.append(f"{where}: unknown host {unknown[0]!r}{did_you_mean(unknown[0], hosts)}")
+            elif repeated:
+                problems.append(f"{where}: host {repeated[0]!r} is listed twice")
+            else:
+                groups[name] = members
+    return groups, problems
+
+
+def _inventory_hosts(label: str, lines: LineMap, hosts: dict[Any, Any]) -> tuple[dict[str, TargetSpec], list[str]]:
     base = Path(label).resolve().parent
     specs: dict[str, TargetSpec] = {}
     problems: list[str] = []
-    for name, entry in data["hosts"].items():
+    for name, entry in hosts.items():
         where = f"{label}:{lines.line_of(('hosts', name)) or 1}: hosts.{name}"
         if not isinstance(name, str) or not _NAME.match(name):
             problems.append(f"{where}: a host name may only contain letters, digits, '.', '_' and '-'")
@@ -167,9 +243,7 @@ def load_inventory(path: str | os.PathLike[str]) -> dict[str, TargetSpec]:
             problems.extend(errors)
             if spec is not None:
                 specs[name] = spec
-    if problems:
-        raise TargetSpecError(problems)
-    return specs
+    return specs, problems
 
 
 def connect(spec: TargetSpec) -> Transport:
