@@ -65,7 +65,8 @@ def test_tmux_opens_windows_that_run_argv(transport: Transport, layout: RunLayou
                             private=layout.tmux.private, timeout=10)
     assert result.ok, result.stderr
     deadline = time.monotonic() + 10
-    while not out.exists() and time.monotonic() < deadline:
+    # The shell creates the file (`> "$1"`) before printf writes to it: wait for the content, not the name.
+    while not (out.exists() and out.read_text()) and time.monotonic() < deadline:
         time.sleep(0.02)
     assert out.read_text() == "a $b"
 
