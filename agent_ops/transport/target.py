@@ -22,16 +22,17 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agent_ops.errors import RunbookError
 from agent_ops.transport.base import Transport
-from agent_ops.transport.local import LocalTransport
-from agent_ops.transport.ssh import SSHConfig, SSHTransport
 from agent_ops.yaml_models import LineMap, Report, YamlProblems, did_you_mean, read_yaml
+
+if TYPE_CHECKING:  # imported where used: paramiko is not for a status poll that only reads a target's fields
+    from agent_ops.transport.ssh import SSHConfig
 
 LOCAL = "local"
 _NAME = re.compile(r"^[A-Za-z0-9._-]+$")
@@ -72,6 +73,8 @@ class TargetSpec(BaseModel):
     def _normalize_url(cls, url: str) -> str:
         if url == LOCAL:
             return url
+        from agent_ops.transport.ssh import SSHConfig
+
         user, host, port = _split_ssh_url(url)
         return SSHConfig(host=host, port=port, user=user).url
 
@@ -132,6 +135,8 @@ class TargetSpec(BaseModel):
 
     def ssh_config(self) -> SSHConfig:
         """The SSH transport's settings for this (ssh://) target."""
+        from agent_ops.transport.ssh import SSHConfig
+
         if self.is_local:
             raise TargetSpecError(["target 'local' has no SSH settings"])
         user, host, port = _split_ssh_url(self.url)
@@ -249,7 +254,11 @@ def _inventory_hosts(label: str, lines: LineMap, hosts: dict[Any, Any]) -> tuple
 def connect(spec: TargetSpec) -> Transport:
     """An open transport to the target: LocalTransport for 'local', SSHTransport otherwise."""
     if spec.is_local:
+        from agent_ops.transport.local import LocalTransport
+
         return LocalTransport()
+    from agent_ops.transport.ssh import SSHTransport
+
     return SSHTransport(spec.ssh_config())
 
 
