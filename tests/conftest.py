@@ -1,6 +1,7 @@
 """Shared fixtures: a real loopback sshd, and transports to run one set of contract tests on both sides."""
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from agent_ops.transport.ssh import SSHTransport
 from tests.fleet import Fleet, make_fleet
 from tests.runs import Box, make_box
 from tests.sshd import SSHServer, sshd_available
+from tests.standins.vast_api import VastStandIn
 
 NO_SSHD = "OpenSSH server not installed (/usr/sbin/sshd missing; apt-get install openssh-server)"
 
@@ -108,3 +110,20 @@ def box(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setenv("AGENTOPS_HOME", str(target.home))
     yield target
     target.kill_tmux()
+
+
+@pytest.fixture
+def api_key() -> str:
+    """A fresh vast.ai API key per test: tests search every file, log and argv for it afterwards."""
+    return f"vast-test-key-{uuid.uuid4().hex}"
+
+
+@pytest.fixture
+def standin(tmp_path: Path, api_key: str) -> Iterator[VastStandIn]:
+    """The loopback stand-in of vast.ai's API; a test that leaves an instance running fails."""
+    root = tmp_path / "vast"
+    root.mkdir()
+    server = VastStandIn(root, api_key)
+    yield server
+    left = server.close()
+    assert left == [], f"instances left running at the stand-in: {left}"

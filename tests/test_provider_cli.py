@@ -8,8 +8,6 @@ import os
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,20 +22,11 @@ CLI = [sys.executable, "-m", "agent_ops.front.cli"]
 
 
 @pytest.fixture
-def api_key() -> str:
-    return f"vast-cli-key-{uuid.uuid4().hex}"
-
-
-@pytest.fixture
-def standin(tmp_path: Path, api_key: str) -> Iterator[VastStandIn]:
-    root = tmp_path / "vast"
-    root.mkdir()
-    server = VastStandIn(root, api_key)
-    server.add_offer(1, machine_id=11, dph_total=0.3)
-    server.add_offer(2, machine_id=12, dph_total=0.5)
-    yield server
-    left = server.close()
-    assert left == [], f"instances left running at the stand-in: {left}"
+def standin(standin: VastStandIn) -> VastStandIn:
+    """conftest's stand-in with two offers to list and rent."""
+    standin.add_offer(1, machine_id=11, dph_total=0.3)
+    standin.add_offer(2, machine_id=12, dph_total=0.5)
+    return standin
 
 
 @pytest.fixture

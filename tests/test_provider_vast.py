@@ -42,21 +42,6 @@ DEADLINE_S = 30.0
 
 
 @pytest.fixture
-def api_key() -> str:
-    return f"vast-test-key-{uuid.uuid4().hex}"
-
-
-@pytest.fixture
-def standin(tmp_path: Path, api_key: str) -> Iterator[VastStandIn]:
-    root = tmp_path / "vast"
-    root.mkdir()
-    server = VastStandIn(root, api_key)
-    yield server
-    left = server.close()
-    assert left == [], f"instances left running at the stand-in: {left}"
-
-
-@pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = tmp_path / "agentops-home"
     monkeypatch.setenv("AGENTOPS_HOME", str(path))
