@@ -133,8 +133,8 @@ def disk(root: Path, server: SSHServer) -> list[dict[str, Any]]:
             box.kill_tmux()
             subprocess.run(["umount", "--lazy", str(workdir)], check=True)
         first = attempts(run.journal, run.run_id, "fill")[0]
-        row = {"target": box.kind, "final": run.final, "attempt_s": first["ended"] - first["started"],
-               "message": first["message"], "named": "No space left on device" in first["message"]}
+        row = {"target": box.kind, "final": run.final, "attempt_s": first.ended - first.started,
+               "message": first.message, "named": "No space left on device" in first.message}
         print(f"disk: {box.kind:<5} run {run.final}, attempt failed after {row['attempt_s']:.2f} s (poll cap 2 s): "
               f"{row['message']}", flush=True)
         rows.append(row)
@@ -183,10 +183,10 @@ def _inside(box: Box, runbook: Path, secret: bool) -> tuple[float, float]:
     run = run_api(box, str(runbook), secrets={"AO_BENCH_SECRET": SECRET} if secret else None)
     [attempt] = attempts(run.journal, run.run_id, "write")
     if run.final != "succeeded":
-        raise RuntimeError(f"the output job failed: {attempt['message']}")
-    shutil.rmtree(Path(attempt["job_dir"]).parent.parent)  # the run's directory, 1 GiB log and all
+        raise RuntimeError(f"the output job failed: {attempt.message}")
+    shutil.rmtree(Path(attempt.job_dir).parent.parent)  # the run's directory, 1 GiB log and all
     start, end = map(float, (box.scratch / "took").read_text().split())
-    return end - start, attempt["ended"] - attempt["started"]
+    return end - start, attempt.ended - attempt.started
 
 
 def _outside(box: Box, command: str) -> float:
