@@ -1,6 +1,7 @@
 """Helpers for executor tests: a private target per test, runs through the API or the CLI, waits on the journal."""
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -11,6 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+
+import libtmux
+from libtmux.exc import LibTmuxException
 
 from agent_ops.record.journal import AttemptRow, EventRow, Journal, StepRow
 from agent_ops.run.context import close_run, start_run
@@ -51,14 +55,30 @@ class Box:
     def env(self, **extra: str) -> dict[str, str]:
         return {**os.environ, "AGENTOPS_HOME": str(self.home), **extra}
 
-    def tmux(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True, text=True)
+    @property
+    def server(self) -> libtmux.Server:
+        """This box's tmux server (the runs' jobs live on it; over SSH too, the loopback sshd being this machine)."""
+        return libtmux.Server(socket_name=self.socket)
+
+    def window_names(self) -> list[str]:
+        """Every window's name on this box's server; none once the server is gone (or exiting as it is asked)."""
+        try:
+            return [w.window_name or "" for w in self.server.windows]
+        except LibTmuxException:
+            return []
 
     def kill_tmux(self) -> None:
-        """Stop this box's tmux server and remove its socket file (tmux leaves it behind)."""
-        self.tmux("kill-server")
-        tmpdir = os.environ.get("TMUX_TMPDIR", "/tmp")
-        Path(tmpdir, f"tmux-{os.getuid()}", self.socket).unlink(missing_ok=True)
+        kill_tmux_server(self.server)
+
+
+def kill_tmux_server(server: libtmux.Server) -> None:
+    """Stop a test's tmux server if it runs and remove its socket file (tmux leaves it behind)."""
+    with contextlib.suppress(LibTmuxException):  # a socket file whose server is gone (connection refused): only the file
+        server.kill()
+    if server.socket_path is not None:
+        Path(server.socket_path).unlink(missing_ok=True)
+    elif server.socket_name:
+        Path(os.environ.get("TMUX_TMPDIR", "/tmp"), f"tmux-{os.getuid()}", server.socket_name).unlink(missing_ok=True)
 
 
 def make_box(kind: str, root: Path, sshd: SSHServer | None = None, **spec: Any) -> Box:

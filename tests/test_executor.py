@@ -193,7 +193,7 @@ def test_failure_pattern_ends_the_wait_early(box: Box) -> None:
     row = journal.run(run_id)
     assert row.ended - row.started < 30
     # The failed run stopped both one-minute jobs: no window of theirs is left.
-    windows = box.tmux("list-windows", "-a", "-F", "#{window_name}").stdout.split()
+    windows = box.window_names()
     assert "crash-1" not in windows and "server-1" not in windows
     for name in ("crash.pid", "server.pid"):
         pid = int((box.scratch / name).read_text())
@@ -219,7 +219,7 @@ def test_retry_succeeds_on_the_second_attempt(box: Box) -> None:
     assert lines(box.scratch / "counter") == ["attempt", "attempt"]
     # Every job ended, so the run's tmux session went with the run (nothing piles up on the box), and
     # status no longer offers to attach to it.
-    assert box.tmux("has-session", "-t", f"agentops-{run.run_id}").returncode != 0
+    assert not box.server.has_session(f"agentops-{run.run_id}")
     assert agentops_status(box, run.run_id)["attach"] is None
 
 

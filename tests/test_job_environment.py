@@ -22,7 +22,7 @@ def test_a_local_job_never_sees_the_controllers_environment(tmp_path: Path, monk
         run = run_api(box, "job_env.yaml", secrets={"AO_DECLARED_SECRET": "declared-" + uuid.uuid4().hex})
         assert run.final == "succeeded"
         job, check = env_of(box.scratch / "job.env"), env_of(box.scratch / "check.env")
-        server = box.tmux("show-environment", "-g").stdout  # what every window of the server inherits
+        server = "\n".join(box.server.cmd("show-environment", "-g").stdout)  # what every window of the server inherits
     finally:
         box.kill_tmux()
     assert canary not in server

@@ -16,11 +16,12 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import libtmux
 import pytest
 
 from agent_ops.run import mask_stream
 from agent_ops.secret_values import hex_mask_list
-from tests.runs import RUNBOOKS, Box, attempts, lines, make_box, run_api, spawn, step
+from tests.runs import RUNBOOKS, Box, attempts, kill_tmux_server, lines, make_box, run_api, spawn, step
 from tests.sshd import SSHServer
 
 CONTROLLERS = 10  # at once on one target, as in the issue
@@ -35,7 +36,7 @@ def tmux_dir() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="ao-tmux-"))  # short: a socket's path must fit in 108 bytes
     yield path
     for sock in path.glob("tmux-*/*"):
-        subprocess.run(["tmux", "-S", str(sock), "kill-server"], capture_output=True)
+        kill_tmux_server(libtmux.Server(socket_path=sock))
     shutil.rmtree(path, ignore_errors=True)
 
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
 import sys
 import textwrap
 import time
 import uuid
 from pathlib import Path
 
+import libtmux
 import pytest
 
 mcp = pytest.importorskip("mcp")
@@ -18,6 +18,7 @@ from mcp.client.session import ClientSession  # noqa: E402
 from mcp.client.stdio import StdioServerParameters, stdio_client  # noqa: E402
 
 from agent_ops.front.mcp_server import TOOL_TIMEOUT_S  # noqa: E402
+from tests.runs import kill_tmux_server  # noqa: E402
 
 SECRET = "mcp-secret-value-93c1"
 
@@ -107,6 +108,7 @@ async def _session_run(tmp_path: Path, sock: str) -> dict:
             if st["steps"][0]["state"] == "running":
                 break
             await asyncio.sleep(0.2)
+        seen["pane"] = _data(await call("pane", {"run_id": slow["run_id"], "step_id": "nap", "lines": 5}))
         seen["cancel"] = _data(await call("cancel", {"run_id": slow["run_id"]}))
         for _ in range(100):
             st = _data(await call("status", {"run_id": slow["run_id"]}))
@@ -124,10 +126,10 @@ def test_mcp_server_end_to_end(tmp_path: Path) -> None:
     try:
         seen = asyncio.run(_session_run(tmp_path, sock))
     finally:
-        subprocess.run(["tmux", "-L", sock, "kill-server"], capture_output=True)
+        kill_tmux_server(libtmux.Server(socket_name=sock))
 
     assert {"validate", "plan", "start_run", "status", "wait", "tail", "diagnose_log", "known_issues", "known_issue",
-            "cancel", "resume", "propose_known_issue"} <= set(seen["tools"])
+            "cancel", "resume", "propose_known_issue", "pane"} <= set(seen["tools"])
     # Bounded by contract: the schema refuses waits over 30 s, and server-side work gives up before 30 s.
     assert seen["wait_schema"]["maximum"] == 30 and seen["too_long"] is True
     assert TOOL_TIMEOUT_S < 30
@@ -154,6 +156,8 @@ def test_mcp_server_end_to_end(tmp_path: Path) -> None:
     assert seen["proposal"]["admitted"] and seen["proposal"]["path"] == str(tmp_path / "home" / "known_issues" / "frob-widgets.yaml")
     assert seen["learnt"]["matches"][0]["issue_id"] == "frob-widgets"
 
+    # A running job that waits for nothing: its pane answers, with no prompt.
+    assert seen["pane"]["window"] == "nap-1" and seen["pane"]["waiting_for_input"] is None
     assert seen["cancel"]["state"] in ("cancelling", "cancelled")
     assert seen["cancelled"]["state"] == "cancelled"
     assert seen["again"]["code"] == "run_finished"

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import textwrap
 import uuid
 from pathlib import Path
 
+import libtmux
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -22,7 +22,7 @@ from agent_ops.run.executor import Executor
 from agent_ops.runbook.loader import load_runbook, resolve_vars
 from agent_ops.transport.target import TargetSpec
 from tests.logcorpus import HEALTHY, corpus
-from tests.runs import events
+from tests.runs import events, kill_tmux_server
 
 # A failure no entry knows, with the variable parts a second occurrence would change.
 FROB = "FrobnicatorError: the frobnicator at {path} needs {need} widgets (got {got}), handle 0x{handle}"
@@ -71,7 +71,7 @@ def _run(tmp_path: Path, home: Path, text: str):
         final = Executor(ctx).execute()
         ctx.transport.close()
     finally:
-        subprocess.run(["tmux", "-L", sock, "kill-server"], capture_output=True)
+        kill_tmux_server(libtmux.Server(socket_name=sock))
     return final, run_status(journal, ctx.run_id)
 
 

@@ -8,6 +8,7 @@ import textwrap
 import uuid
 from pathlib import Path
 
+import libtmux
 import pytest
 
 from agent_ops.front import service
@@ -17,6 +18,7 @@ from agent_ops.run.context import start_run
 from agent_ops.run.executor import Executor
 from agent_ops.runbook.loader import load_runbook, resolve_vars
 from agent_ops.transport.target import TargetSpec
+from tests.runs import kill_tmux_server
 
 OOM_LINE = "[rank1]: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 15.68 GiB. GPU 1 has a total capacity of 94.97 GiB"
 
@@ -33,7 +35,7 @@ def target(request: pytest.FixtureRequest, tmp_path: Path):
         spec = TargetSpec(url=f"ssh://{sshd.user}@{sshd.host}:{sshd.port}", identity=str(sshd.identity),
                           known_hosts=str(sshd.known_hosts), **common)
     yield spec
-    subprocess.run(["tmux", "-L", sock, "kill-server"], capture_output=True)
+    kill_tmux_server(libtmux.Server(socket_name=sock))
 
 
 def _run(tmp_path: Path, target: TargetSpec, text: str, **overrides):
@@ -271,7 +273,7 @@ def test_a_deleting_fix_on_this_machine_needs_permission(tmp_path: Path, monkeyp
     try:
         final, status = _run(tmp_path, target, DISK_FULL_RUNBOOK.format(box=tmp_path))
     finally:
-        subprocess.run(["tmux", "-L", sock, "kill-server"], capture_output=True)
+        kill_tmux_server(libtmux.Server(socket_name=sock))
     [remedy] = status.remedies
     assert remedy.issue_id == "disk-full"
     if allowed:

@@ -53,6 +53,7 @@ import sys
 import uuid
 from pathlib import Path
 
+import libtmux
 import pytest
 
 from agent_ops.record.journal import Journal
@@ -64,6 +65,7 @@ from agent_ops.secret_values import read_secrets
 from agent_ops.transport.local import LocalTransport
 from agent_ops.transport.target import TargetSpec
 from checks.safetensors_header import read_header
+from tests.runs import kill_tmux_server
 from training.synth import SynthSpec
 
 pytestmark = [
@@ -189,7 +191,7 @@ def target(sshd, tmp_path: Path):
     spec = TargetSpec(url=f"ssh://{sshd.user}@{sshd.host}:{sshd.port}", identity=str(sshd.identity),
                       known_hosts=str(sshd.known_hosts), tmux_socket=sock, workdir=str(tmp_path / "agentops-box"))
     yield spec
-    subprocess.run(["tmux", "-L", sock, "kill-server"], check=False, capture_output=True)
+    kill_tmux_server(libtmux.Server(socket_name=sock))
 
 
 def _run_to_success(tmp_path: Path, target: TargetSpec, values: dict[str, object], monkeypatch: pytest.MonkeyPatch):

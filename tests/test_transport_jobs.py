@@ -6,19 +6,19 @@ version is held to the report of the bash version that serves boxes without pyth
 from __future__ import annotations
 
 import stat
-import subprocess
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import libtmux
 import pytest
 
 from agent_ops.run.jobs import RunLayout, Tmux, prepare_run, probe_request
 from agent_ops.transport.base import ProbeRequest, Transport
 from agent_ops.transport.local import LocalTransport
-from tests.runs import make_box, run_api
+from tests.runs import kill_tmux_server, make_box, run_api
 from tests.sshd import SSHServer
 
 
@@ -30,12 +30,12 @@ def layout(request: pytest.FixtureRequest, transport: Transport, scratch: Path) 
     run = RunLayout(run_id="t1", run_dir=str(scratch / "run"), tmux=tmux)
     prepare_run(transport, run)
     yield run
-    subprocess.run(["tmux", "-L", run.tmux.socket, "kill-server"], capture_output=True)
+    kill_tmux_server(libtmux.Server(socket_name=run.tmux.socket))
 
 
 def _control_clients(socket: str) -> int:
-    clients = subprocess.run(["tmux", "-L", socket, "list-clients", "-F", "#{client_control_mode}"], capture_output=True, text=True)
-    return clients.stdout.split().count("1")
+    clients = libtmux.Server(socket_name=socket).cmd("list-clients", "-F", "#{client_control_mode}")
+    return clients.stdout.count("1")
 
 
 # --- tmux ----------------------------------------------------------------------------------------
@@ -73,7 +73,7 @@ def test_tmux_opens_windows_that_run_argv(transport: Transport, layout: RunLayou
 def test_tmux_works_again_after_its_server_was_killed(transport: Transport, layout: RunLayout) -> None:
     socket, private = layout.tmux.socket, layout.tmux.private
     assert transport.tmux(socket, ["display-message", "-p", "x"], private=private).ok
-    subprocess.run(["tmux", "-L", socket, "kill-server"], capture_output=True)
+    libtmux.Server(socket_name=socket).kill()
     assert not transport.tmux(socket, ["has-session", "-t", layout.session], private=private, timeout=10).ok
     prepare_run(transport, layout)  # a new server and session: commands reach it
     assert transport.tmux(socket, ["has-session", "-t", layout.session], private=private, timeout=10).ok
@@ -140,8 +140,8 @@ def test_native_probe_reports_what_the_bash_probe_reports(transport: Transport, 
     _job(layout, "done-1", b"", rc=b"3\n")  # ended, and its log is empty
     _job(layout, "torn-1", b"x", rc_tmp=b"")  # rc.tmp created, its line not yet written: still running
     _job(layout, "live-1", b"abc")
-    subprocess.run(["tmux", "-L", layout.tmux.socket, "new-window", "-d", "-t", f"{layout.session}:", "-n", "live-1",
-                    "sleep", "60"], check=True)
+    session = libtmux.Server(socket_name=layout.tmux.socket).sessions.get(session_name=layout.session)
+    session.new_window("live-1", window_shell="sleep 60", attach=False)
     (scratch / "followed.txt").write_bytes(b"12345")
     request = _request(layout, 5.0, "run:ran-1", "job:done-1", "run:torn-1", "run:live-1",
                        f"file:{scratch / 'followed.txt'}", f"file:{scratch / 'missing.txt'}")

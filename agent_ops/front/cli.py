@@ -405,7 +405,8 @@ def wait(
         out.print(f"{st.id}: {st.state} ({changed} after {result.waited_s:.1f}s; next poll in {st.next_poll_s:g}s)",
                   markup=False, highlight=False)
         for s in st.steps:
-            out.print(f"  {s.id:<16} {s.state:<10} {s.message or s.last_line or ''}", markup=False, highlight=False)
+            waiting = f"waiting for input: {s.waiting_for_input}" if s.waiting_for_input else None
+            out.print(f"  {s.id:<16} {s.state:<10} {waiting or s.message or s.last_line or ''}", markup=False, highlight=False)
     state = result.status.state
     if until == "change":
         raise typer.Exit(EXIT_FAILED if state == "failed" else 0)

@@ -119,6 +119,8 @@ def _step_detail(step) -> str:
         nxt = next((p for p in pats if not p["matched"]), None)
         wait = f", waiting for {nxt['name']!r} ({nxt['deadline_left_s']}s left)" if nxt else ""
         return f"gate {done}/{len(pats)}{wait}"
+    if step.state == "running" and step.waiting_for_input:
+        return f"waiting for input: {step.waiting_for_input[-100:]}"
     if step.state == "running" and step.last_line:
         return step.last_line[-100:]
     return (step.message or "")[:200]

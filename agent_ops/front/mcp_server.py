@@ -7,7 +7,7 @@ tool result is an error whose text is JSON `{"code", "message", "problems"}` —
 traceback. Nothing but protocol goes to stdout; logs go to stderr.
 
 Safety tiers (`AGENTOPS_MCP_TIER`): `readonly` exposes only validate, plan, status, wait,
-tail, diagnose, the catalog, offers and rentals; `mutating` (default) adds start, resume and proposing a
+tail, pane, diagnose, the catalog, offers and rentals; `mutating` (default) adds start, resume and proposing a
 catalog entry; `destructive` adds cancel, and rent and down (they spend money and destroy boxes).
 """
 from __future__ import annotations
@@ -105,6 +105,11 @@ def build_server(tier: str | None = None):
     async def tail(run_id: str, step_id: str, lines: int | None = 50, offset: int | None = None,
                    node: str | None = None) -> ops.TailResult:
         return await _bounded(ops.tail, journal, run_id, step_id, lines=lines, offset=offset, node=node)
+
+    @server.tool(description="What a step's job pane shows now (last `lines` lines, secrets masked) and the prompt it "
+                             "waits at, if any: a job at [Y/n] or a password request waits for input its log does not reveal.")
+    async def pane(run_id: str, step_id: str, lines: int = Field(50, ge=1, le=2000)) -> ops.PaneResult:
+        return await _bounded(ops.pane, journal, run_id, step_id, lines=lines)
 
     @server.tool(description="Match a log excerpt against the known-issue catalog: family, cause, fix, matched lines, the root error.")
     async def diagnose_log(text: str, tags: list[str] | None = None) -> Diagnosis:

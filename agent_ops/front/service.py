@@ -237,6 +237,17 @@ def _spawn(journal: Journal, run_id: str, cli_args: list[str], ready) -> StartRe
     raise OpError("start_timeout", f"the run was not taken up within {DETACH_READY_S:g}s (see {log})")
 
 
+class PaneResult(BaseModel):
+    """What a step's job pane shows now (secrets masked), and the prompt it waits at, if any."""
+
+    run_id: str
+    step_id: str
+    attempt: int
+    window: str
+    text: str = Field(description="The pane's last lines as a person attached to it sees them (secrets masked).")
+    waiting_for_input: str | None = Field(None, description="The pane's last line when it is a prompt awaiting an answer.")
+
+
 def status(journal: Journal, run_id: str | None) -> RunStatus:
     run_id = run_id or journal.latest_run_id()
     if run_id is None:
@@ -248,7 +259,8 @@ def status(journal: Journal, run_id: str | None) -> RunStatus:
 
 
 def _fingerprint(st: RunStatus) -> tuple:
-    return (st.state, len(st.remedies), tuple((s.id, s.state, s.attempt) for s in st.steps),
+    # waiting_for_input counts: an agent blocked in `wait` must hear that a job now waits for its answer.
+    return (st.state, len(st.remedies), tuple((s.id, s.state, s.attempt, s.waiting_for_input) for s in st.steps),
             tuple(sum(bool(p.get("matched")) for p in (s.progress or {}).get("patterns", [])) for s in st.steps))
 
 
@@ -371,10 +383,10 @@ def tail(journal: Journal, run_id: str, step_id: str, *, lines: int | None = 50,
     from agent_ops.secret_values import Masker
     from agent_ops.transport.target import connect
 
-    row = journal.run(run_id)
-    if row is None:
+    if journal.run(run_id) is None:
         raise OpError("unknown_run", f"unknown run {run_id!r}")
     source = log_source(journal, run_id, step_id)  # a gate reads the log of the job it watches
+    row = journal.run(run_id)
     name, target = node_of(journal, run_id, source.step_id, node)
     attempts = [a for a in journal.attempts(run_id, source.step_id, node=name) if a.job_dir]
     if not attempts:
@@ -421,3 +433,35 @@ def propose_issue(text: str, *, issue_id: str | None = None, title: str | None =
         raise OpError("invalid_proposal", str(exc)) from None
     except CatalogError as exc:
         raise OpError("invalid_catalog", "the catalog does not load", exc.problems) from None
+
+
+def pane(journal: Journal, run_id: str, step_id: str, *, lines: int = 50) -> PaneResult:
+    """What the newest attempt's job pane shows now: its last `lines` lines, and the prompt it waits at, if any."""
+    from agent_ops.run.jobs import RunLayout
+    from agent_ops.run.pane import capture, prompt_line
+    from agent_ops.transport.target import TargetSpec, connect
+
+    row, att, masker = _job_of(journal, run_id, step_id)
+    target = TargetSpec.model_validate(row.target)
+    window = att.window or f"{step_id}-{att.attempt}"
+    transport = connect(target)
+    try:
+        text = capture(transport, RunLayout.on(target, run_id, row.run_dir or ""), window, max(1, min(lines, 2000)))
+    finally:
+        transport.close()
+    text = masker.mask(text)
+    return PaneResult(run_id=run_id, step_id=step_id, attempt=att.attempt, window=window, text=text,
+                      waiting_for_input=prompt_line(text))
+
+
+def _job_of(journal: Journal, run_id: str, step_id: str):
+    """(run row, newest attempt with a job, the run's Masker) for a step's job; OpError if there is none."""
+    from agent_ops.secret_values import Masker
+
+    row = journal.run(run_id)
+    if row is None:
+        raise OpError("unknown_run", f"unknown run {run_id!r}")
+    attempts = [a for a in journal.attempts(run_id, step_id) if a.job_dir]
+    if not attempts:
+        raise OpError("not_started", f"run {run_id} has no job log for step {step_id!r} yet")
+    return row, attempts[-1], Masker(os.environ[n] for n in row.secret_names if os.environ.get(n))

@@ -59,6 +59,7 @@ CREATE TABLE IF NOT EXISTS steps (
     env TEXT,                      -- the newest attempt's job environment, JSON (secrets as ***)
     nodes TEXT,                    -- JSON list of the nodes the step runs on (its `on:` resolved)
     blame TEXT,                    -- JSON: the node whose failure came first, when the step failed on several
+    waiting_for_input TEXT,        -- the prompt a running job's pane shows while it waits at one (masked), else NULL
     PRIMARY KEY (run_id, step_id)
 );
 CREATE TABLE IF NOT EXISTS nodes (
@@ -149,7 +150,7 @@ CREATE INDEX IF NOT EXISTS rentals_run ON rentals (run_id);
 
 # Columns added to `steps` after the first release (ALTER TABLE on older journals).
 # Columns newer versions added to older tables (TEXT each); attempts gained `node` in its key (rebuilt in _migrate).
-MIGRATED_COLUMNS = {"steps": ("tail", "outputs", "env", "nodes", "blame"), "events": ("node",), "remedies": ("node",)}
+MIGRATED_COLUMNS = {"steps": ("tail", "outputs", "env", "nodes", "blame", "waiting_for_input"), "events": ("node",), "remedies": ("node",)}
 # The schema's identity, kept in the journal's user_version once it is created or migrated (a positive 31-bit number).
 SCHEMA_ID = zlib.crc32((SCHEMA + repr(MIGRATED_COLUMNS)).encode()) & 0x7FFFFFFF
 
@@ -206,6 +207,7 @@ class StepRow:
     env: dict[str, str] | None  # the newest attempt's job environment, secrets as ***
     nodes: list[str] | None  # the nodes it runs on
     blame: dict[str, Any] | None  # {node, error, at, why}: whose failure came first
+    waiting_for_input: str | None = None  # the prompt line a running job waits at (its pane shows it), else None
 
 
 @dataclass(frozen=True)
@@ -429,8 +431,9 @@ class Journal:
             db.execute(f"UPDATE runs SET {cols} WHERE id = ?", (*fields.values(), run_id))
 
     def set_step(self, run_id: str, step_id: str, **fields: Any) -> None:
-        """Update step columns (state, attempt, started, ended, message, last_line, progress, outputs, env)."""
-        for key in ("message", "last_line"):
+        """Update step columns (state, attempt, started, ended, message, last_line, progress, outputs, env,
+        waiting_for_input)."""
+        for key in ("message", "last_line", "waiting_for_input"):
             if key in fields:
                 fields[key] = self._m(fields[key])
         for key in ("progress", "tail", "outputs", "env", "nodes", "blame"):

@@ -88,6 +88,9 @@ class StepView(BaseModel):
     elapsed_s: float | None = None
     message: str | None = None
     last_line: str | None = None
+    waiting_for_input: str | None = Field(
+        None, description="The prompt a running job's pane shows while the job waits at it ([Y/n], a password request); "
+        "its log alone does not tell. None once output resumes.")
     log_tail: list[str] = Field(default_factory=list, description="The newest log lines (secrets masked).")
     progress: dict[str, Any] | None = Field(None, description="Gate patterns (matched lines, deadline left) and metrics.")
     env: dict[str, str] | None = Field(None, description="A run step's job environment as its newest attempt got it (secrets ***).")
@@ -176,7 +179,7 @@ def run_status(journal: Journal, run_id: str) -> RunStatus | None:
         steps.append(StepView(
             id=s.step_id, kind=s.kind, state=s.state, attempt=s.attempt, started=s.started, ended=s.ended,
             elapsed_s=round(end - s.started, 3) if s.started and end else None, message=s.message,
-            last_line=s.last_line, log_tail=s.tail or [], progress=s.progress, env=s.env, outputs=s.outputs,
+            last_line=s.last_line, waiting_for_input=s.waiting_for_input, log_tail=s.tail or [], progress=s.progress, env=s.env, outputs=s.outputs,
             attempts=attempts.get(s.step_id, []), nodes=parts.get(s.step_id, []),
             blame=BlameView(**s.blame) if s.blame else None,
         ))

@@ -65,11 +65,13 @@ elif [ -f "$d/mask.sed" ]; then exec 3< "$d/mask.sed"; mask=(sed -u -f /dev/fd/3
 : >> "$d/log"
 tail -n +1 -f "$d/log" 3<&- 2> /dev/null &
 follower=$!
+# The job's stdin is the pane's terminal (the follower, a background job, reads /dev/null): a prompt (`read -p`, [Y/n],
+# a password request) waits there for an answer typed into the pane, and the controller reports it (run/pane.py).
 if [ ${{#mask[@]}} -gt 0 ]; then
-  bash -eo pipefail "$d/script.sh" < /dev/null 2>&1 3<&- | "${{mask[@]}}" >> "$d/log"
+  bash -eo pipefail "$d/script.sh" 2>&1 3<&- | "${{mask[@]}}" >> "$d/log"
   rc=${{PIPESTATUS[0]}}
 else
-  bash -eo pipefail "$d/script.sh" < /dev/null >> "$d/log" 2>&1
+  bash -eo pipefail "$d/script.sh" >> "$d/log" 2>&1
   rc=$?
 fi
 kill "$follower" 2> /dev/null

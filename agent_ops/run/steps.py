@@ -21,6 +21,7 @@ from agent_ops.run.context import RunContext, on_target
 from agent_ops.run.jobs import JobHandle, JobSpec, exit_code_written, kill_job, start_job, unwritable_reason
 from agent_ops.run.logwatch import LogWatch, Verdict
 from agent_ops.run.monitor import Monitor
+from agent_ops.run.pane import PromptWatch, capture
 from agent_ops.run.poll import Deadline
 from agent_ops.run.remedy import explain, log_tail, remediate
 from agent_ops.runbook.results import OUTPUT_ENV, parse_output_lines
@@ -270,8 +271,11 @@ def _run(sctx: StepContext, step: RunStep, attempt: int, reattach: bool) -> Step
         sctx.handles[(step.id, sctx.node)] = handle
         sctx.started(step.id)  # its gates start now; a background job also frees its dependents
         watch = LogWatch(fail_on=step.fail_on, stall_after=step.stall_after)
+        prompts = PromptWatch()
         verdict, rc, size = _follow(sctx, step.id, handle, watch, Deadline(step.timeout), stop_on_pass=False,
-                                    seq=seq, started=started)
+                                    seq=seq, started=started, prompts=prompts)
+        if prompts.prompt is not None:  # the job ended or is no longer followed: nobody can say it still waits
+            run.journal.set_step(run.run_id, step.id, waiting_for_input=None)
     if verdict is None:  # the controller stops following; the job runs on
         return StepOutcome("started", f"job {handle.name} left running (tmux {run.layout.session}:{handle.name})")
     if verdict.kind == "unreachable":  # nothing more can be done on the node, nor read from it
@@ -331,15 +335,16 @@ def _read_small(run: RunContext, path: str) -> bytes:
 
 
 def _follow(sctx: StepContext, step_id: str, handle: JobHandle, watch: LogWatch, deadline: Deadline, *,
-            stop_on_pass: bool, seq: int | None = None,
-            started: float = 0.0) -> tuple[Verdict | None, int | None, int]:
+            stop_on_pass: bool, seq: int | None = None, started: float = 0.0,
+            prompts: PromptWatch | None = None) -> tuple[Verdict | None, int | None, int]:
     """Follow a job's log by offset until it ends, the watch decides, or the deadline passes.
 
     The caller watches the job on the monitor. `seq`: the snapshots after it count (default: from
     the next one on); `started`: when the job's window was known to exist (monotonic), so that a
     probe sent before then, which could not see the window, never declares the job lost.
     Returns (verdict, rc, bytes read); verdict None means the controller stopped following
-    (run finished or cancelled) while the job runs on.
+    (run finished or cancelled) while the job runs on. `prompts`: whether the job waits at a prompt is
+    judged on it and kept on the step (waiting_for_input).
     """
     run, monitor = sctx.run, sctx.monitor
     t0, offset, last_write = time.monotonic(), 0, 0.0
@@ -364,6 +369,9 @@ def _follow(sctx: StepContext, step_id: str, handle: JobHandle, watch: LogWatch,
             # The probe read the exit code before it listed windows: a job that ended in between has its rc by now.
             if snap.sent >= started and handle.name not in snap.windows and not exit_code_written(run.transport, handle):
                 return Verdict(False, _lost(run, handle), kind="lost"), None, offset
+            if prompts is not None and prompts.update(offset, time.monotonic(),
+                                                      lambda: capture(run.transport, run.layout, handle.name)):
+                _record_prompt(run, step_id, prompts.prompt)
         verdict = watch.verdict(now)
         if verdict is not None and (not verdict.passed or stop_on_pass):
             _journal_progress(sctx, step_id, watch, now)
@@ -378,6 +386,12 @@ def _follow(sctx: StepContext, step_id: str, handle: JobHandle, watch: LogWatch,
         if time.monotonic() - last_write > JOURNAL_EVERY_S:
             last_write = time.monotonic()
             _journal_progress(sctx, step_id, watch, now)
+
+
+def _record_prompt(run: RunContext, step_id: str, prompt: str | None) -> None:
+    run.journal.set_step(run.run_id, step_id, waiting_for_input=prompt)
+    if prompt is not None:
+        run.event("job_waiting_for_input", step_id, f"the job waits for input at: {prompt}", {"prompt": prompt})
 
 
 def _lost(run: RunContext, handle: JobHandle) -> str:
