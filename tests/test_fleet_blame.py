@@ -58,6 +58,8 @@ def test_root_error_reads_through_torchruns_summary() -> None:
     assert root_error("[train] step=3/10 loss=0.5\n") is None
     assert is_knock_on(root_error(PEER_CLOSED)) and is_knock_on(root_error(NCCL_TIMEOUT))
     assert not is_knock_on(root_error(KILLED)) and not is_knock_on(root_error(OOM))
+    hung_up = "torch.distributed.elastic.multiprocessing.api.SignalException: Process 18737 got signal: 1"
+    assert root_error(f"Traceback (most recent call last):\n{hung_up}\n") == hung_up and is_knock_on(hung_up)
 
 
 def test_the_node_that_died_is_blamed_even_when_its_victims_were_seen_first() -> None:

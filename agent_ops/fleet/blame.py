@@ -29,6 +29,8 @@ KNOCK_ON = re.compile(
     r"|NCCL (?:communicator was aborted|error: remote process exited)|ncclRemoteError|remote process exited or there was a network error"
     r"|Socket Timeout|timed out (?:after|waiting)|operation timed out|DistNetworkError|DistStoreError"
     r"|Rendezvous(?:Closed|Timeout)Error|RendezvousClosed|The node '.*' has failed|SIGTERM|SIGHUP|Signal 15\b"
+    # torchrun's agent told to stop (our kill of its window hangs it up; a stop sends SIGTERM): never the cause.
+    r"|SignalException|got signal: (?:1|2|15)\b"
     r"|stopped: node \S+ failed|another node's part",
 )
 
