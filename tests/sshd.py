@@ -84,6 +84,11 @@ class SSHServer:
         )
         return replace(base, **overrides)  # type: ignore[arg-type]
 
+    @property
+    def pid(self) -> int | None:
+        """The listening sshd's process id while it runs (its ended sessions' CPU time is counted in its own)."""
+        return self._proc.pid if self._proc else None
+
     def log_text(self) -> str:
         """What sshd has logged so far."""
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -181,3 +181,35 @@ def test_a_check_compares_one_commands_output_across_the_fleet(fleet: Fleet, tmp
     assert differs.message == "version: differs across nodes: n1, n3: 'v-new'; n2: 'v-old'"
     # Each node's part passed on its own: the disagreement is the fleet's, found over all of them.
     assert {p.state for p in journal.step_nodes(run_id, "differs")} == {"succeeded"}
+
+
+def test_a_fleet_run_resumes_on_every_node_without_rerunning(fleet: Fleet, tmp_path: Path) -> None:
+    import os
+    import signal
+
+    from agent_ops.record.journal import Journal
+    from tests.runs import wait_for
+
+    runbook = tmp_path / "resume.yaml"
+    runbook.write_text(
+        "name: fleet_resume\nvars: {box: {default: null}}\nsteps:\n"
+        "  - {id: first, kind: run, command: 'echo first >> {{ box }}/counter-{{ node.name }}'}\n"
+        "  - {id: long, kind: run, needs: [first], command: 'echo long >> {{ box }}/counter-{{ node.name }}; sleep 4'}\n"
+        "  - {id: last, kind: run, needs: [long], command: 'echo last >> {{ box }}/counter-{{ node.name }}'}\n")
+    proc = subprocess.Popen([*CLI, "run", str(runbook), "--inventory", str(fleet.inventory), "-t", "pool",
+                             "--var", f"box={fleet.scratch}"], env=fleet.env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    journal = Journal(fleet.home / "journal.db")
+    run_id = wait_for("the run to start", journal.latest_run_id)
+    counters = [fleet.scratch / f"counter-{n}" for n in fleet.names]
+    wait_for("long's job to run on every node",
+             lambda: all(c.exists() and "long" in c.read_text() for c in counters), timeout=60)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    resumed = _agentops(fleet, "resume", run_id, "--json")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert json.loads(resumed.stdout)["state"] == "succeeded"
+    for counter in counters:  # every node ran each step once: long was re-attached, not restarted
+        assert counter.read_text().split() == ["first", "long", "last"]
+    assert sorted((a.node, a.attempt) for a in journal.attempts(run_id, "long")) == [("n1", 1), ("n2", 1), ("n3", 1)]
+    assert sorted(e.node for e in journal.events(run_id) if e.kind == "job_reattached") == ["n1", "n2", "n3"]

@@ -111,3 +111,49 @@ def test_placement_prefers_the_least_loaded_node_and_avoids_where_a_step_failed(
     book.take("train[seed=1]", "cell[seed=1]", "c")
     assert book.free_node("cell[seed=1]", gone=()) == "c"
     assert book.free_node("other", gone=()) == "a"
+
+
+def test_a_lost_nodes_cells_move_with_their_gates(make_sshd: Callable[..., SSHServer], tmp_path: Path) -> None:
+    """A matrix group cell (a job and its gate) on a node that is lost goes, gate and all, to the other node."""
+    servers = [make_sshd() for _ in range(2)]
+    fleet = make_fleet(tmp_path / "fleet", servers, connect_timeout=2.0, reconnect_timeout=2.0)
+    runbook = tmp_path / "grid.yaml"
+    runbook.write_text("""
+name: grid
+on_node_failure: continue
+max_per_node: 1
+vars: {box: {default: null}}
+steps:
+  - id: cell
+    kind: group
+    matrix: {i: [0, 1], fail_fast: false}
+    steps:
+      - id: job
+        kind: run
+        on: any
+        retries: 1
+        background: true
+        command: |
+          echo started > {{ box }}/started-{{ matrix.i }}-{{ node.name }}
+          sleep 3
+          echo done {{ matrix.i }}
+      - {id: gate, kind: gate, job: job, patterns: [{regex: 'done {{ matrix.i }}$', within: 60}]}
+""")
+    result: dict = {}
+    controller = threading.Thread(target=lambda: result.update(run=run_fleet(fleet, runbook)))
+    controller.start()
+    try:
+        wait_for("a cell on each node", lambda: len(list(fleet.scratch.glob("started-*"))) == 2)
+        servers[1].stop()
+        controller.join(timeout=120)
+        assert not controller.is_alive()
+    finally:
+        controller.join(timeout=120)
+        fleet.kill_tmux()
+    run_id, final, journal = result["run"]
+    assert final == "succeeded", {s.step_id: s.message for s in journal.steps(run_id)}
+    [moved] = [p.name.split("-")[1] for p in fleet.scratch.glob("started-*-n2")]
+    job, gate = f"job[i={moved}]", f"gate[i={moved}]"
+    assert {p.node: p.state for p in journal.step_nodes(run_id, job)} == {"n2": "failed", "n1": "succeeded"}
+    assert {p.node: p.state for p in journal.step_nodes(run_id, gate)} == {"n2": "cancelled", "n1": "succeeded"}
+    assert journal.step(run_id, gate).nodes == ["n1"]

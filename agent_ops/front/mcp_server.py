@@ -108,8 +108,8 @@ def build_server(tier: str | None = None):
 
     @server.tool(description="What a step's job pane shows now (last `lines` lines, secrets masked) and the prompt it "
                              "waits at, if any: a job at [Y/n] or a password request waits for input its log does not reveal.")
-    async def pane(run_id: str, step_id: str, lines: int = Field(50, ge=1, le=2000)) -> ops.PaneResult:
-        return await _bounded(ops.pane, journal, run_id, step_id, lines=lines)
+    async def pane(run_id: str, step_id: str, lines: int = Field(50, ge=1, le=2000), node: str | None = None) -> ops.PaneResult:
+        return await _bounded(ops.pane, journal, run_id, step_id, lines=lines, node=node)
 
     @server.tool(description="Match a log excerpt against the known-issue catalog: family, cause, fix, matched lines, the root error.")
     async def diagnose_log(text: str, tags: list[str] | None = None) -> Diagnosis:

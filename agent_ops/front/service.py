@@ -435,18 +435,21 @@ def propose_issue(text: str, *, issue_id: str | None = None, title: str | None =
         raise OpError("invalid_catalog", "the catalog does not load", exc.problems) from None
 
 
-def pane(journal: Journal, run_id: str, step_id: str, *, lines: int = 50) -> PaneResult:
-    """What the newest attempt's job pane shows now: its last `lines` lines, and the prompt it waits at, if any."""
+def pane(journal: Journal, run_id: str, step_id: str, *, lines: int = 50, node: str | None = None) -> PaneResult:
+    """What the newest attempt's job pane shows now (on `node`, default the head): its last `lines` lines, and the
+    prompt it waits at, if any."""
+    from agent_ops.fleet.nodes import fleet_rows
     from agent_ops.run.jobs import RunLayout
     from agent_ops.run.pane import capture, prompt_line
-    from agent_ops.transport.target import TargetSpec, connect
+    from agent_ops.transport.target import connect
 
-    row, att, masker = _job_of(journal, run_id, step_id)
-    target = TargetSpec.model_validate(row.target)
+    row, att, masker = _job_of(journal, run_id, step_id, node)
+    name, target = node_of(journal, run_id, step_id, node)
+    run_dir = next((d for spec, d, _ in fleet_rows(journal, row) if spec.name == name), row.run_dir or "")
     window = att.window or f"{step_id}-{att.attempt}"
     transport = connect(target)
     try:
-        text = capture(transport, RunLayout.on(target, run_id, row.run_dir or ""), window, max(1, min(lines, 2000)))
+        text = capture(transport, RunLayout.on(target, run_id, run_dir), window, max(1, min(lines, 2000)))
     finally:
         transport.close()
     text = masker.mask(text)
@@ -454,14 +457,16 @@ def pane(journal: Journal, run_id: str, step_id: str, *, lines: int = 50) -> Pan
                       waiting_for_input=prompt_line(text))
 
 
-def _job_of(journal: Journal, run_id: str, step_id: str):
-    """(run row, newest attempt with a job, the run's Masker) for a step's job; OpError if there is none."""
+def _job_of(journal: Journal, run_id: str, step_id: str, node: str | None = None):
+    """(run row, newest attempt with a job on the node node_of picks, the run's Masker) for a step's job; OpError if
+    there is none."""
     from agent_ops.secret_values import Masker
 
     row = journal.run(run_id)
     if row is None:
         raise OpError("unknown_run", f"unknown run {run_id!r}")
-    attempts = [a for a in journal.attempts(run_id, step_id) if a.job_dir]
+    name, _ = node_of(journal, run_id, step_id, node)
+    attempts = [a for a in journal.attempts(run_id, step_id, node=name) if a.job_dir]
     if not attempts:
         raise OpError("not_started", f"run {run_id} has no job log for step {step_id!r} yet")
     return row, attempts[-1], Masker(os.environ[n] for n in row.secret_names if os.environ.get(n))

@@ -160,6 +160,12 @@ class Executor:
 
     def _ended(self, sid: str, outcome: StepOutcome | None) -> None:
         self.state[sid] = outcome.state if outcome else "failed"
+        if self.state[sid] == "pending":  # re-queued: it (or the job a gate watches) must be up again before gates go
+            self.up.discard(sid)
+            step = self.steps[sid]
+            if isinstance(step, GateStep) and step.job:
+                self.up.discard(step.job)
+            return
         if self.state[sid] != "failed":
             return
         if self.steps[sid].continue_on_error:

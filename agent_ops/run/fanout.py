@@ -99,6 +99,11 @@ def drive_step(fd: FleetDrive, step: Step) -> StepOutcome:
         with ThreadPoolExecutor(max_workers=len(nodes), thread_name_prefix=f"{step.id}@") as pool:
             outcomes = list(pool.map(part, nodes, [i == 0 for i in range(len(nodes))]))
     outcome = _judge(run, step, nodes, outcomes, placed=fd.placed_on is not None)
+    if outcome.kind == "moved":  # a gate whose job was re-queued: it starts again with the job, on the job's new node
+        message = outcome.message
+        run.journal.set_step(run.run_id, step.id, state="pending", message=message)
+        run.event("step_requeued", step.id, message)
+        return StepOutcome("pending", message, kind="requeue")
     if fd.placed_on and outcome.kind == "unreachable":  # no more placed steps go to a node that was lost
         _take_out(run, fd.placed_on, f"unreachable during step {step.id}")
     if fd.placed_on and _requeue(fd, step, outcome):
@@ -209,8 +214,8 @@ def _judge(run: RunContext, step: Step, nodes: Sequence[Node], outcomes: Sequenc
         why = f"node {first} first: {blamed.error}" if blamed else f"{first}: {o.message}"
         return StepOutcome("failed", f"failed on {', '.join(failed)}; {why}{note}", o.log_tail, o.log_path)
     not_ok = [o for o in outcomes if not o.ok]
-    if not_ok:  # cancelled (the run was cancelled, or stopped)
-        return StepOutcome(not_ok[0].state, not_ok[0].message)
+    if not_ok:  # cancelled (the run was cancelled, or stopped, or a gate's job moved)
+        return not_ok[0]
     problems = _across_nodes(run, step) if isinstance(step, CheckStep) else []
     if problems:
         for problem in problems:

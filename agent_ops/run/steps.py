@@ -146,7 +146,7 @@ def drive_on_node(sctx: StepContext, step: Step) -> StepOutcome:
         outcome = _attempt(sctx, step, attempt, reattach=(attempt == live))
         if attempt > 1:  # a fix applied after the previous attempt now has its outcome
             journal.remedy_outcome(run.run_id, step.id, attempt - 1, "succeeded" if outcome.ok else "failed", node=sctx.node)
-        if outcome.ok or sctx.stopping() or outcome.kind in ("stopped", "unreachable"):
+        if outcome.ok or sctx.stopping() or outcome.kind in ("stopped", "unreachable", "moved"):
             break
         text = log_tail(run, outcome.log_path) or outcome.message
         if sctx.parts > 1 and is_knock_on(root_error(text) or outcome.message):
@@ -442,15 +442,20 @@ def _gate(sctx: StepContext, step: GateStep) -> StepOutcome:
             verdict, rc, _ = _follow(sctx, step.id, handle, watch, Deadline(step.deadline_s + 5), stop_on_pass=True)
         if verdict is None:
             return StepOutcome("cancelled", "stopped")
-        if verdict.kind in ("stopped", "unreachable"):
+        if verdict.kind == "stopped":
             return _gate_outcome(sctx, step, verdict, watch, None)
         if verdict.passed and rc not in (None, 0):
             verdict = Verdict(False, f"job {step.job} ended with exit code {rc}", kind="eof")
         if verdict.passed:
             return _gate_outcome(sctx, step, verdict, watch, handle)
-        retried = _next_attempt(sctx, step.job, handle) if rc not in (None, 0) else None
+        job_ended = rc not in (None, 0) or verdict.kind == "unreachable"
+        retried = _next_attempt(sctx, step.job, handle) if job_ended else None
+        if retried == MOVED:  # the job went back to the queue (another node will run it): the gate goes with it
+            sctx.record(step.id, outputs=watch.results())
+            return StepOutcome("cancelled", f"job {step.job} was re-queued ({verdict.reason}): the gate follows it",
+                               kind="moved")
         if retried is None:
-            return _gate_outcome(sctx, step, verdict, watch, handle)
+            return _gate_outcome(sctx, step, verdict, watch, None if verdict.kind == "unreachable" else handle)
         sctx.event("gate_follows_retry", step.id, f"job {step.job} is being retried; following {retried.name}")
         handle = retried
 
@@ -467,16 +472,26 @@ def _gate_outcome(sctx: StepContext, step: GateStep, verdict: Verdict, watch: Lo
                        handle.log if handle else None, kind="" if verdict.passed else verdict.kind)
 
 
-def _next_attempt(sctx: StepContext, job: str, old: JobHandle) -> JobHandle | None:
-    """When the watched job failed, the new attempt a remedy or retry starts (waiting at most 60 s), else None."""
+MOVED = "moved"  # _next_attempt: the job was re-queued, its next attempt will run on another node
+
+
+def _next_attempt(sctx: StepContext, job: str, old: JobHandle) -> JobHandle | str | None:
+    """When the watched job failed, the new attempt a remedy or retry starts here (waiting at most 60 s), MOVED when
+    the job went back to the queue (an `on: any` job: another node takes it), else None."""
     deadline = Deadline(60)
+    journal, run_id = sctx.run.journal, sctx.run.run_id
     while not deadline.passed() and not sctx.stopping():
         current = sctx.handles.get((job, sctx.node))
         if current is not None and current != old:
             return current
-        row = next((s for s in sctx.run.journal.step_nodes(sctx.run.run_id, job) if s.node == sctx.node), None)
+        row = next((s for s in journal.step_nodes(run_id, job) if s.node == sctx.node), None)
         if row is None or row.state in TERMINAL_STEP_STATES:
-            return None  # the job's part on this node is over: no new attempt will come
+            # The job's part on this node is over; the job's own fate decides whether it goes on elsewhere.
+            whole = journal.step(run_id, job)
+            if whole is not None and whole.state == "pending":
+                return MOVED
+            if whole is None or whole.state != "running":
+                return None
         time.sleep(0.25)
     return None
 

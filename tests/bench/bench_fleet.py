@@ -19,7 +19,10 @@ Both contenders run in the same invocation, interleaved, each in a fresh process
 
 Per run: wall time, and the controller's CPU seconds (user + system) and peak RSS from wait4() on
 the process, which covers what it ran and reaped (Ansible's forked workers and ssh clients; agentops
-runs no local processes). Figures are medians over --repeat rounds. Goals (issue 13): agentops
+runs no local processes); and the boxes' CPU seconds: what the sshd servers' sessions (the remote
+runner, Ansible's modules) and the runs' tmux servers (agentops' job shells) used, read from
+/proc. All boxes share this machine's cores with the controller, so the boxes' CPU is wall time
+the controller waits for on a host with fewer cores than boxes. Figures are medians over --repeat rounds. Goals (issue 13): agentops
 wall(16) <= 1.5 x wall(1); controller memory grows <= 10 MB per box; at N = 16 agentops >= 5x
 faster than Ansible. They are reported, not enforced; the JSON result file holds every sample.
 """
@@ -61,6 +64,7 @@ class Sample:
     cpu_s: float
     peak_rss_mb: float
     ok: bool
+    box_cpu_s: float = 0.0
     detail: dict[str, Any] = field(default_factory=dict)
 
 
@@ -95,6 +99,31 @@ def timed(cmd: list[str], env: dict[str, str], cwd: Path) -> tuple[subprocess.Co
     return result, wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024  # ru_maxrss is in KiB on Linux
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_of(pid: int) -> float:
+    """A process's CPU seconds, its reaped children's included (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(x) for x in fields[11:15]) / CLOCK_TICKS  # utime, stime, cutime, cstime
+
+
+def _tmux_servers(sockets: list[str]) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                args = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if args and args[0].endswith(b"tmux") and any(s.encode() in args for s in sockets):
+                found.append(int(entry.name))
+    return found
+
+
 class FleetBench:
     def __init__(self, root: Path, servers: list[SSHServer], python3: str, ansible: str) -> None:
         self.root, self.servers, self.python3, self.ansible = root, servers, python3, ansible
@@ -112,10 +141,17 @@ class FleetBench:
         path.write_text(json.dumps({"hosts": hosts, "groups": {"fleet": list(hosts)}}))
         return path
 
+    def box_cpu(self) -> float:
+        """CPU seconds used so far by every box: sshd servers (their ended sessions) and the runs' tmux servers."""
+        pids = [s.pid for s in self.servers if s.pid] + _tmux_servers(self.sockets)
+        return sum(_cpu_of(pid) for pid in pids)
+
     def agentops(self, n: int) -> Sample:
         cmd = [sys.executable, "-m", "agent_ops.front.cli", "run", str(self.runbook), "--inventory", str(self.inventory(n)),
                "-t", "fleet", "--json"]
+        before = self.box_cpu()
         proc, wall, cpu, rss = timed(cmd, {**os.environ, "AGENTOPS_HOME": str(self.home)}, ROOT)
+        box_cpu = self._settled_box_cpu() - before
         detail: dict[str, Any] = {"rc": proc.returncode}
         try:
             status = json.loads(proc.stdout)
@@ -127,7 +163,7 @@ class FleetBench:
             ok, detail["error"] = False, f"{type(exc).__name__}: {exc}"
         if not ok:
             detail["output"] = (proc.stdout[-1500:], proc.stderr[-1500:])
-        return Sample("agentops", n, wall, cpu, rss, ok, detail)
+        return Sample("agentops", n, wall, cpu, rss, ok, detail=detail, box_cpu_s=box_cpu)
 
     def ansible_inventory(self, n: int) -> Path:
         path = self.root / f"ansible-inventory-{n}.ini"
@@ -157,14 +193,28 @@ class FleetBench:
         )
         env = {**os.environ, "ANSIBLE_CONFIG": str(cfg), "ANSIBLE_SSH_CONTROL_PATH_DIR": str(control_dir),
                "ANSIBLE_NOCOLOR": "1"}
+        before = self.box_cpu()
         proc, wall, cpu, rss = timed([self.ansible, str(self.playbook)], env, self.root)
         close_masters(control_dir)
+        box_cpu = self._settled_box_cpu() - before
         recaps = [line for line in proc.stdout.splitlines() if line.startswith("b") and " : ok=" in line]
         ok = proc.returncode == 0 and len(recaps) == n and all(f"ok={STEPS} " in r and "failed=0" in r for r in recaps)
         detail: dict[str, Any] = {"rc": proc.returncode, "hosts_ok": len(recaps)}
         if not ok:
             detail["output"] = (proc.stdout[-1500:], proc.stderr[-1500:])
-        return Sample("ansible", n, wall, cpu, rss, ok, detail)
+        return Sample("ansible", n, wall, cpu, rss, ok, detail=detail, box_cpu_s=box_cpu)
+
+    def _settled_box_cpu(self, grace: float = 2.0) -> float:
+        """The boxes' CPU once the sessions of the run that just ended have been reaped (their CPU lands in sshd's)."""
+        deadline = time.monotonic() + grace
+        last = self.box_cpu()
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+            now = self.box_cpu()
+            if now == last:
+                return now
+            last = now
+        return last
 
     def cleanup(self) -> None:
         for socket in self.sockets:
@@ -179,7 +229,9 @@ def summarize(samples: list[Sample], sizes: list[int]) -> dict[str, Any]:
             mine = [s for s in samples if s.tool == tool and s.nodes == n]
             if mine:
                 rows[n] = {"wall_s": statistics.median(s.wall_s for s in mine), "cpu_s": statistics.median(s.cpu_s for s in mine),
-                           "peak_rss_mb": statistics.median(s.peak_rss_mb for s in mine)}
+                           "peak_rss_mb": statistics.median(s.peak_rss_mb for s in mine),
+                           "box_cpu_s": statistics.median(s.box_cpu_s for s in mine),
+                           "wall_s_range": [min(s.wall_s for s in mine), max(s.wall_s for s in mine)]}
         if rows:
             out[tool] = rows
     a, lo, hi = out.get("agentops", {}), min(sizes), max(sizes)
@@ -197,12 +249,13 @@ def summarize(samples: list[Sample], sizes: list[int]) -> dict[str, Any]:
 
 def print_table(summary: dict[str, Any], sizes: list[int], repeat: int) -> None:
     print(f"\nFleet benchmark: {STEPS} sequential trivial steps on every box, N loopback sshd boxes, median of {repeat} rounds\n")
-    head = f"{'':<10} {'N':>3} {'wall':>9} {'CPU':>9} {'peak RSS':>10}"
+    head = f"{'':<10} {'N':>3} {'wall':>9} {'CPU':>9} {'peak RSS':>10} {'boxes CPU':>10}"
     print(head)
     print("-" * len(head))
     for tool in ("agentops", "ansible"):
         for n, row in summary.get(tool, {}).items():
-            print(f"{tool:<10} {n:>3} {row['wall_s']:>7.2f} s {row['cpu_s']:>7.2f} s {row['peak_rss_mb']:>7.1f} MB")
+            print(f"{tool:<10} {n:>3} {row['wall_s']:>7.2f} s {row['cpu_s']:>7.2f} s {row['peak_rss_mb']:>7.1f} MB "
+                  f"{row['box_cpu_s']:>8.2f} s")
     print()
     if "wall_ratio" in summary:
         print(f"agentops wall({max(sizes)}) / wall({min(sizes)}): {summary['wall_ratio']:.2f} (goal <= {WALL_GOAL}: "
@@ -246,7 +299,7 @@ def main() -> int:
                 sample = bench.agentops(n) if tool == "agentops" else bench.ansible_run(n)
                 samples.append(sample)
                 print(f"round {rnd + 1}/{args.repeat}: {tool:<8} N={n:<3} {sample.wall_s:6.2f} s wall {sample.cpu_s:6.2f} s CPU "
-                      f"{sample.peak_rss_mb:6.1f} MB{'' if sample.ok else '  FAILED'}", flush=True)
+                      f"{sample.peak_rss_mb:6.1f} MB, boxes {sample.box_cpu_s:6.2f} s CPU{'' if sample.ok else '  FAILED'}", flush=True)
                 if not sample.ok:
                     print(json.dumps(sample.detail, indent=2), file=sys.stderr)
                     return 1
