@@ -11,8 +11,9 @@ from typing import Any
 
 from agent_ops.front import provider_ops
 from agent_ops.provider.base import OfferRequest
-from agent_ops.provider.lifecycle import FleetRequest, OfferList, TeardownPolicy, TeardownResult
+from agent_ops.provider.lifecycle import FleetRequest, OfferList, TeardownPolicy
 from agent_ops.record.journal import Journal
+from agent_ops.run.rented import GiveBack
 
 Bounded = Callable[..., Awaitable[Any]]
 
@@ -42,6 +43,7 @@ def register_provider_tools(server: Any, tier: str, journal: Journal, bounded: B
         return await bounded(provider_ops.rent_detached, request, journal, run_id or new_run_id(), provider)
 
     @server.tool(description="DESTROYS BOXES. Give back every box a run rented (policy destroy | stop | keep); finds boxes "
-                             "by the journal and by the run's label at the provider.")
-    async def down(run_id: str, policy: TeardownPolicy = "destroy", provider: str = "vast") -> TeardownResult:
-        return await bounded(provider_ops.down, journal, run_id, policy, provider)
+                             "by the journal and by the run's label at the provider. The run's declared artifacts are "
+                             "copied off and checked first; a destroy is refused (`refused` names them) unless force.")
+    async def down(run_id: str, policy: TeardownPolicy = "destroy", provider: str = "vast", force: bool = False) -> GiveBack:
+        return await bounded(provider_ops.down, journal, run_id, policy, provider, force)
