@@ -105,7 +105,7 @@ def test_a_run_on_two_rented_boxes_saves_its_artifacts_then_destroys_them(
     checkpoints = [Path(f.local).parent.name for f in saved[(head, "~/work/checkpoints")].files]
     assert "checkpoint-000040" in checkpoints  # training ran to its end before the boxes went (idle_s after it)
     bill = status["bill"]
-    assert [n["node"] for n in bill["nodes"]] == nodes and {n["state"] for n in bill["nodes"]} == {"destroyed"}
+    assert sorted(n["node"] for n in bill["nodes"]) == sorted(nodes) and {n["state"] for n in bill["nodes"]} == {"destroyed"}
     assert bill["spent_usd"] > 0 and bill["dph_now"] == 0
     assert "2 boxes destroyed" in status["message"] and "4/4 artifacts saved" in status["message"]
     shown = _cli(env, "status", run_id)
@@ -125,7 +125,7 @@ def test_a_box_that_dies_mid_run_fails_the_run_and_every_box_is_destroyed(
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         run_id = _wait_for_step(home, "train", ("running", "started"))
-        worker = sorted(int(r.instance_id) for r in _rentals(home, run_id))[-1]
+        worker = int(_node_names(home, run_id)[1].removeprefix("vast-"))  # rank 1: the head's artifacts stay reachable
         standin.kill(worker)
         out, errors = proc.communicate(timeout=120)
     finally:
@@ -188,6 +188,102 @@ def test_a_controller_killed_mid_run_leaves_boxes_that_down_finds_and_destroys(
     status = _cli(env, "status", run_id, "--json")
     assert json.loads(status.stdout)["state"] == "interrupted"
     _key_nowhere(api_key, home, standin, down.stdout, down.stderr, status.stdout)
+
+
+def test_destroy_waits_for_an_artifact_that_is_not_safe_until_forced(
+        env: dict[str, str], standin: VastStandIn, identity: str, api_key: str, home: Path) -> None:
+    standin.add_offer(1, machine_id=11, dph_total=0.3)
+
+    done = _run(env, identity, "--nodes", "1", "--var", "stats_name=absent.json")
+
+    status = json.loads(done.stdout)
+    assert status["state"] == "succeeded" and "destroy refused, boxes kept" in status["message"]
+    assert len(standin.live()) == 1  # kept, and billing: the message says so, and how to finish
+    refused = _cli(env, "down", status["id"])
+    assert refused.returncode == 1 and "~/work/absent.json: missing" in refused.stdout and len(standin.live()) == 1
+    forced = _cli(env, "down", status["id"], "--force", "--json")
+    assert forced.returncode == 0 and json.loads(forced.stdout)["teardown"]["done"] and standin.live() == []
+    _key_nowhere(api_key, home, standin, done.stdout, done.stderr, refused.stdout, forced.stdout)
+
+
+def test_plan_marks_what_rents_spends_and_destroys(env: dict[str, str]) -> None:
+    shown = _cli(env, "plan", RUNBOOK)
+    assert shown.returncode == 0, shown.stderr
+    money = [line.strip() for line in shown.stdout.splitlines() if line.strip().startswith("[money] ")]
+    assert [line.split()[1] for line in money] == ["RENT", "SPEND", "DESTROY", "DESTROY"]
+    assert "2 x 1 RTX 4090 from vast" in money[0] and "copy 3 artifacts off" in money[2]
+    as_json = json.loads(_cli(env, "plan", RUNBOOK, "--json").stdout)
+    assert [line.split()[0] for line in as_json["money"]] == ["RENT", "SPEND", "DESTROY", "DESTROY"]
+
+
+def test_mcp_starts_a_rented_run_only_in_the_destructive_tier(
+        env: dict[str, str], standin: VastStandIn, identity: str, api_key: str, home: Path, tmp_path: Path) -> None:
+    pytest.importorskip("mcp")
+    import asyncio
+
+    from mcp.client.session import ClientSession
+    from mcp.client.stdio import StdioServerParameters, stdio_client
+
+    standin.add_offer(1, machine_id=11, dph_total=0.3)
+
+    async def session(tier: str, work):
+        params = StdioServerParameters(command=sys.executable, args=["-m", "agent_ops.front.cli", "mcp"],
+                                       env={**env, "AGENTOPS_MCP_TIER": tier}, cwd=str(tmp_path))
+        async with stdio_client(params) as (read, write), ClientSession(read, write) as client:
+            await client.initialize()
+            return await work(client)
+
+    async def names(client):
+        return {t.name for t in (await client.list_tools()).tools}
+
+    assert "start_rented_run" not in asyncio.run(session("mutating", names))
+
+    async def rented(client):
+        started = (await client.call_tool("start_rented_run", {"file": RUNBOOK, "identity": identity, "nodes": 1,
+                                                               "gpu_name": "RTX_4090"})).structured_content
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            status = await client.call_tool("status", {"run_id": started["run_id"]})
+            shown = None if status.is_error else status.structured_content
+            # The run ends at its gate (training runs on); its boxes go once training ends: the bill says when.
+            if shown and shown["state"] in ("succeeded", "failed") and shown["bill"]["dph_now"] == 0:
+                return started, shown
+            await asyncio.sleep(1.0)
+        raise AssertionError(f"the rented run did not end: {Path(started['controller_log']).read_text()[-2000:]}")
+
+    started, status = asyncio.run(session("destructive", rented))
+    assert status["state"] == "succeeded" and status["bill"]["nodes"][0]["state"] == "destroyed", status["message"]
+    assert standin.live() == []
+    _key_nowhere(api_key, home, standin, json.dumps(started), json.dumps(status))
+
+
+def test_sigterm_to_the_controller_applies_the_failure_policy(
+        env: dict[str, str], standin: VastStandIn, identity: str, api_key: str, home: Path) -> None:
+    standin.add_offer(1, machine_id=11, dph_total=0.3)
+    proc = subprocess.Popen([*CLI, "run", RUNBOOK, "--provision", "vast", "--nodes", "1", "--gpu-name", "RTX_4090",
+                             "-i", identity, "--var", "train_steps=100000", "--var", "step_s=0.1", "--var", "gate_step=99999"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        run_id = _wait_for_step(home, "train", ("running", "started"))
+        proc.send_signal(signal.SIGTERM)
+        out, errors = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, out + errors
+    assert standin.live() == []
+    status = json.loads(_cli(env, "status", run_id, "--json").stdout)
+    assert status["state"] == "interrupted" and "stopped by SIGTERM; boxes given back on the interrupt" in status["message"]
+    assert _saved(home, run_id)[(status["nodes"][0]["name"], "~/work/checkpoints")].state == "saved"
+    _key_nowhere(api_key, home, standin, out, errors)
+
+
+def _node_names(home: Path, run_id: str) -> list[str]:
+    journal = Journal(home / "journal.db")
+    try:
+        return [n.name for n in journal.nodes(run_id)]
+    finally:
+        journal.close()
 
 
 def _rentals(home: Path, run_id: str):

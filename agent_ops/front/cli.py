@@ -169,6 +169,10 @@ def plan(file: str, var: list[str] | None = VarOpt, as_json: bool = JsonOpt) -> 
                 out.print(f"      env {k}={v}", markup=False, highlight=False, style="dim")
             for line in (s.command or "").rstrip().splitlines():
                 out.print(f"      $ {line}", markup=False, highlight=False, style="dim")
+    if doc.money:
+        out.print("with --provision (money at stake; flags override the runbook's provision:):", style="bold")
+    for line in doc.money:
+        out.print(f"  [money] {line}", markup=False, highlight=False)
     if doc.deleting_fixes:
         out.print("fixes that delete (refused on a local target unless --allow-deleting-fixes):", style="bold")
     for fix in doc.deleting_fixes:
@@ -263,7 +267,7 @@ def run(
         start = lambda: start_run(loaded, values, secret_values, fleet, journal, run_id=run_id, observer=observer)
         return rented.started(start) if rented else start()
 
-    _execute(journal, as_json, make_ctx, drive=rented.drive if rented else None)
+    _execute(journal, as_json, make_ctx, rented)
 
 
 def _provisioned(loaded, values, provision: str | None, fleet_file: Path | None, flags: dict[str, Any],
@@ -297,7 +301,7 @@ def _rent(prov, journal: Journal, run_id: str | None, as_json: bool):
     return rented
 
 
-def _execute(journal: Journal, as_json: bool, make_ctx, drive=None) -> None:
+def _execute(journal: Journal, as_json: bool, make_ctx, rented=None) -> None:
     from agent_ops.front.live_view import LiveView, PlainView, render_status
     from agent_ops.record.status import run_status
     from agent_ops.run.context import close_run
@@ -316,14 +320,18 @@ def _execute(journal: Journal, as_json: bool, make_ctx, drive=None) -> None:
         ctx.observer = view
     stop_signals = {sig: signal.signal(sig, _stop_like_ctrl_c) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
-        final = drive(ctx, Executor(ctx).execute) if drive else Executor(ctx).execute()  # drive: a rented fleet's watch
+        # A rented fleet's run is driven through its watch (budget, idle) and ends with its boxes given back.
+        final = rented.drive(ctx, Executor(ctx).execute) if rented else Executor(ctx).execute()
     except KeyboardInterrupt as exc:
         how = f"stopped by {exc.args[0]}" if isinstance(exc, ControllerStopped) else "interrupted"
+        given_back = rented.given_back if rented else None  # a rented fleet was given back per its failure policy
+        after = given_back.summary() if given_back else "`agentops resume` continues"
         try:
-            journal.set_run(ctx.run_id, state="interrupted", message=f"controller {how}; `agentops resume` continues")
+            journal.set_run(ctx.run_id, state="interrupted", message=f"controller {how}; {after}")
         except JournalError as journal_exc:
             err.print(str(journal_exc), markup=False, highlight=False)
-        err.print(f"{how}; jobs keep running. Continue with: agentops resume {ctx.run_id}", markup=False, highlight=False)
+        err.print(f"{how}; {after}" if given_back else f"{how}; jobs keep running. Continue with: agentops resume {ctx.run_id}",
+                  markup=False, highlight=False)
         raise typer.Exit(EXIT_INTERRUPTED) from None
     except JournalError as exc:
         _journal_lost(journal, ctx.run_id, exc, as_json)
@@ -399,8 +407,7 @@ def resume(run_id: str, as_json: bool = JsonOpt) -> None:
     except RentedRunError as exc:
         _fail(EXIT_STATE, str(exc), as_json, exc.code)
     try:
-        _execute(journal, as_json, lambda observer: resume_run(journal, run_id, observer=observer),
-                 drive=rented.drive if rented else None)
+        _execute(journal, as_json, lambda observer: resume_run(journal, run_id, observer=observer), rented)
     except MissingSecret as exc:
         _fail(EXIT_INPUT, f"secrets missing from the environment: {exc.args[0]}", as_json, "missing_secret")
 

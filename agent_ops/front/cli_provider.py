@@ -241,10 +241,10 @@ def down_command(
             console.print(f"{run_id}: {verb} {len(done)} boxes{': ' + ', '.join(done) if done else ''}", markup=False)
         for line in (result.teardown.failed if result.teardown else []):
             console.print(f"could not give back {line}", markup=False, style="red")
-        if result.refused:
+        if result.refused and result.teardown is None:
             console.print(f"{run_id}: destroy refused, boxes kept: artifacts not safe (see above); --force destroys anyway",
                           markup=False, style="red")
-    if result.refused or (result.teardown and result.teardown.failed):
+    if result.teardown is None or result.teardown.failed:  # refused (not forced), or a box could not be given back
         raise typer.Exit(EXIT_FAILED)
 
 

@@ -78,10 +78,12 @@ class GiveBack(BaseModel):
     def summary(self) -> str:
         saved = sum(a.state == "saved" for a in self.artifacts)
         parts = [f"{saved}/{len(self.artifacts)} artifacts saved"] if self.artifacts else []
-        if self.refused:
+        if self.refused and self.teardown is None:
             parts.append(f"destroy refused, boxes kept: not safe: {'; '.join(self.refused)} "
                          f"(agentops down {self.run_id} --force destroys anyway)")
-        elif self.teardown is not None:
+        elif self.refused:
+            parts.append(f"not safe, destroyed anyway (forced): {'; '.join(self.refused)}")
+        if self.teardown is not None:
             verb = {"destroy": "destroyed", "stop": "stopped", "keep": "kept"}[self.policy]
             parts.append(f"{len(self.teardown.done)} boxes {verb}" if self.policy != "keep" else "boxes kept")
             parts += [f"could not give back {f}" for f in self.teardown.failed]
@@ -96,6 +98,7 @@ class RentedRun:
         self._provider = provider
         self.nodes: list[NodeSpec] = []  # the fleet once rented
         self.ended_by: str | None = None  # "budget reached" / "idle": why the watch ended the run
+        self.given_back: GiveBack | None = None  # what the last give-back did
 
     @classmethod
     def recorded(cls, journal: Journal, run_id: str) -> RentedRun | None:
@@ -159,9 +162,8 @@ class RentedRun:
         except KeyboardInterrupt:
             watch.stop()
             with _signals_held():
-                result = self.give_back(self.prov.teardown.failure, "controller interrupted", ctx)
-            _note(ctx, result)
-            raise
+                self.give_back(self.prov.teardown.failure, "boxes given back on the interrupt", ctx)
+            raise  # the front end records the run as interrupted, with what the give-back did
         watch.stop()
         if final == "succeeded" and self.ended_by is None:
             self._watch_jobs(ctx)
@@ -231,12 +233,14 @@ class RentedRun:
             result.refused = [a.line() for a in result.artifacts if a.blocks_destroy]
         if result.refused and policy == "destroy" and not force:
             self.journal.event(self.run_id, None, "destroy_refused", result.summary(), result.model_dump())
+            self.given_back = result
             return result
         try:
             result.teardown = teardown(self.provider, self.journal, self.run_id, policy)
         except ProviderError as exc:
             result.teardown = TeardownResult(run_id=self.run_id, policy=policy, failed=[str(exc)])
         self.journal.event(self.run_id, None, "teardown", result.summary(), result.model_dump())
+        self.given_back = result
         return result
 
     def _boxes(self, ctx: RunContext | None) -> list[Box]:
