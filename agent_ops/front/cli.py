@@ -11,6 +11,7 @@ import json
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -20,7 +21,21 @@ from rich.text import Text
 from agent_ops.errors import AgentOpsError, JournalError, RunbookError, TransportError
 from agent_ops.front import service as ops
 from agent_ops.front.cli_catalog import diagnose_command, known_issues_app
-from agent_ops.front.cli_provider import down_command, offers_command, rent_command, rentals_command
+from agent_ops.front.cli_provider import (
+    BUDGET,
+    FLEET_FILE,
+    GPU_NAME,
+    GPUS,
+    MAX_DPH,
+    NODES,
+    ON_FAILURE,
+    ON_SUCCESS,
+    PROVISION,
+    down_command,
+    offers_command,
+    rent_command,
+    rentals_command,
+)
 from agent_ops.record.journal import Journal
 from agent_ops.secret_values import MissingSecret, read_secrets
 
@@ -154,6 +169,10 @@ def plan(file: str, var: list[str] | None = VarOpt, as_json: bool = JsonOpt) -> 
                 out.print(f"      env {k}={v}", markup=False, highlight=False, style="dim")
             for line in (s.command or "").rstrip().splitlines():
                 out.print(f"      $ {line}", markup=False, highlight=False, style="dim")
+    if doc.money:
+        out.print("with --provision (money at stake; flags override the runbook's provision:):", style="bold")
+    for line in doc.money:
+        out.print(f"  [money] {line}", markup=False, highlight=False)
     if doc.deleting_fixes:
         out.print("fixes that delete (refused on a local target unless --allow-deleting-fixes):", style="bold")
     for fix in doc.deleting_fixes:
@@ -199,14 +218,20 @@ def run(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan with every var resolved; run nothing."),
     detach: bool = typer.Option(False, "--detach", "-d", help="Start the run in the background; print its id at once."),
     run_id: str | None = typer.Option(None, "--run-id", hidden=True, help="Use this run id (set by --detach)."),
+    provision: str | None = PROVISION, fleet_file: Path | None = FLEET_FILE, nodes: int | None = NODES,
+    gpus: int | None = GPUS, gpu_name: str | None = GPU_NAME, max_dph: float | None = MAX_DPH,
+    budget_usd: float | None = BUDGET, on_success: str | None = ON_SUCCESS, on_failure: str | None = ON_FAILURE,
     as_json: bool = JsonOpt,
 ) -> None:
     """Run a runbook on a target, step by step, in tmux; the journal records everything."""
     from agent_ops.run.context import start_run
 
     loaded, values = _load(file, var, as_json)
-    fleet = _target(target, identity, inventory, accept_new_host_key, tmux_socket, workdir, as_json, known_hosts,
-                    allow_deleting_fixes)
+    rent_flags = {"nodes": nodes, "gpus": gpus, "gpu_name": gpu_name, "max_dph": max_dph, "budget_usd": budget_usd,
+                  "on_success": on_success, "on_failure": on_failure}
+    prov = _provisioned(loaded, values, provision, fleet_file, rent_flags, identity, target, as_json)
+    fleet = None if prov else _target(target, identity, inventory, accept_new_host_key, tmux_socket, workdir, as_json,
+                                      known_hosts, allow_deleting_fixes)
     if dry_run:
         plan(file, var, as_json)
         return
@@ -216,6 +241,11 @@ def run(
             ("--workdir", workdir), ("--known-hosts", known_hosts)) if value), [])
         target_args += [flag for flag, on in (("--accept-new-host-key", accept_new_host_key),
                                               ("--allow-deleting-fixes", allow_deleting_fixes)) if on]
+        if prov:
+            from agent_ops.front.cli_provider import provision_args
+
+            target_args = [a for a in target_args[2:] if a != "--accept-new-host-key"]  # rented boxes: no -t
+            target_args += provision_args(provision, fleet_file, rent_flags)
         started = _op(as_json, ops.start_detached, file, _parse_vars(var, as_json), target_args, _journal(as_json))
         if as_json:
             print(started.model_dump_json(indent=2))
@@ -229,11 +259,49 @@ def run(
     except MissingSecret as exc:
         _fail(EXIT_INPUT, f"{loaded.path}: secrets missing from the environment: {exc.args[0]}", as_json, "missing_secret")
     journal = _journal(as_json)
-    _execute(journal, as_json,
-             lambda observer: start_run(loaded, values, secret_values, fleet, journal, run_id=run_id, observer=observer))
+    rented = _rent(prov, journal, run_id, as_json) if prov else None
+    if rented:
+        fleet, run_id = rented.nodes, rented.run_id
+
+    def make_ctx(observer):
+        start = lambda: start_run(loaded, values, secret_values, fleet, journal, run_id=run_id, observer=observer)
+        return rented.started(start) if rented else start()
+
+    _execute(journal, as_json, make_ctx, rented)
 
 
-def _execute(journal: Journal, as_json: bool, make_ctx) -> None:
+def _provisioned(loaded, values, provision: str | None, fleet_file: Path | None, flags: dict[str, Any],
+                 identity: str | None, target: str, as_json: bool):
+    """With --provision: the run's provisioning, checked (exit 2, nothing rented), in a RentedRun not yet renting."""
+    if not provision:
+        return None
+    from agent_ops.front.cli_provider import provisioning
+
+    if target != "local":
+        _fail(EXIT_INPUT, f"--provision {provision} rents the run's boxes: give no --target ({target})", as_json, "invalid_target")
+    return provisioning(loaded, values, provision, fleet_file, flags, identity, as_json)
+
+
+def _rent(prov, journal: Journal, run_id: str | None, as_json: bool):
+    """Rent the run's boxes; SIGTERM/SIGHUP stop the rental as Ctrl-C does (every box made is destroyed)."""
+    from agent_ops.front.cli_provider import rent_for_run
+    from agent_ops.run.context import new_run_id
+    from agent_ops.run.rented import RentedRun
+
+    rented = RentedRun(prov, journal, run_id or new_run_id())
+    stop_signals = {sig: signal.signal(sig, _stop_like_ctrl_c) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        rented.nodes = rent_for_run(rented, as_json)
+    except KeyboardInterrupt:
+        _fail(EXIT_INTERRUPTED, f"interrupted while renting; every box it made was destroyed (run {rented.run_id})", as_json,
+              "interrupted")
+    finally:
+        for sig, handler in stop_signals.items():
+            signal.signal(sig, handler)
+    return rented
+
+
+def _execute(journal: Journal, as_json: bool, make_ctx, rented=None) -> None:
     from agent_ops.front.live_view import LiveView, PlainView, render_status
     from agent_ops.record.status import run_status
     from agent_ops.run.context import close_run
@@ -252,14 +320,18 @@ def _execute(journal: Journal, as_json: bool, make_ctx) -> None:
         ctx.observer = view
     stop_signals = {sig: signal.signal(sig, _stop_like_ctrl_c) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
-        final = Executor(ctx).execute()
+        # A rented fleet's run is driven through its watch (budget, idle) and ends with its boxes given back.
+        final = rented.drive(ctx, Executor(ctx).execute) if rented else Executor(ctx).execute()
     except KeyboardInterrupt as exc:
         how = f"stopped by {exc.args[0]}" if isinstance(exc, ControllerStopped) else "interrupted"
+        given_back = rented.given_back if rented else None  # a rented fleet was given back per its failure policy
+        after = given_back.summary() if given_back else "`agentops resume` continues"
         try:
-            journal.set_run(ctx.run_id, state="interrupted", message=f"controller {how}; `agentops resume` continues")
+            journal.set_run(ctx.run_id, state="interrupted", message=f"controller {how}; {after}")
         except JournalError as journal_exc:
             err.print(str(journal_exc), markup=False, highlight=False)
-        err.print(f"{how}; jobs keep running. Continue with: agentops resume {ctx.run_id}", markup=False, highlight=False)
+        err.print(f"{how}; {after}" if given_back else f"{how}; jobs keep running. Continue with: agentops resume {ctx.run_id}",
+                  markup=False, highlight=False)
         raise typer.Exit(EXIT_INTERRUPTED) from None
     except JournalError as exc:
         _journal_lost(journal, ctx.run_id, exc, as_json)
@@ -325,10 +397,17 @@ def _print_reports(runbook, status) -> None:
 def resume(run_id: str, as_json: bool = JsonOpt) -> None:
     """Finish a run whose controller died: re-attach to its jobs, never re-run a succeeded step."""
     from agent_ops.run.context import resume_run
+    from agent_ops.run.rented import RentedRun, RentedRunError
 
     journal = _journal()
+    rented = RentedRun.recorded(journal, run_id)  # a run on rented boxes re-attaches to them and gives them back after
     try:
-        _execute(journal, as_json, lambda observer: resume_run(journal, run_id, observer=observer))
+        if rented:
+            rented.check_resumable()
+    except RentedRunError as exc:
+        _fail(EXIT_STATE, str(exc), as_json, exc.code)
+    try:
+        _execute(journal, as_json, lambda observer: resume_run(journal, run_id, observer=observer), rented)
     except MissingSecret as exc:
         _fail(EXIT_INPUT, f"secrets missing from the environment: {exc.args[0]}", as_json, "missing_secret")
 

@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from agent_ops.bounds import MAX_POLL_S
+from agent_ops.record.bill import Bill, run_bill
 from agent_ops.record.journal import TERMINAL_RUN_STATES, Journal, RunRow
 from agent_ops.transport.target import run_tmux_socket
 
@@ -126,6 +127,8 @@ class RunStatus(BaseModel):
                                     "first (of the first step that has a blame).")
     steps: list[StepView]
     remedies: list[RemedyView] = []
+    bill: Bill | None = Field(None, description="For a run on rented boxes: per node $/h, spent and projected, the total, "
+                              "the budget.")
     next_poll_s: float = Field(description="When to ask again (never more than 30 s).")
 
     @property
@@ -202,6 +205,7 @@ def run_status(journal: Journal, run_id: str) -> RunStatus | None:
         elapsed_s=round(end - run.started, 3) if run.started else None, controller_alive=alive,
         tmux_session=run.tmux_session, attach=attach, run_dir=run.run_dir, artifacts_dir=run.artifacts_dir,
         vars=run.vars or {}, nodes=nodes, blame=next((s.blame for s in steps if s.blame), None), steps=steps, remedies=remedies,
+        bill=run_bill(journal, run_id),
         next_poll_s=0.0 if run.state in TERMINAL_RUN_STATES else min(2.0 if alive else 10.0, MAX_POLL_S),
     )
 
