@@ -197,6 +197,7 @@ def test_destroy_waits_for_an_artifact_that_is_not_safe_until_forced(
     done = _run(env, identity, "--nodes", "1", "--var", "stats_name=absent.json")
 
     status = json.loads(done.stdout)
+    assert done.returncode == 5, done.stderr  # the steps succeeded, but boxes that still bill are not a success
     assert status["state"] == "succeeded" and "destroy refused, boxes kept" in status["message"]
     assert len(standin.live()) == 1  # kept, and billing: the message says so, and how to finish
     refused = _cli(env, "down", status["id"])

@@ -639,9 +639,11 @@ def main(argv: list[str] | None = None) -> int:
     ctx = init_distributed(cfg.runtime)
     code = 0
     run = None
+    clean = False  # the loop returned 0 (an exception on its way out is not a clean end: no peer to meet)
     try:
         run = setup(cfg, ctx, log, args.resume)
         code = train_loop(run)
+        clean = code == 0
     except (ConfigError, CacheError, CheckpointError, ModelPathError) as exc:
         log.error(str(exc))
         code = EXIT_BAD_INPUT
@@ -649,7 +651,7 @@ def main(argv: list[str] | None = None) -> int:
         if run is not None:
             run.tracker.finish(exit_code=code)
         log.close()
-        ctx.close()
+        ctx.close(clean=clean)
     return code
 
 

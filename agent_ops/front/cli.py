@@ -56,6 +56,7 @@ err = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
 
 EXIT_FAILED, EXIT_INPUT, EXIT_TRANSPORT, EXIT_STATE, EXIT_INTERRUPTED = 1, 2, 3, 4, 130
+EXIT_BOXES_KEPT = 5  # a rented fleet's destroy was refused (an artifact not safe): boxes still bill until `down`
 EXIT_TIMEOUT = 124  # `wait --until done --timeout N`: the run had not ended (as timeout(1) says it)
 # After the journal refused a write mid-run: how long to keep trying to record the run as interrupted (a disk freed).
 JOURNAL_RETRY_S = 10.0
@@ -349,6 +350,10 @@ def _execute(journal: Journal, as_json: bool, make_ctx, rented=None) -> None:
             err.print(render_status(status))
         _print_reports(ctx.loaded.runbook, status)
         err.print(f"run {ctx.run_id}: {final} — details: agentops status {ctx.run_id}", markup=False, highlight=False)
+    if rented and rented.given_back and rented.given_back.kept_unsafe:
+        # Exit 0 here would let a script walk away from boxes that are still billing.
+        err.print(rented.given_back.summary(), markup=False, highlight=False)
+        raise typer.Exit(EXIT_BOXES_KEPT)
     raise typer.Exit(0 if final == "succeeded" else EXIT_FAILED)
 
 

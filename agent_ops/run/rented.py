@@ -75,10 +75,15 @@ class GiveBack(BaseModel):
     refused: list[str] = Field(default_factory=list, description="Artifacts not safe: the destroy was refused for them.")
     teardown: TeardownResult | None = None
 
+    @property
+    def kept_unsafe(self) -> bool:
+        """The destroy was refused (an artifact not safe): the boxes still run, and bill, until someone acts."""
+        return bool(self.refused) and self.teardown is None
+
     def summary(self) -> str:
         saved = sum(a.state == "saved" for a in self.artifacts)
         parts = [f"{saved}/{len(self.artifacts)} artifacts saved"] if self.artifacts else []
-        if self.refused and self.teardown is None:
+        if self.kept_unsafe:
             parts.append(f"destroy refused, boxes kept: not safe: {'; '.join(self.refused)} "
                          f"(agentops down {self.run_id} --force destroys anyway)")
         elif self.refused:
@@ -366,14 +371,22 @@ def end_jobs(boxes: list[Box]) -> None:
                 end_run_tmux(box.transport, box.layout)
 
 
+# torchrun's launcher (the elastic agent) handles TERM/INT/HUP/QUIT only: SIGUSR1's default action would end it, and
+# with it the step, while its workers save. It is left alone (known by its first arguments, not by any argument that
+# happens to hold the word); its workers get the signal, save and exit 0, and so does it.
+LAUNCHER = r"(.*/)?torchrun|torch\.distributed\.(run|launch)"
+
+
 def _signal_script(job_dir: str, layout: RunLayout, sig: str) -> str:
     """Signal the job's own processes: every descendant of its wrapper but agentops' (wrapper, script shell, log
-    follower, mask filter), whose default action would end them before the job could save."""
+    follower, mask filter) and a launcher's, whose default action would end them before the job could save."""
     d = shlex.quote(job_dir)
     return (f"d={d}; p=$(cat \"$d/pid\" 2>/dev/null) || exit 0\n"
             "kids() { for c in $(pgrep -P \"$1\"); do echo \"$c\"; kids \"$c\"; done; }\n"
-            f"for c in $(kids \"$p\"); do tr '\\0' ' ' < /proc/$c/cmdline 2>/dev/null | grep -qF -e \"$d/\" "
-            f"-e {shlex.quote(layout.mask_program)} && continue; kill -{sig} \"$c\" 2>/dev/null; done; true")
+            "for c in $(kids \"$p\"); do a=$(tr '\\0' '\\n' < /proc/$c/cmdline 2>/dev/null) || continue\n"
+            f"  printf '%s\\n' \"$a\" | grep -qF -e \"$d/\" -e {shlex.quote(layout.mask_program)} && continue\n"
+            f"  printf '%s\\n' \"$a\" | head -n 3 | grep -qxE {shlex.quote(LAUNCHER)} && continue\n"
+            f"  kill -{sig} \"$c\" 2>/dev/null; done; true")
 
 
 def _latest_jobs(journal: Journal, run_id: str, boxes: list[Box], step_id: str) -> list[tuple[Box, str]]:
