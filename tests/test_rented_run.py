@@ -190,6 +190,100 @@ def test_a_controller_killed_mid_run_leaves_boxes_that_down_finds_and_destroys(
     _key_nowhere(api_key, home, standin, down.stdout, down.stderr, status.stdout)
 
 
+def _killed_mid_training(env: dict[str, str], standin: VastStandIn, identity: str, home: Path) -> str:
+    """A 2-box rented run whose controller is SIGKILLed while training runs on both boxes (its gate still waits):
+    the run's id. The boxes bill on, the training with them."""
+    standin.add_offer(1, machine_id=11, dph_total=0.3)
+    standin.add_offer(2, machine_id=12, dph_total=0.5)
+    proc = subprocess.Popen([*CLI, "run", RUNBOOK, "--provision", "vast", "--nodes", "2", "--gpu-name", "RTX_4090",
+                             "-i", identity, "--var", "train_steps=150", "--var", "step_s=0.1", "--var", "gate_step=100"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        run_id = _wait_for_step(home, "train", ("running", "started"))
+        deadline = time.monotonic() + 60
+        while len([p for p in standin.root.rglob("work/train.log") if p.stat().st_size]) < 2:  # a job on both boxes
+            assert time.monotonic() < deadline, "training never started on both boxes"
+            time.sleep(0.2)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert len(standin.live()) == 2
+    return run_id
+
+
+def _attempts(home: Path, run_id: str) -> dict[tuple[str, str], int]:
+    """(step, node) -> how many attempts the journal holds."""
+    journal = Journal(home / "journal.db")
+    try:
+        counts: dict[tuple[str, str], int] = {}
+        for a in journal.attempts(run_id):
+            counts[(a.step_id, a.node)] = counts.get((a.step_id, a.node), 0) + 1
+        return counts
+    finally:
+        journal.close()
+
+
+def _creates(standin: VastStandIn) -> int:
+    """Instances the stand-in was asked to create (PUT /api/v0/asks/ID/)."""
+    return sum(r["method"] == "PUT" and r["path"].startswith("/api/v0/asks/") for r in standin.requests())
+
+
+def test_resume_after_a_sigkill_finishes_on_the_same_boxes_then_destroys_them(
+        env: dict[str, str], standin: VastStandIn, identity: str, api_key: str, home: Path) -> None:
+    run_id = _killed_mid_training(env, standin, identity, home)
+    rented = standin.live()
+    before = {k: n for k, n in _attempts(home, run_id).items() if k[0] != "started"}  # the gate was still waiting
+    assert _creates(standin) == 2 and {s for s, _ in before} == {"deps", "stats", "train"}
+
+    done = _cli(env, "resume", run_id, "--json")
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    status = json.loads(done.stdout)
+    assert status["state"] == "succeeded" and status["id"] == run_id
+    assert _creates(standin) == 2 and sorted(standin.destroyed) == rented and standin.live() == []  # the same boxes
+    assert sorted(int(n["name"].removeprefix("vast-")) for n in status["nodes"]) == rented
+    after = _attempts(home, run_id)
+    assert {k: n for k, n in after.items() if k[0] != "started"} == before  # deps, stats, train: not one re-run
+    saved = _saved(home, run_id)
+    assert len(saved) == 4 and {r.state for r in saved.values()} == {"saved"}, saved
+    head = status["nodes"][0]["name"]
+    checkpoints = [Path(f.local).parent.name for f in saved[(head, "~/work/checkpoints")].files]
+    assert "checkpoint-000150" in checkpoints  # the training the dead controller started ran to its end on resume's watch
+    for result in saved.values():
+        _check_copies(result)
+    assert "2 boxes destroyed" in status["message"] and "4/4 artifacts saved" in status["message"]
+    _key_nowhere(api_key, home, standin, done.stdout, done.stderr)
+
+
+@pytest.mark.parametrize("fate", ["died", "destroyed"])
+def test_resume_after_a_box_went_meanwhile_fails_clearly_and_gives_back_the_rest(
+        env: dict[str, str], standin: VastStandIn, identity: str, api_key: str, home: Path, fate: str) -> None:
+    run_id = _killed_mid_training(env, standin, identity, home)
+    head, worker = (int(name.removeprefix("vast-")) for name in _node_names(home, run_id))  # rank 0, rank 1
+    if fate == "died":
+        standin.kill(worker)
+    else:  # destroyed from vast.ai's console, say: the instance no longer exists
+        standin.destroy(worker)
+
+    done = _cli(env, "resume", run_id, "--json")
+
+    assert done.returncode == 4, done.stdout + done.stderr  # EXIT_STATE: the run cannot be resumed
+    error = json.loads(done.stdout)["error"]
+    why = "offline" if fate == "died" else "gone"
+    assert error["code"] == "run_state" and f"cannot resume, box gone: vast-{worker} ({why}" in error["message"], error
+    assert "3/4 artifacts saved" in error["message"] and "2 boxes destroyed" in error["message"], error
+    assert standin.live() == [] and _creates(standin) == 2  # the box left is given back per the failure policy
+    status = json.loads(_cli(env, "status", run_id, "--json").stdout)
+    assert status["state"] == "failed" and "2 boxes destroyed" in status["message"], status["message"]
+    assert {s["state"] for s in status["steps"]} <= {"succeeded", "failed"}  # no step shown running on a dead fleet
+    saved = _saved(home, run_id)
+    assert saved[(f"vast-{head}", "~/work/dataset_statistics.json")].state == "saved"
+    assert saved[(f"vast-{worker}", "~/work/train.log")].state == "lost"
+    _key_nowhere(api_key, home, standin, done.stdout, done.stderr)
+
+
 def test_destroy_waits_for_an_artifact_that_is_not_safe_until_forced(
         env: dict[str, str], standin: VastStandIn, identity: str, api_key: str, home: Path) -> None:
     standin.add_offer(1, machine_id=11, dph_total=0.3)

@@ -36,7 +36,7 @@ from agent_ops.provider.lifecycle import FleetRequest, TeardownResult, rent, tea
 from agent_ops.provider.registry import open_provider
 from agent_ops.provider.reputation import Reputation
 from agent_ops.record.bill import PROVISIONED_EVENT, node_name, run_bill
-from agent_ops.record.journal import LIVE_RENTAL_STATES, TERMINAL_RUN_STATES, Journal
+from agent_ops.record.journal import LIVE_RENTAL_STATES, TERMINAL_RUN_STATES, TERMINAL_STEP_STATES, Journal
 from agent_ops.run.artifacts import ArtifactResult, NodeArtifacts, save_all, specs_for
 from agent_ops.run.context import RunContext
 from agent_ops.run.jobs import RunLayout, end_run_tmux
@@ -145,10 +145,34 @@ class RentedRun:
             raise
 
     def check_resumable(self) -> None:
-        """A rented run is resumed on its own boxes: refuse when none is left."""
+        """A rented run is resumed on its own boxes: refuse when none is left. When the provider reports one of them
+        dead or gone, the run cannot finish on its fleet: its artifacts are saved from the boxes left, the failure
+        policy gives those back, the run is recorded as failed, and the refusal says so."""
         if not [r for r in self.journal.rentals(self.run_id) if r.state in ("created", "ready")]:
             raise RentedRunError(f"run {self.run_id}: its rented boxes were given back; nothing to resume on "
                                  f"(start it again with --provision)")
+        from agent_ops.record.status import controller_alive
+
+        row = self.journal.run(self.run_id)
+        if row is None or row.state in ("succeeded", "cancelled") or controller_alive(row):
+            return  # resume_run refuses these, and says why; boxes another controller drives are not ours to give back
+        gone = self._gone_boxes()
+        if not gone:
+            return
+        # Without this, resume waited out the reconnect timeout on the dead box, failed to connect, and left every
+        # other box of the fleet billing with nothing to drive it (seen in the test of this case).
+        lost = ", ".join(f"{name} ({why})" for name, why in gone.items())
+        try:
+            with _signals_held():
+                result = self.give_back(self.prov.teardown.failure, f"cannot resume, box gone: {lost}")
+        finally:
+            self.close()
+        now = time.time()
+        for step in self.journal.steps(self.run_id):
+            if step.state not in TERMINAL_STEP_STATES:
+                self.journal.set_step(self.run_id, step.step_id, state="failed", ended=now, message=f"box gone: {lost}")
+        self.journal.set_run(self.run_id, state="failed", ended=now, message=result.summary())
+        raise RentedRunError(f"run {self.run_id}: {result.summary()}")
 
     # --- driving -----------------------------------------------------------------------------------
 
