@@ -7,19 +7,18 @@ provider could not be reached.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
-from pydantic import BaseModel, ValidationError
-from rich.console import Console
-from rich.table import Table
 
+from agent_ops.front.output import Output
 from agent_ops.front.service import OpError
 from agent_ops.record.journal import Journal
 
-if TYPE_CHECKING:  # imported where used: a status poll never loads them
+if TYPE_CHECKING:  # imported where used: a status poll never loads them (nor pydantic's models, nor rich)
+    from pydantic import ValidationError
+
     from agent_ops.provider.lifecycle import FleetRequest, OfferList
 
 EXIT_FAILED, EXIT_INPUT, EXIT_PROVIDER = 1, 2, 3
@@ -52,25 +51,12 @@ _QUALIFY_FLAGS = {"min_disk_free_gb": "--min-disk-free", "download_url": "--down
                   "min_download_mbps": "--min-download", "burn_in_s": "--burn-in", "min_tflops": "--min-tflops"}
 
 
-def _out() -> Console:
-    return Console(highlight=False, soft_wrap=True)
-
-
-def _fail(code: int, message: str, as_json: bool, kind: str = "error", problems: list[str] | None = None) -> typer.Exit:
-    if as_json:
-        print(json.dumps({"error": {"code": kind, "message": message, "problems": problems or []}}))
-    else:
-        for line in problems or [message]:
-            typer.echo(line, err=True)
-    return typer.Exit(code)
-
-
-def _op(as_json: bool, fn, *args, **kwargs):
+def _op(o: Output, fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except OpError as exc:
         code = EXIT_INPUT if exc.code in _INPUT_CODES else EXIT_FAILED if exc.code in _FAILED_CODES else EXIT_PROVIDER
-        raise _fail(code, exc.message, as_json, exc.code, exc.problems) from None
+        o.fail(code, exc.message, exc.code, exc.problems)
 
 
 def _given(values: dict[str, Any], flags: dict[str, str]) -> dict[str, Any]:
@@ -90,9 +76,12 @@ def offers_command(
     provider: str = PROVIDER, as_json: bool = JSON,
 ) -> None:
     """Offers matching a request, cheapest for the requested work first (bad machines left out)."""
+    from pydantic import ValidationError
+
     from agent_ops.front import provider_ops
     from agent_ops.provider.base import OfferRequest
 
+    o = Output(as_json)
     values = {"gpus": gpus, "gpu_name": gpu_name, "min_gpu_ram_gb": min_gpu_ram, "disk_gb": disk, "min_cuda": min_cuda,
               "min_driver": min_driver, "min_reliability": min_reliability, "max_dph": max_dph, "location": location,
               "min_inet_down_mbps": min_inet_down, "hours": hours, "download_gb": download_gb, "limit": limit}
@@ -100,15 +89,17 @@ def offers_command(
         request = OfferRequest(**_given(values, _OFFER_FLAGS))
     except ValidationError as exc:
         problems = _flag_problems(exc, {(k,): v for k, v in _OFFER_FLAGS.items()})
-        raise _fail(EXIT_INPUT, "invalid offer request", as_json, "invalid_request", problems) from None
-    found = _op(as_json, provider_ops.offers, request, Journal(), provider)
+        o.fail(EXIT_INPUT, "invalid offer request", "invalid_request", problems)
+    found = _op(o, provider_ops.offers, request, Journal(), provider)
     if as_json:
-        print(found.model_dump_json(indent=2))
+        o.json(found)
         return
-    _print_offers(found)
+    _print_offers(found, o)
 
 
-def _print_offers(found: OfferList) -> None:
+def _print_offers(found: OfferList, o: Output) -> None:
+    from rich.table import Table
+
     req = found.request
     table = Table(title=f"offers for {req.gpus} x {req.gpu_name or 'any GPU'}, {req.hours:g} h + {req.download_gb:g} GB down")
     for col in ("offer", "machine", "GPU", "GB/GPU", "disk", "$/h", "work $", "reliab.", "CUDA", "Mbit/s down", "where"):
@@ -117,10 +108,9 @@ def _print_offers(found: OfferList) -> None:
         table.add_row(offer.id, offer.machine_id, f"{offer.gpus} x {offer.gpu_name}", f"{offer.gpu_ram_gb:g}", f"{offer.disk_gb:g}",
                       f"{offer.dph:.3f}", f"{cost:.2f}", f"{offer.reliability or 0:.3f}", f"{offer.cuda or '-'}",
                       f"{offer.inet_down_mbps or 0:.0f}", offer.location or "-")
-    console = _out()
-    console.print(table)
+    o.out.print(table)
     if found.skipped_bad_machines:
-        console.print(f"{found.skipped_bad_machines} offers left out: their machines failed qualification before")
+        o.line(f"{found.skipped_bad_machines} offers left out: their machines failed qualification before")
 
 
 def rent_command(
@@ -148,31 +138,36 @@ def rent_command(
     from agent_ops.front import provider_ops
     from agent_ops.run.context import new_run_id
 
+    o = Output(as_json)
     values = {"gpus": gpus, "gpu_name": gpu_name, "min_gpu_ram_gb": min_gpu_ram, "disk_gb": disk, "min_cuda": min_cuda,
               "min_driver": min_driver, "min_reliability": min_reliability, "max_dph": max_dph, "location": location,
               "min_inet_down_mbps": min_inet_down, "nodes": nodes, "image": image, "identity": identity, "onstart": onstart,
               "provision_deadline_s": deadline, "max_boxes": max_boxes, "min_disk_free_gb": min_disk_free,
               "download_url": download_url, "min_download_mbps": min_download, "burn_in_s": burn_in, "min_tflops": min_tflops}
-    request = _fleet_request(request_file, values, as_json)
+    request = _fleet_request(request_file, values, o)
     run_id = run_id or new_run_id()
     journal = Journal()
     if detach:
-        started = _op(as_json, provider_ops.rent_detached, request, journal, run_id, provider)
-        print(started.model_dump_json(indent=2) if as_json else started.run_id)
+        started = _op(o, provider_ops.rent_detached, request, journal, run_id, provider)
+        if as_json:
+            o.json(started)
+        else:
+            print(started.run_id)
         return
-    result = _op(as_json, provider_ops.rent_boxes, request, journal, run_id, provider)
+    result = _op(o, provider_ops.rent_boxes, request, journal, run_id, provider)
     if as_json:
-        print(result.model_dump_json(indent=2))
+        o.json(result)
         return
-    console = _out()
     for box in result.boxes:
-        console.print(f"{box.instance_id}  {box.offer.gpus} x {box.offer.gpu_name}  ${box.offer.dph:.3f}/h  {box.target.url}  "
-                      f"({box.endpoint.kind}; host key {box.host_key.split()[0]} recorded)", markup=False)
-    console.print(f"rented {len(result.boxes)} boxes for {run_id}; give them back with: agentops down {run_id}", markup=False)
+        o.line(f"{box.instance_id}  {box.offer.gpus} x {box.offer.gpu_name}  ${box.offer.dph:.3f}/h  {box.target.url}  "
+               f"({box.endpoint.kind}; host key {box.host_key.split()[0]} recorded)")
+    o.line(f"rented {len(result.boxes)} boxes for {run_id}; give them back with: agentops down {run_id}")
 
 
-def _fleet_request(path: Path | None, values: dict[str, Any], as_json: bool) -> FleetRequest:
+def _fleet_request(path: Path | None, values: dict[str, Any], o: Output) -> FleetRequest:
     """The request file (if any) with the flags given laid over it; problems as FILE:LINE or --flag."""
+    from pydantic import ValidationError
+
     from agent_ops.provider.lifecycle import FleetRequest
     from agent_ops.yaml_models import YamlProblems, read_yaml
 
@@ -183,9 +178,9 @@ def _fleet_request(path: Path | None, values: dict[str, Any], as_json: bool) -> 
         try:
             data, lines, _ = read_yaml(path, label)
         except FileNotFoundError:
-            raise _fail(EXIT_INPUT, f"{path}: no such request file", as_json, "invalid_request") from None
+            o.fail(EXIT_INPUT, f"{path}: no such request file", "invalid_request")
         except YamlProblems as exc:
-            raise _fail(EXIT_INPUT, f"{path}: invalid request", as_json, "invalid_request", exc.problems) from None
+            o.fail(EXIT_INPUT, f"{path}: invalid request", "invalid_request", exc.problems)
         data = dict(data) if isinstance(data, dict) else {}
     data.update(_given(values, _FLEET_FLAGS))
     data["offer"] = {**(data.get("offer") or {}), **_given(values, _OFFER_FLAGS)}
@@ -193,8 +188,7 @@ def _fleet_request(path: Path | None, values: dict[str, Any], as_json: bool) -> 
     try:
         return FleetRequest.model_validate(data)
     except ValidationError as exc:
-        raise _fail(EXIT_INPUT, f"{label}: invalid fleet request", as_json, "invalid_request",
-                    _request_problems(exc, data, label, lines, values)) from None
+        o.fail(EXIT_INPUT, f"{label}: invalid fleet request", "invalid_request", _request_problems(exc, data, label, lines, values))
 
 
 def _request_problems(exc: ValidationError, data: dict[str, Any], label: str, lines, values: dict[str, Any]) -> list[str]:
@@ -215,13 +209,6 @@ def _request_problems(exc: ValidationError, data: dict[str, Any], label: str, li
     return problems + report.problems()
 
 
-class _Down(BaseModel):
-    run_id: str
-    policy: str
-    done: list[str]
-    failed: list[str]
-
-
 def down_command(
     run_id: str = typer.Argument(..., help="The run (or rental) whose boxes to give back."),
     policy: str = typer.Option("destroy", "--policy", help="destroy | stop (disk kept) | keep."),
@@ -230,17 +217,17 @@ def down_command(
     """Give back every box a run rented: those in the journal, and any the provider shows with the run's label."""
     from agent_ops.front import provider_ops
 
+    o = Output(as_json)
     if policy not in ("destroy", "stop", "keep"):
-        raise _fail(EXIT_INPUT, f"--policy {policy!r}: expected destroy, stop or keep", as_json, "invalid_request")
-    result = _op(as_json, provider_ops.down, Journal(), run_id, policy, provider)
+        o.fail(EXIT_INPUT, f"--policy {policy!r}: expected destroy, stop or keep", "invalid_request")
+    result = _op(o, provider_ops.down, Journal(), run_id, policy, provider)
     if as_json:
-        print(result.model_dump_json(indent=2))
+        o.json(result)
     else:
-        console = _out()
         verb = {"destroy": "destroyed", "stop": "stopped", "keep": "kept"}[policy]
-        console.print(f"{run_id}: {verb} {len(result.done)} boxes{': ' + ', '.join(result.done) if result.done else ''}", markup=False)
+        o.line(f"{run_id}: {verb} {len(result.done)} boxes{': ' + ', '.join(result.done) if result.done else ''}")
         for line in result.failed:
-            console.print(f"could not give back {line}", markup=False, style="red")
+            o.line(f"could not give back {line}", style="red")
     if result.failed:
         raise typer.Exit(EXIT_FAILED)
 
@@ -249,12 +236,12 @@ def rentals_command(run_id: str = typer.Argument(..., help="The run whose boxes 
     """A run's boxes from the journal: state, $/h, spent so far (no provider call)."""
     from agent_ops.front import provider_ops
 
+    o = Output(as_json)
     found = provider_ops.rentals(Journal(), run_id)
     if as_json:
-        print(found.model_dump_json(indent=2))
+        o.json(found)
         return
-    console = _out()
     for r in found.rentals:
-        console.print(f"{r.instance_id:>10} {r.state:<9} ${r.dph or 0:.3f}/h  ${r.spent_usd:.2f} so far  {r.ssh or '-'}  "
-                      f"{r.message or ''}", markup=False)
-    console.print(f"{found.live} live, ${found.dph_live:.3f}/h now, ${found.spent_usd:.2f} spent", markup=False)
+        o.line(f"{r.instance_id:>10} {r.state:<9} ${r.dph or 0:.3f}/h  ${r.spent_usd:.2f} so far  {r.ssh or '-'}  "
+               f"{r.message or ''}")
+    o.line(f"{found.live} live, ${found.dph_live:.3f}/h now, ${found.spent_usd:.2f} spent")

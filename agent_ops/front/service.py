@@ -1,7 +1,7 @@
 """The operations behind both front ends (CLI --json and MCP tools): one model, two front ends.
 
-Every function here returns a pydantic model or raises OpError (a code and a message an
-agent can act on). None blocks longer than MAX_BLOCK_S: waits are sliced and bounded.
+Every function here returns a pydantic model (a frozen dataclass for what agents poll: status, wait) or raises
+OpError (a code and a message an agent can act on). None blocks longer than MAX_BLOCK_S: waits are sliced and bounded.
 """
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -101,8 +102,9 @@ class StartResult(BaseModel):
     next_poll_s: float = 1.0
 
 
-class WaitResult(BaseModel):
-    """What `wait` saw: whether anything changed, and the status after."""
+@dataclass(frozen=True)
+class WaitResult:
+    """What `wait` saw: whether anything changed, and the status after (a dataclass, as RunStatus is: a poll)."""
 
     changed: bool
     waited_s: float
@@ -292,7 +294,7 @@ def wait_until_done(journal: Journal, run_id: str, timeout: float | None, on_cha
     while True:
         left = None if timeout is None else max(0.0, timeout - (time.monotonic() - t0))
         result = wait(journal, run_id, MAX_BLOCK_S if left is None else min(MAX_BLOCK_S, left))
-        result = result.model_copy(update={"waited_s": round(time.monotonic() - t0, 3)})
+        result = replace(result, waited_s=round(time.monotonic() - t0, 3))
         st = result.status
         if result.changed:
             on_change(result)
@@ -312,7 +314,8 @@ def cancel(journal: Journal, run_id: str) -> str:
         raise OpError("unknown_run" if "unknown run" in str(exc) else "run_finished", str(exc)) from None
 
 
-class LogSource(BaseModel):
+@dataclass(frozen=True)
+class LogSource:
     """Whose job log to read for a step: its own, or (for a gate) the job it watches, with a note saying so."""
 
     step_id: str
