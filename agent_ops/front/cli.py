@@ -454,43 +454,31 @@ def logs(
     (at most --start-timeout seconds, saying so); it exits 4 if the step ends without a job (skipped, not run).
     On a fleet, --node picks the node (default: the head, or the first node the step ran on).
     """
-    from agent_ops.secret_values import Masker
-    from agent_ops.transport.target import connect
-
     o = Output()
     journal = _journal(o)
     source = _op(o, ops.log_source, journal, run_id, step)
     if source.note:
         o.note(source.note)
-    attempts = _job_attempts(journal, run_id, source.step_id, attempt, node)
-    if not attempts:
-        if not follow or attempt is not None:
-            state = journal.step(run_id, source.step_id)
-            o.fail(EXIT_STATE, f"step {source.step_id!r} of run {run_id} has no job log yet ({state.state if state else 'unknown'}); "
-                               f"--follow waits for it to start", "not_started")
-        attempts = _wait_for_start(journal, run_id, source.step_id, start_timeout, node, o)
-    name, target = _op(o, ops.node_of, journal, run_id, source.step_id, node)
-    chosen = [a for a in attempts if a.node in (name, "")][-1]
-    row = journal.run(run_id)
-    masker = Masker(v for v in (read_secrets_quiet(row.secret_names)))
-    transport = connect(target)
+    if follow and attempt is None:
+        _wait_for_start(journal, run_id, source.step_id, start_timeout, node, o)
     try:
-        path = f"{chosen.job_dir}/log"
+        log = ops.open_job_log(journal, run_id, source, node, attempt)
+    except ops.OpError as exc:
+        hint = "; --follow waits for it to start" if exc.code == "not_started" and attempt is None else ""
+        o.fail(EXIT_STATE, exc.message + hint, exc.code, exc.problems)
+    try:
         while True:
-            try:
-                data = transport.read_from(path, offset, 1 << 20)
-            except FileNotFoundError:
-                data = b""
+            data = log.read(offset, 1 << 20)
             if data:
                 offset += len(data)
-                sys.stdout.write(masker.mask(data.decode("utf-8", "replace")))
+                sys.stdout.write(log.masker.mask(data.decode("utf-8", "replace")))
                 sys.stdout.flush()
                 continue
-            if not follow or transport.stat(f"{chosen.job_dir}/rc") is not None:
+            if not follow or log.ended():
                 break
             time.sleep(1.0)
     finally:
-        transport.close()
+        log.close()
 
 
 def result_lines(outputs: dict | None) -> list[str]:
@@ -506,19 +494,16 @@ def result_lines(outputs: dict | None) -> list[str]:
     return lines
 
 
-def _job_attempts(journal: Journal, run_id: str, step_id: str, attempt: int | None, node: str | None = None) -> list:
-    found = [a for a in journal.attempts(run_id, step_id, node=node) if a.job_dir]
-    return [a for a in found if a.attempt == attempt] if attempt is not None else found
-
-
-def _wait_for_start(journal: Journal, run_id: str, step_id: str, limit: float, node: str | None, o: Output) -> list:
+def _wait_for_start(journal: Journal, run_id: str, step_id: str, limit: float, node: str | None, o: Output) -> None:
     """Poll the journal (every 0.5 s, at most `limit` seconds) until the step's job exists; exit 4 if it never will."""
     t0 = time.monotonic()
-    o.note(f"waiting for step {step_id} of run {run_id} to start (up to {limit:g}s)")
+    started = False
     while True:
-        attempts = _job_attempts(journal, run_id, step_id, None, node)
-        if attempts:
-            return attempts
+        if any(a.job_dir for a in journal.attempts(run_id, step_id, node=node)):
+            return
+        if not started:
+            o.note(f"waiting for step {step_id} of run {run_id} to start (up to {limit:g}s)")
+            started = True
         row, run = journal.step(run_id, step_id), journal.run(run_id)
         if row is not None and row.state in ("skipped", "cancelled", "failed", "succeeded"):
             o.fail(EXIT_STATE, f"step {step_id!r} ended without a job log: {row.state}{': ' + row.message if row.message else ''}",
@@ -529,13 +514,6 @@ def _wait_for_start(journal: Journal, run_id: str, step_id: str, limit: float, n
             o.fail(EXIT_STATE, f"step {step_id!r} did not start within {limit:g}s (state {row.state if row else 'unknown'})",
                    "not_started")
         time.sleep(0.5)
-
-
-def read_secrets_quiet(names: list[str]) -> list[str]:
-    """Secret values present in this environment (for masking output); missing ones are skipped."""
-    import os
-
-    return [os.environ[n] for n in names if os.environ.get(n)]
 
 
 POLL_COMMANDS = frozenset({"status", "list", "logs", "wait"})

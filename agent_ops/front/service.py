@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from agent_ops.known_issues.catalog import Catalog
     from agent_ops.known_issues.propose import Proposal
     from agent_ops.runbook.schema import Runbook, Step
+    from agent_ops.secret_values import Masker
+    from agent_ops.transport.base import Transport
 
 MAX_BLOCK_S = MAX_POLL_S  # no operation blocks longer than this (seed 003, rule 1)
 DETACH_READY_S = 15.0
@@ -380,37 +382,86 @@ def node_of(journal: Journal, run_id: str, step_id: str, node: str | None) -> tu
     return node, fleet[node].target
 
 
+class JobLog:
+    """One job's log on the node it ran on, read by byte offset: `tail` slices it, `agentops logs` follows it.
+
+    Made by `open_job_log`; the transport to the node is connected on the first read and closed by `close`.
+    """
+
+    def __init__(self, run_id: str, step_id: str, node: str, target: Any, attempt: Any, masker: Masker) -> None:
+        self.run_id, self.step_id, self.node, self.target = run_id, step_id, node, target
+        self.attempt = attempt  # the journal's AttemptRow: attempt number, job_dir, window
+        self.masker = masker
+        self._transport: Transport | None = None
+
+    @property
+    def transport(self) -> Transport:
+        if self._transport is None:
+            from agent_ops.transport.target import connect
+
+            self._transport = connect(self.target)
+        return self._transport
+
+    def size(self) -> int:
+        st = self.transport.stat(f"{self.attempt.job_dir}/log")
+        return st.size if st else 0
+
+    def read(self, offset: int, limit: int) -> bytes:
+        """Up to `limit` bytes from `offset` (b'' before the job wrote any)."""
+        try:
+            return self.transport.read_from(f"{self.attempt.job_dir}/log", offset, limit)
+        except FileNotFoundError:
+            return b""
+
+    def ended(self) -> bool:
+        """Whether the job has exited (its exit code is written)."""
+        return self.transport.stat(f"{self.attempt.job_dir}/rc") is not None
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+
+def open_job_log(journal: Journal, run_id: str, source: LogSource, node: str | None = None,
+                 attempt: int | None = None) -> JobLog:
+    """The log of `source`'s job on `node` (node_of picks the default), its newest attempt or `attempt`; OpError
+    `not_started` when there is no such job yet."""
+    row = journal.run(run_id)
+    if row is None:
+        raise OpError("unknown_run", f"unknown run {run_id!r}")
+    name, target = node_of(journal, run_id, source.step_id, node)
+    found = [a for a in journal.attempts(run_id, source.step_id, node=name)
+             if a.job_dir and (attempt is None or a.attempt == attempt)]
+    if not found:
+        step = journal.step(run_id, source.step_id)
+        which = f" of attempt {attempt}" if attempt is not None else ""
+        raise OpError("not_started", f"step {source.step_id!r} of run {run_id} has no job log{which} yet "
+                                     f"({step.state if step else 'unknown'}) on node {name}")
+    return JobLog(run_id, source.step_id, name, target, found[-1], run_masker(row))
+
+
+def run_masker(row: Any) -> Masker:
+    """A Masker for the run's secrets, from those present in this environment (missing ones cannot leak here)."""
+    from agent_ops.secret_values import Masker
+
+    return Masker(os.environ[n] for n in row.secret_names if os.environ.get(n))
+
+
 def tail(journal: Journal, run_id: str, step_id: str, *, lines: int | None = 50, offset: int | None = None,
          limit: int = 64 << 10, node: str | None = None) -> TailResult:
     """A step's job log (on `node`, default the head): the last `lines` lines, or `limit` bytes from `offset`."""
-    from agent_ops.secret_values import Masker
-    from agent_ops.transport.target import connect
-
-    if journal.run(run_id) is None:
-        raise OpError("unknown_run", f"unknown run {run_id!r}")
-    source = log_source(journal, run_id, step_id)  # a gate reads the log of the job it watches
-    row = journal.run(run_id)
-    name, target = node_of(journal, run_id, source.step_id, node)
-    attempts = [a for a in journal.attempts(run_id, source.step_id, node=name) if a.job_dir]
-    if not attempts:
-        raise OpError("not_started", f"run {run_id} has no job log for step {source.step_id!r} on node {name} yet")
-    att = attempts[-1]
-    masker = Masker(os.environ[n] for n in row.secret_names if os.environ.get(n))
-    transport = connect(target)
+    log = open_job_log(journal, run_id, log_source(journal, run_id, step_id), node)  # a gate: the job it watches
     try:
-        path = f"{att.job_dir}/log"
-        st = transport.stat(path)
-        size = st.size if st else 0
-        start = offset if offset is not None else max(0, size - limit)
-        data = transport.read_from(path, start, limit) if st else b""
-        ended = transport.stat(f"{att.job_dir}/rc") is not None
+        start = offset if offset is not None else max(0, log.size() - limit)
+        data = log.read(start, limit)
+        ended = log.ended()
     finally:
-        transport.close()
-    text = masker.mask(data.decode("utf-8", "replace"))
+        log.close()
+    text = log.masker.mask(data.decode("utf-8", "replace"))
     if offset is None and lines is not None:
         text = "\n".join(text.splitlines()[-lines:]) + ("\n" if text.endswith("\n") else "")
-    return TailResult(run_id=run_id, step_id=step_id, node=att.node, attempt=att.attempt, text=text, offset=start,
-                      next_offset=start + len(data), ended=ended)
+    return TailResult(run_id=run_id, step_id=step_id, node=log.attempt.node, attempt=log.attempt.attempt, text=text,
+                      offset=start, next_offset=start + len(data), ended=ended)
 
 
 def known_issues() -> Catalog:
@@ -444,32 +495,15 @@ def pane(journal: Journal, run_id: str, step_id: str, *, lines: int = 50, node: 
     from agent_ops.fleet.nodes import fleet_rows
     from agent_ops.run.jobs import RunLayout
     from agent_ops.run.pane import capture, prompt_line
-    from agent_ops.transport.target import connect
 
-    row, att, masker = _job_of(journal, run_id, step_id, node)
-    name, target = node_of(journal, run_id, step_id, node)
-    run_dir = next((d for spec, d, _ in fleet_rows(journal, row) if spec.name == name), row.run_dir or "")
-    window = att.window or f"{step_id}-{att.attempt}"
-    transport = connect(target)
-    try:
-        text = capture(transport, RunLayout.on(target, run_id, run_dir), window, max(1, min(lines, 2000)))
-    finally:
-        transport.close()
-    text = masker.mask(text)
-    return PaneResult(run_id=run_id, step_id=step_id, attempt=att.attempt, window=window, text=text,
-                      waiting_for_input=prompt_line(text))
-
-
-def _job_of(journal: Journal, run_id: str, step_id: str, node: str | None = None):
-    """(run row, newest attempt with a job on the node node_of picks, the run's Masker) for a step's job; OpError if
-    there is none."""
-    from agent_ops.secret_values import Masker
-
+    log = open_job_log(journal, run_id, LogSource(step_id=step_id), node)
     row = journal.run(run_id)
-    if row is None:
-        raise OpError("unknown_run", f"unknown run {run_id!r}")
-    name, _ = node_of(journal, run_id, step_id, node)
-    attempts = [a for a in journal.attempts(run_id, step_id, node=name) if a.job_dir]
-    if not attempts:
-        raise OpError("not_started", f"run {run_id} has no job log for step {step_id!r} yet")
-    return row, attempts[-1], Masker(os.environ[n] for n in row.secret_names if os.environ.get(n))
+    run_dir = next((d for spec, d, _ in fleet_rows(journal, row) if spec.name == log.node), row.run_dir or "")
+    window = log.attempt.window or f"{step_id}-{log.attempt.attempt}"
+    try:
+        text = capture(log.transport, RunLayout.on(log.target, run_id, run_dir), window, max(1, min(lines, 2000)))
+    finally:
+        log.close()
+    text = log.masker.mask(text)
+    return PaneResult(run_id=run_id, step_id=step_id, attempt=log.attempt.attempt, window=window, text=text,
+                      waiting_for_input=prompt_line(text))
