@@ -20,6 +20,7 @@ from agent_ops.front import service as ops
 from agent_ops.front.cli_catalog import diagnose_command, known_issues_app
 from agent_ops.front.cli_provider import down_command, offers_command, rent_command, rentals_command
 from agent_ops.front.output import Output
+from agent_ops.front.target_options import TargetOptions
 from agent_ops.record.journal import Journal
 from agent_ops.secret_values import MissingSecret, read_secrets
 
@@ -62,27 +63,10 @@ def _journal(o: Output) -> Journal:
         o.fail(EXIT_INPUT, str(exc), exc.code)
 
 
-def _target(target: str, identity: str | None, inventory: str | None, accept: bool, tmux_socket: str | None,
-            workdir: str | None, o: Output, known_hosts: str | None = None, allow_deleting_fixes: bool = False):
-    """The fleet `-t` names (a single target is a fleet of one), options applied to every node."""
-    from agent_ops.fleet.nodes import resolve_fleet
-    from agent_ops.transport.target import read_inventory
-
-    options: dict[str, Any] = {}
-    if identity:
-        options["identity"] = identity
-    if accept:
-        options["accept_new_host_key"] = True
-    if tmux_socket:
-        options["tmux_socket"] = tmux_socket
-    if workdir:
-        options["workdir"] = workdir
-    if known_hosts:
-        options["known_hosts"] = known_hosts
-    if allow_deleting_fixes:
-        options["allow_deleting_fixes"] = True
+def _fleet(where: TargetOptions, o: Output):
+    """The fleet `where` names (a single target is a fleet of one); a bad name or inventory ends the command (exit 2)."""
     try:
-        return resolve_fleet(target, read_inventory(inventory) if inventory else None, options)
+        return where.resolve()
     except RunbookError as exc:
         o.fail(EXIT_INPUT, str(exc), exc.code, exc.problems)
 
@@ -151,7 +135,7 @@ def _op(o: Output, fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except ops.OpError as exc:
-        code = EXIT_INPUT if exc.code in ("invalid_runbook", "missing_secret", "invalid_var") else EXIT_STATE
+        code = EXIT_INPUT if exc.code in ("invalid_runbook", "invalid_target", "missing_secret", "invalid_var") else EXIT_STATE
         o.fail(code, exc.message, exc.code, exc.problems)
 
 
@@ -187,24 +171,20 @@ def run(
     from agent_ops.run.context import start_run
 
     o = Output(as_json)
-    loaded, values = _load(file, var, o)
-    fleet = _target(target, identity, inventory, accept_new_host_key, tmux_socket, workdir, o, known_hosts,
-                    allow_deleting_fixes)
-    if dry_run:
-        plan(file, var, as_json)
-        return
-    if detach:
-        target_args = ["--target", target] + sum(([flag, value] for flag, value in (
-            ("--identity", identity), ("--inventory", inventory), ("--tmux-socket", tmux_socket),
-            ("--workdir", workdir), ("--known-hosts", known_hosts)) if value), [])
-        target_args += [flag for flag, on in (("--accept-new-host-key", accept_new_host_key),
-                                              ("--allow-deleting-fixes", allow_deleting_fixes)) if on]
-        started = _op(o, ops.start_detached, file, _parse_vars(var, o), target_args, _journal(o))
+    where = TargetOptions(target, identity, inventory, accept_new_host_key, tmux_socket, workdir, known_hosts,
+                          allow_deleting_fixes)
+    if detach and not dry_run:  # the service checks the runbook, its secrets and the target before it starts the run
+        started = _op(o, ops.start_detached, file, _parse_vars(var, o), where, _journal(o))
         if as_json:
             o.json(started)
         else:
             print(started.run_id)
             o.note(f"started in the background (pid {started.controller_pid}); follow with: agentops wait {started.run_id}")
+        return
+    loaded, values = _load(file, var, o)
+    fleet = _fleet(where, o)
+    if dry_run:
+        plan(file, var, as_json)
         return
     try:
         secret_values = read_secrets(loaded.runbook.secrets)

@@ -24,6 +24,7 @@ from agent_ops.record.status import RunStatus, run_status
 # Status, wait, tail and cancel are what agents poll, each poll a fresh process: the runbook models, the loader and
 # the catalog (most of the import time) are imported by the operations that use them, never by those.
 if TYPE_CHECKING:
+    from agent_ops.front.target_options import TargetOptions
     from agent_ops.known_issues.catalog import Catalog
     from agent_ops.known_issues.propose import Proposal
     from agent_ops.runbook.schema import Runbook, Step
@@ -185,16 +186,21 @@ def _load(file: str, overrides: dict[str, str]):
         raise OpError("invalid_runbook", f"{file}: invalid runbook ({len(exc.problems)} problems)", exc.problems) from None
 
 
-def start_detached(file: str, overrides: dict[str, str], target_args: list[str], journal: Journal) -> StartResult:
-    """Validate, then start `agentops run` as its own process group; return once the journal has the run."""
+def start_detached(file: str, overrides: dict[str, str], where: TargetOptions, journal: Journal) -> StartResult:
+    """Check the runbook, its variables and secrets, and the target; then start `agentops run` as its own process
+    group (the variables as given, `where` as its flags) and return once the journal has the run."""
+    from agent_ops.run.context import new_run_id
+
     loaded, _ = _load(file, overrides)
     missing = [n for n in loaded.runbook.secrets if not os.environ.get(n)]
     if missing:
         raise OpError("missing_secret", f"secrets missing from the environment: {', '.join(missing)}")
-    from agent_ops.run.context import new_run_id
-
+    try:
+        where.resolve()
+    except RunbookError as exc:
+        raise OpError(exc.code, str(exc), exc.problems) from None
     run_id = new_run_id()
-    argv = ["run", str(loaded.path), "--run-id", run_id, *target_args]
+    argv = ["run", str(loaded.path), "--run-id", run_id, *where.argv()]
     for k, v in overrides.items():
         argv += ["--var", f"{k}={v}"]
     return _spawn(journal, run_id, argv, ready=lambda row: row is not None)
