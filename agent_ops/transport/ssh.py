@@ -42,7 +42,7 @@ from paramiko.sftp_file import SFTPFile
 
 from agent_ops.errors import AgentOpsError, HostKeyError, TransportError
 from agent_ops.transport import remote_runner
-from agent_ops.transport.base import EXEC_TIMEOUT_RC, ExecResult, FileStat, ProbeRequest
+from agent_ops.transport.base import EXEC_TIMEOUT_RC, ExecResult, FileStat, ProbeRequest, expand_home
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -169,9 +169,7 @@ class SSHTransport:
             conn.close()
 
     def _path(self, path: str) -> str:
-        if path == "~" or path.startswith("~/"):
-            return self._home + path[1:]
-        return path
+        return expand_home(path, self._home)
 
     def _call(self, what: str, op: Callable[[_Connection], T]) -> T:
         """Run `op` on the live connection; on a connection failure reconnect and run it once more."""
