@@ -43,6 +43,7 @@ from paramiko.sftp_file import SFTPFile
 from agent_ops.errors import AgentOpsError, HostKeyError, TransportError
 from agent_ops.transport import remote_runner
 from agent_ops.transport.base import EXEC_TIMEOUT_RC, ExecResult, FileStat, ProbeRequest, expand_home
+from agent_ops.transport.tmux import Tmux
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -647,8 +648,7 @@ class _ChannelPerExec:
         pass  # the channels close with each call; the connection closes with the client
 
     def tmux(self, socket: str | None, args: list[str], private: bool, timeout: float | None) -> ExecResult:
-        prefix = ["tmux", *(["-L", socket] if socket else [])]
-        return self.run(shlex.join([*prefix, *args]), None, timeout)
+        return self.run(Tmux(socket).cmd(*args), None, timeout)
 
     def probe(self, request: ProbeRequest) -> str:
         return self.run(request.script, None, request.wait_s + 30).text()
