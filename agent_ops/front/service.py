@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from agent_ops.bounds import MAX_POLL_S
 from agent_ops.errors import AgentOpsError, RunbookError
@@ -35,6 +35,16 @@ MAX_BLOCK_S = MAX_POLL_S  # no operation blocks longer than this (seed 003, rule
 DETACH_READY_S = 15.0
 
 
+class Result(BaseModel):
+    """Base of the operations' results: each model's schema is built when it is first used, not at import.
+
+    Every CLI call imports this module, and building seven models' validators and serializers cost a status poll
+    (which returns none of them) about as much as reading the journal.
+    """
+
+    model_config = ConfigDict(defer_build=True)
+
+
 class OpError(AgentOpsError):
     """A failure an agent can act on: `code` says which, `problems` lists details (file:line...)."""
 
@@ -48,7 +58,7 @@ class OpError(AgentOpsError):
         return {"code": self.code, "message": self.message, "problems": self.problems}
 
 
-class ValidateResult(BaseModel):
+class ValidateResult(Result):
     """Result of validating one runbook."""
 
     file: str
@@ -58,7 +68,7 @@ class ValidateResult(BaseModel):
     problems: list[str] = Field(default_factory=list, description="FILE:LINE: field: message, one per problem.")
 
 
-class PlanStep(BaseModel):
+class PlanStep(Result):
     """One step as it will run: dependencies, command and job environment, variables resolved."""
 
     id: str
@@ -72,7 +82,7 @@ class PlanStep(BaseModel):
                              "rendered when it starts, and shown here as written.")
 
 
-class DeletingFix(BaseModel):
+class DeletingFix(Result):
     """A known-issue fix that deletes files, and the steps whose failure may apply it."""
 
     issue_id: str
@@ -81,7 +91,7 @@ class DeletingFix(BaseModel):
     steps: list[str]
 
 
-class PlanResult(BaseModel):
+class PlanResult(Result):
     """The DAG in waves, with variables resolved and secrets masked."""
 
     runbook: str
@@ -94,7 +104,7 @@ class PlanResult(BaseModel):
         "a local target unless the run allows them (--allow-deleting-fixes).")
 
 
-class StartResult(BaseModel):
+class StartResult(Result):
     """A run started in the background: its id, at once."""
 
     run_id: str
@@ -114,7 +124,7 @@ class WaitResult:
     status: RunStatus
 
 
-class TailResult(BaseModel):
+class TailResult(Result):
     """A slice of a step's job log: the text and the offset to ask from next time."""
 
     run_id: str
@@ -247,7 +257,7 @@ def _spawn(journal: Journal, run_id: str, cli_args: list[str], ready) -> StartRe
     raise OpError("start_timeout", f"the run was not taken up within {DETACH_READY_S:g}s (see {log})")
 
 
-class PaneResult(BaseModel):
+class PaneResult(Result):
     """What a step's job pane shows now (secrets masked), and the prompt it waits at, if any."""
 
     run_id: str
