@@ -38,8 +38,8 @@ DETACH_READY_S = 15.0
 class Result(BaseModel):
     """Base of the operations' results: each model's schema is built when it is first used, not at import.
 
-    Every CLI call imports this module, and building seven models' validators and serializers cost a status poll
-    (which returns none of them) about as much as reading the journal.
+    Every CLI call imports this module; a status poll returns none of these models, and building their validators
+    and serializers was most of the module's own import time (tests/bench/bench_status.py).
     """
 
     model_config = ConfigDict(defer_build=True)
