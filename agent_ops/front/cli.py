@@ -7,7 +7,6 @@ progress goes to stderr.
 """
 from __future__ import annotations
 
-import json
 import signal
 import sys
 import time
@@ -144,7 +143,7 @@ def schema() -> None:
     """Print the runbook JSON Schema (generated from the models) for editors."""
     from agent_ops.runbook.schema import Runbook
 
-    print(json.dumps(Runbook.model_json_schema(), indent=2))
+    Output(as_json=True).json(Runbook.model_json_schema())
 
 
 @app.command()
@@ -178,7 +177,7 @@ def run(
         if as_json:
             o.json(started)
         else:
-            print(started.run_id)
+            o.line(started.run_id)
             o.note(f"started in the background (pid {started.controller_pid}); follow with: agentops wait {started.run_id}")
         return
     loaded, values = _load(file, var, o)

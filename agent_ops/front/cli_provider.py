@@ -152,7 +152,7 @@ def rent_command(
         if as_json:
             o.json(started)
         else:
-            print(started.run_id)
+            o.line(started.run_id)
         return
     result = _op(o, provider_ops.rent_boxes, request, journal, run_id, provider)
     if as_json:
