@@ -92,7 +92,7 @@ def test_rent_rentals_down_by_hand(env: dict[str, str], standin: VastStandIn, id
     assert listed["live"] == 1 and listed["dph_live"] == box["offer"]["dph"] and listed["rentals"][0]["host_key"]
 
     down = _cli(env, "down", "by-hand", "--json")
-    assert down.returncode == 0 and json.loads(down.stdout)["done"] == [box["instance_id"]]
+    assert down.returncode == 0 and json.loads(down.stdout)["teardown"]["done"] == [box["instance_id"]]
     assert standin.live() == []
     assert json.loads(_cli(env, "rentals", "by-hand", "--json").stdout)["live"] == 0
     _no_key(api_key, rented.stdout, rented.stderr, down.stdout, down.stderr, roots=(tmp_path / "home", standin.root))
@@ -136,5 +136,5 @@ def test_mcp_tiers_and_a_rental_through_the_tools(env: dict[str, str], standin: 
     started, listed, down = asyncio.run(session("destructive", destructive))
     assert started["run_id"] == "via-mcp"
     assert [r["state"] for r in listed["rentals"]] == ["ready"], Path(started["controller_log"]).read_text()
-    assert down["done"] == [listed["rentals"][0]["instance_id"]] and standin.live() == []
+    assert down["teardown"]["done"] == [listed["rentals"][0]["instance_id"]] and standin.live() == []
     _no_key(api_key, json.dumps(started), json.dumps(listed), roots=(tmp_path / "home", standin.root))

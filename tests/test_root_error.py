@@ -40,6 +40,13 @@ def test_a_logger_prefix_on_every_traceback_line_is_taken_off():
     assert failure.traceback_at == 1 and failure.exception.first == len(lines) - 1
 
 
+def test_rays_dedup_note_is_not_part_of_the_line():
+    # `(pid=48305) wandb: ... [repeated 5x across cluster] (Ray deduplicates logs by default. ...)`
+    _, _, lines = extract(dev_log("wandb-auth", "19-ray-tune-trials-network-error-waiting-for-init.log"))
+    assert lines.count("wandb: Network error (ConnectionError), entering retry loop.") == 2
+    assert lines[-1] == "wandb: | Waiting for wandb.init()..."
+
+
 def test_vllm_and_glog_labels_are_labels():
     failure, labels, lines = extract(dev_log("nccl-system-error", "14-ray-vllm-ncclinternalerror-busid.log"))
     assert labels[0] == "ERROR 04-07 00:57:46 ray_utils.py:45]"

@@ -393,3 +393,27 @@ def test_resume_with_skip_updates_does_not_replay_the_skipped_batches(data: dict
 
     moved, base = cursor(skipping), cursor(plain)
     assert (moved["epoch"], moved["cursor"]) == (base["epoch"], base["cursor"] + 3 * 4)  # 3 batches of 4 samples further on
+
+
+def test_sigusr1_saves_a_checkpoint_at_the_next_step_and_stops(data: dict, tmp_path: Path) -> None:
+    """What a rented run's budget asks of the training (training/save_request.py): save now, then exit 0."""
+    out = tmp_path / "asked"
+    proc = subprocess.Popen(command(data, out, "log_every=1", "max_steps=100000", "checkpoint.save_every=100000", nproc=None),
+                            cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (out / "metrics.jsonl").is_file() and metrics(out) and metrics(out)[-1]["step"] >= 5:
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGUSR1)
+        stdout, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stdout[-3000:]
+    [stopped] = [line for line in gate_lines(stdout) if "stopped on request" in line]
+    step = int(stopped.rsplit("step=", 1)[1])
+    assert stopped == f"[train] stopped on request (SIGUSR1) after saving step={step}"
+    assert (out / f"checkpoint-{step:06d}" / "trainer_state.json").is_file()
+    assert 5 < step < 1000

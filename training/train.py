@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from training import save_request
 from training.config import ConfigError, TrainConfig, load_config
 
 if TYPE_CHECKING:  # torch is imported only once a run starts: --help and config errors need none
@@ -103,6 +104,7 @@ def train_loop(run: Run) -> int:
     from training.update import HostScalars
 
     cfg, ctx, st = run.cfg, run.ctx, run.state
+    save_request.install()
     timer = StepTimer(warmup=min(cfg.runtime.timing_warmup_steps, max(cfg.max_steps - st.step - 1, 0)))
     profiler = StepProfiler(cfg.runtime.profile_steps, cfg.runtime.profile_start, Path(cfg.out_dir), ctx.is_main, run.log)
     feed = BatchFeed(run, timer)
@@ -118,10 +120,12 @@ def train_loop(run: Run) -> int:
         norm = update.grad_norm()
         # One small all-reduce and one host sync per step: a NaN loss on any rank (whose gradient can be
         # finite: |x - nan| has a zero subgradient) or a non-finite norm makes every rank skip together.
-        summed = ctx.all_reduce_sum(torch.stack([loss_sum.float(), norm.to(loss_sum.device)]))
+        # The same all-reduce carries a save request (SIGUSR1 on any rank): every rank sees it at this step.
+        asked = torch.tensor(float(save_request.requested()), device=loss_sum.device)
+        summed = ctx.all_reduce_sum(torch.stack([loss_sum.float(), norm.to(loss_sum.device), asked]))
         scalars = HostScalars(torch.cat([summed, norm.view(1).to(summed.device)]))
-        update.queue(summed, norm)  # fused: the update runs on the GPU while the host waits for the copy
-        total, norm_sum, gn = scalars.get()
+        update.queue(summed[:2], norm)  # fused: the update runs on the GPU while the host waits for the copy
+        total, norm_sum, save_asked, gn = scalars.get()
         finite = math.isfinite(total) and math.isfinite(norm_sum)
         update.apply(finite)
         run.optimizer.zero_grad(set_to_none=True)
@@ -135,8 +139,11 @@ def train_loop(run: Run) -> int:
             metrics = log_step(run, done)
             if collapse_stops(run, metrics, step):
                 return EXIT_COLLAPSE
-        if st.step % cfg.checkpoint.save_every == 0 or (st.step == cfg.max_steps and cfg.checkpoint.save_final):
+        if save_asked or st.step % cfg.checkpoint.save_every == 0 or (st.step == cfg.max_steps and cfg.checkpoint.save_final):
             save(run)
+        if save_asked:
+            run.log(f"[train] stopped on request ({save_request.SIGNAL.name}) after saving step={st.step}")
+            return 0
     run.log(f"[train] done step={st.step} final_loss={st.last_loss:.4f}")
     report_throughput(run, timer)
     return 0
@@ -632,9 +639,11 @@ def main(argv: list[str] | None = None) -> int:
     ctx = init_distributed(cfg.runtime)
     code = 0
     run = None
+    clean = False  # the loop returned 0 (an exception on its way out is not a clean end: no peer to meet)
     try:
         run = setup(cfg, ctx, log, args.resume)
         code = train_loop(run)
+        clean = code == 0
     except (ConfigError, CacheError, CheckpointError, ModelPathError) as exc:
         log.error(str(exc))
         code = EXIT_BAD_INPUT
@@ -642,7 +651,7 @@ def main(argv: list[str] | None = None) -> int:
         if run is not None:
             run.tracker.finish(exit_code=code)
         log.close()
-        ctx.close()
+        ctx.close(clean=clean)
     return code
 
 

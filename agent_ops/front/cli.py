@@ -10,6 +10,7 @@ from __future__ import annotations
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -17,7 +18,21 @@ import typer
 from agent_ops.errors import AgentOpsError, JournalError, RunbookError, TransportError
 from agent_ops.front import service as ops
 from agent_ops.front.cli_catalog import diagnose_command, known_issues_app
-from agent_ops.front.cli_provider import down_command, offers_command, rent_command, rentals_command
+from agent_ops.front.cli_provider import (
+    BUDGET,
+    FLEET_FILE,
+    GPU_NAME,
+    GPUS,
+    MAX_DPH,
+    NODES,
+    ON_FAILURE,
+    ON_SUCCESS,
+    PROVISION,
+    down_command,
+    offers_command,
+    rent_command,
+    rentals_command,
+)
 from agent_ops.front.output import Output
 from agent_ops.front.target_options import TargetOptions
 from agent_ops.record.journal import Journal
@@ -37,6 +52,7 @@ app.command("rentals", help="A run's rented boxes: state, $/h, spent so far.")(r
 app.command("down", help="Give back every box a run rented.")(down_command)
 
 EXIT_FAILED, EXIT_INPUT, EXIT_TRANSPORT, EXIT_STATE, EXIT_INTERRUPTED = 1, 2, 3, 4, 130
+EXIT_BOXES_KEPT = 5  # a rented fleet's destroy was refused (an artifact not safe): boxes still bill until `down`
 EXIT_TIMEOUT = 124  # `wait --until done --timeout N`: the run had not ended (as timeout(1) says it)
 # After the journal refused a write mid-run: how long to keep trying to record the run as interrupted (a disk freed).
 JOURNAL_RETRY_S = 10.0
@@ -123,6 +139,10 @@ def plan(file: str, var: list[str] | None = VarOpt, as_json: bool = JsonOpt) -> 
                 o.line(f"      env {k}={v}", style="dim")
             for line in (s.command or "").rstrip().splitlines():
                 o.line(f"      $ {line}", style="dim")
+    if doc.money:
+        o.line("with --provision (money at stake; flags override the runbook's provision:):", style="bold")
+    for line in doc.money:
+        o.line(f"  [money] {line}")
     if doc.deleting_fixes:
         o.line("fixes that delete (refused on a local target unless --allow-deleting-fixes):", style="bold")
     for fix in doc.deleting_fixes:
@@ -164,6 +184,9 @@ def run(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan with every var resolved; run nothing."),
     detach: bool = typer.Option(False, "--detach", "-d", help="Start the run in the background; print its id at once."),
     run_id: str | None = typer.Option(None, "--run-id", hidden=True, help="Use this run id (set by --detach)."),
+    provision: str | None = PROVISION, fleet_file: Path | None = FLEET_FILE, nodes: int | None = NODES,
+    gpus: int | None = GPUS, gpu_name: str | None = GPU_NAME, max_dph: float | None = MAX_DPH,
+    budget_usd: float | None = BUDGET, on_success: str | None = ON_SUCCESS, on_failure: str | None = ON_FAILURE,
     as_json: bool = JsonOpt,
 ) -> None:
     """Run a runbook on a target, step by step, in tmux; the journal records everything."""
@@ -172,29 +195,83 @@ def run(
     o = Output(as_json)
     where = TargetOptions(target, identity, inventory, accept_new_host_key, tmux_socket, workdir, known_hosts,
                           allow_deleting_fixes)
-    if detach and not dry_run:  # the service checks the runbook, its secrets and the target before it starts the run
-        started = _op(o, ops.start_detached, file, _parse_vars(var, o), where, _journal(o))
-        if as_json:
-            o.json(started)
-        else:
-            o.line(started.run_id)
-            o.note(f"started in the background (pid {started.controller_pid}); follow with: agentops wait {started.run_id}")
+    if detach and not dry_run and not provision:  # the service checks the runbook, its secrets and the target first
+        _started(o, _op(o, ops.start_detached, file, _parse_vars(var, o), where, _journal(o)))
         return
     loaded, values = _load(file, var, o)
-    fleet = _fleet(where, o)
+    rent_flags = {"nodes": nodes, "gpus": gpus, "gpu_name": gpu_name, "max_dph": max_dph, "budget_usd": budget_usd,
+                  "on_success": on_success, "on_failure": on_failure}
+    prov = _provisioned(loaded, values, provision, fleet_file, rent_flags, identity, target, o)
+    fleet = None if prov else _fleet(where, o)
     if dry_run:
         plan(file, var, as_json)
+        return
+    if detach:  # a run that rents its boxes: its provisioning was checked here (exit 2, nothing rented)
+        from dataclasses import replace
+
+        from agent_ops.front.cli_provider import provision_args
+
+        where = replace(where, accept_new_host_key=False)  # rented boxes: their host keys come with the rental
+        _started(o, _op(o, ops.start_detached, file, _parse_vars(var, o), where, _journal(o),
+                        provision_args(provision, fleet_file, rent_flags)))
         return
     try:
         secret_values = read_secrets(loaded.runbook.secrets)
     except MissingSecret as exc:
         o.fail(EXIT_INPUT, f"{loaded.path}: secrets missing from the environment: {exc.args[0]}", "missing_secret")
     journal = _journal(o)
-    _execute(journal, o,
-             lambda observer: start_run(loaded, values, secret_values, fleet, journal, run_id=run_id, observer=observer))
+    rented = _rent(prov, journal, run_id, o) if prov else None
+    if rented:
+        fleet, run_id = rented.nodes, rented.run_id
+
+    def make_ctx(observer):
+        start = lambda: start_run(loaded, values, secret_values, fleet, journal, run_id=run_id, observer=observer)
+        return rented.started(start) if rented else start()
+
+    _execute(journal, o, make_ctx, rented)
 
 
-def _execute(journal: Journal, o: Output, make_ctx) -> None:
+def _started(o: Output, started) -> None:
+    """A run started in the background: its id (or the StartResult with --json), and how to follow it."""
+    if o.as_json:
+        o.json(started)
+    else:
+        o.line(started.run_id)
+        o.note(f"started in the background (pid {started.controller_pid}); follow with: agentops wait {started.run_id}")
+
+
+def _provisioned(loaded, values, provision: str | None, fleet_file: Path | None, flags: dict[str, Any],
+                 identity: str | None, target: str, o: Output):
+    """With --provision: the run's provisioning, checked (exit 2, nothing rented), in a RentedRun not yet renting."""
+    if not provision:
+        return None
+    from agent_ops.front.cli_provider import provisioning
+
+    if target != "local":
+        o.fail(EXIT_INPUT, f"--provision {provision} rents the run's boxes: give no --target ({target})", "invalid_target")
+    return provisioning(loaded, values, provision, fleet_file, flags, identity, o)
+
+
+def _rent(prov, journal: Journal, run_id: str | None, o: Output):
+    """Rent the run's boxes; SIGTERM/SIGHUP stop the rental as Ctrl-C does (every box made is destroyed)."""
+    from agent_ops.front.cli_provider import rent_for_run
+    from agent_ops.run.context import new_run_id
+    from agent_ops.run.rented import RentedRun
+
+    rented = RentedRun(prov, journal, run_id or new_run_id())
+    stop_signals = {sig: signal.signal(sig, _stop_like_ctrl_c) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        rented.nodes = rent_for_run(rented, o)
+    except KeyboardInterrupt:
+        o.fail(EXIT_INTERRUPTED, f"interrupted while renting; every box it made was destroyed (run {rented.run_id})",
+               "interrupted")
+    finally:
+        for sig, handler in stop_signals.items():
+            signal.signal(sig, handler)
+    return rented
+
+
+def _execute(journal: Journal, o: Output, make_ctx, rented=None) -> None:
     from agent_ops.front.live_view import LiveView, PlainView, render_status
     from agent_ops.record.status import run_status
     from agent_ops.run.context import close_run
@@ -213,14 +290,17 @@ def _execute(journal: Journal, o: Output, make_ctx) -> None:
         ctx.observer = view
     stop_signals = {sig: signal.signal(sig, _stop_like_ctrl_c) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
-        final = Executor(ctx).execute()
+        # A rented fleet's run is driven through its watch (budget, idle) and ends with its boxes given back.
+        final = rented.drive(ctx, Executor(ctx).execute) if rented else Executor(ctx).execute()
     except KeyboardInterrupt as exc:
         how = f"stopped by {exc.args[0]}" if isinstance(exc, ControllerStopped) else "interrupted"
+        given_back = rented.given_back if rented else None  # a rented fleet was given back per its failure policy
+        after = given_back.summary() if given_back else "`agentops resume` continues"
         try:
-            journal.set_run(ctx.run_id, state="interrupted", message=f"controller {how}; `agentops resume` continues")
+            journal.set_run(ctx.run_id, state="interrupted", message=f"controller {how}; {after}")
         except JournalError as journal_exc:
             o.note(str(journal_exc))
-        o.note(f"{how}; jobs keep running. Continue with: agentops resume {ctx.run_id}")
+        o.note(f"{how}; {after}" if given_back else f"{how}; jobs keep running. Continue with: agentops resume {ctx.run_id}")
         raise typer.Exit(EXIT_INTERRUPTED) from None
     except JournalError as exc:
         _journal_lost(journal, ctx.run_id, exc, o)
@@ -238,6 +318,10 @@ def _execute(journal: Journal, o: Output, make_ctx) -> None:
             o.err.print(render_status(status))
         _print_reports(ctx.loaded.runbook, status, o)
         o.note(f"run {ctx.run_id}: {final} — details: agentops status {ctx.run_id}")
+    if rented and rented.given_back and rented.given_back.kept_unsafe:
+        # Exit 0 here would let a script walk away from boxes that are still billing.
+        o.note(rented.given_back.summary())
+        raise typer.Exit(EXIT_BOXES_KEPT)
     raise typer.Exit(0 if final == "succeeded" else EXIT_FAILED)
 
 
@@ -287,11 +371,18 @@ def _print_reports(runbook, status, o: Output) -> None:
 def resume(run_id: str, as_json: bool = JsonOpt) -> None:
     """Finish a run whose controller died: re-attach to its jobs, never re-run a succeeded step."""
     from agent_ops.run.context import resume_run
+    from agent_ops.run.rented import RentedRun, RentedRunError
 
     o = Output(as_json)
     journal = _journal(o)
+    rented = RentedRun.recorded(journal, run_id)  # a run on rented boxes re-attaches to them and gives them back after
     try:
-        _execute(journal, o, lambda observer: resume_run(journal, run_id, observer=observer))
+        if rented:
+            rented.check_resumable()
+    except RentedRunError as exc:
+        o.fail(EXIT_STATE, str(exc), exc.code)
+    try:
+        _execute(journal, o, lambda observer: resume_run(journal, run_id, observer=observer), rented)
     except MissingSecret as exc:
         o.fail(EXIT_INPUT, f"secrets missing from the environment: {exc.args[0]}", "missing_secret")
 

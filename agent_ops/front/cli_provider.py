@@ -212,23 +212,33 @@ def _request_problems(exc: ValidationError, data: dict[str, Any], label: str, li
 def down_command(
     run_id: str = typer.Argument(..., help="The run (or rental) whose boxes to give back."),
     policy: str = typer.Option("destroy", "--policy", help="destroy | stop (disk kept) | keep."),
+    force: bool = typer.Option(False, "--force", help="Destroy even while a declared artifact is not safely copied off."),
     provider: str = PROVIDER, as_json: bool = JSON,
 ) -> None:
-    """Give back every box a run rented: those in the journal, and any the provider shows with the run's label."""
+    """Give back every box a run rented: those in the journal, and any the provider shows with the run's label.
+
+    The run's declared artifacts are copied off and checked first; a destroy is refused while one is not safe."""
     from agent_ops.front import provider_ops
 
     o = Output(as_json)
     if policy not in ("destroy", "stop", "keep"):
         o.fail(EXIT_INPUT, f"--policy {policy!r}: expected destroy, stop or keep", "invalid_request")
-    result = _op(o, provider_ops.down, Journal(), run_id, policy, provider)
+    result = _op(o, provider_ops.down, Journal(), run_id, policy, provider, force)
     if as_json:
         o.json(result)
     else:
+        for artifact in result.artifacts:
+            o.line(artifact.line(), style="red" if artifact.blocks_destroy else None)
         verb = {"destroy": "destroyed", "stop": "stopped", "keep": "kept"}[policy]
-        o.line(f"{run_id}: {verb} {len(result.done)} boxes{': ' + ', '.join(result.done) if result.done else ''}")
-        for line in result.failed:
+        done = result.teardown.done if result.teardown else []
+        if result.teardown is not None:
+            o.line(f"{run_id}: {verb} {len(done)} boxes{': ' + ', '.join(done) if done else ''}")
+        for line in (result.teardown.failed if result.teardown else []):
             o.line(f"could not give back {line}", style="red")
-    if result.failed:
+        if result.refused and result.teardown is None:
+            o.line(f"{run_id}: destroy refused, boxes kept: artifacts not safe (see above); --force destroys anyway",
+                   style="red")
+    if result.teardown is None or result.teardown.failed:  # refused (not forced), or a box could not be given back
         raise typer.Exit(EXIT_FAILED)
 
 
@@ -245,3 +255,116 @@ def rentals_command(run_id: str = typer.Argument(..., help="The run whose boxes 
         o.line(f"{r.instance_id:>10} {r.state:<9} ${r.dph or 0:.3f}/h  ${r.spent_usd:.2f} so far  {r.ssh or '-'}  "
                f"{r.message or ''}")
     o.line(f"{found.live} live, ${found.dph_live:.3f}/h now, ${found.spent_usd:.2f} spent")
+
+
+# --- `agentops run --provision`: the flags and the provisioning they make -----------------------------------------
+
+PROVISION = typer.Option(None, "--provision", help="Rent the run's boxes from this provider (vast) and give them back "
+                         "when it ends (the runbook's provision: block, --fleet and the flags below say what and how).")
+FLEET_FILE = typer.Option(None, "--fleet", help="Fleet request file (YAML or JSON, `agentops rent --request`'s fields); "
+                          "replaces the runbook's provision.fleet (the flags go over it).")
+NODES = typer.Option(None, "--nodes", help="Boxes to rent (with --provision).")
+BUDGET = typer.Option(None, "--budget-usd", help="With --provision: at this spend, checkpoint, save the artifacts, give "
+                      "the boxes back, end the run.")
+ON_SUCCESS = typer.Option(None, "--on-success", help="With --provision: keep | stop | destroy the boxes after success "
+                          "(default destroy, once no job runs).")
+ON_FAILURE = typer.Option(None, "--on-failure", help="With --provision: keep | stop | destroy after a failure or an "
+                          "interrupt (default destroy).")
+
+
+def provisioning(loaded, values: dict[str, Any], provider: str, fleet_file: Path | None, flags: dict[str, Any],
+                 identity: str | None, o: Output):
+    """The run's provisioning: the runbook's provision: block, --fleet over it, the flags over both; every problem
+    as FILE:LINE or --flag (exit 2, nothing rented)."""
+    from pydantic import ValidationError
+
+    from agent_ops.errors import RunbookError
+    from agent_ops.run.rented import Provisioning
+    from agent_ops.runbook.loader import builtin_values, render_runbook
+
+    try:
+        placeholders = builtin_values(**{k: f"<{k}>" for k in ("run_id", "run_dir", "runbook_dir", "artifacts_dir")})
+        declared = render_runbook(loaded, {**values, **placeholders}).provision
+    except RunbookError as exc:
+        o.fail(EXIT_INPUT, f"{loaded.path}: invalid runbook", exc.code, exc.problems)
+    base = declared.model_dump() if declared else {"fleet": {}}
+    teardown = {**base.get("teardown", {}), **{k: v for k, v in (("success", flags.get("on_success")),
+                                                                  ("failure", flags.get("on_failure"))) if v}}
+    data = {"provider": provider, "teardown": teardown, "idle_s": base.get("idle_s", 600.0),
+            "budget_usd": flags.get("budget_usd") or base.get("budget_usd"), "checkpoint": base.get("checkpoint")}
+    if fleet_file is not None:  # the file replaces the runbook's provision.fleet; the flags go over it
+        request = _fleet_request(fleet_file, {**flags, "identity": identity}, o)
+    else:
+        request = _declared_request(loaded, base["fleet"], flags, identity, o)
+    request = request.model_copy(update={"identity": str(Path(request.identity).expanduser())})
+    try:
+        return Provisioning.model_validate({**data, "request": request})
+    except ValidationError as exc:
+        named = {"budget_usd": "--budget-usd", "success": "--on-success", "failure": "--on-failure"}
+        problems = [f"{named.get(str(e['loc'][-1]), '.'.join(map(str, e['loc'])))}: {e['msg']}" for e in exc.errors()]
+        o.fail(EXIT_INPUT, f"{loaded.path}: invalid provisioning", "invalid_request", problems)
+
+
+def _declared_request(loaded, fleet: dict[str, Any], flags: dict[str, Any], identity: str | None, o: Output):
+    """The runbook's provision.fleet with -i and the flags over it; its own problems at their lines."""
+    from pydantic import ValidationError
+
+    from agent_ops.provider.lifecycle import FleetRequest
+
+    problems = _request_problems_in(loaded, fleet)
+    fleet = {**fleet, **({"identity": identity} if identity else {}), **_given(flags, _FLEET_FLAGS)}
+    fleet["offer"] = {**(fleet.get("offer") or {}), **_given(flags, _OFFER_FLAGS)}
+    fleet["qualify"] = {**(fleet.get("qualify") or {}), **_given(flags, _QUALIFY_FLAGS)}
+    if not fleet.get("identity"):
+        problems.append("--identity: a rented box needs your SSH key (-i KEY; KEY.pub is attached to every box)")
+    if not problems:
+        try:
+            return FleetRequest.model_validate(fleet)
+        except ValidationError as exc:
+            problems = _flag_problems(exc, {**{(k,): v for k, v in _FLEET_FLAGS.items()},
+                                            **{("offer", k): v for k, v in _OFFER_FLAGS.items()}})
+    o.fail(EXIT_INPUT, f"{loaded.path}: invalid provisioning", "invalid_request", problems)
+
+
+def _request_problems_in(loaded, fleet: dict[str, Any]) -> list[str]:
+    """The runbook's provision.fleet checked as a fleet request, at its lines (identity may come from -i later)."""
+    from pydantic import ValidationError
+
+    from agent_ops.provider.lifecycle import FleetRequest
+
+    try:
+        FleetRequest.model_validate({"identity": "-", **fleet})
+    except ValidationError as exc:
+        report = loaded.report(FleetRequest, ("provision", "fleet"))
+        report.add_errors(loaded.data, exc.errors())
+        return report.problems()
+    return []
+
+
+def provision_args(provider: str | None, fleet_file: Path | None, flags: dict[str, Any]) -> list[str]:
+    """The provisioning flags again, for a detached controller's command line (no secret is among them)."""
+    if not provider:
+        return []
+    args = ["--provision", provider] + (["--fleet", str(fleet_file)] if fleet_file else [])
+    names = {**_OFFER_FLAGS, **_FLEET_FLAGS, "budget_usd": "--budget-usd", "on_success": "--on-success",
+             "on_failure": "--on-failure"}
+    for field, value in flags.items():
+        if value is not None and field in names:
+            args += [names[field], str(value)]
+    return args
+
+
+def rent_for_run(rented, o: Output):
+    """Rent the run's boxes (progress on stderr); a failed rental (every box already destroyed) exits 1, like a run."""
+    from agent_ops.provider.base import ProviderError
+
+    req = rented.prov.request
+    o.note(f"renting {req.nodes} x {req.offer.gpus} {req.offer.gpu_name or 'GPU'} from {rented.prov.provider} for run "
+           f"{rented.run_id} (give back by hand: agentops down {rented.run_id})")
+    try:
+        nodes = rented.rent()
+    except ProviderError as exc:
+        code = EXIT_INPUT if exc.code in _INPUT_CODES else EXIT_FAILED if exc.code in _FAILED_CODES else EXIT_PROVIDER
+        o.fail(code, str(exc), exc.code)
+    o.note(f"rented {len(nodes)} boxes: " + ", ".join(f"{n.name} ({n.target.url})" for n in nodes))
+    return nodes

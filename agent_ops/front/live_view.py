@@ -92,7 +92,19 @@ def render_status(status: RunStatus) -> Group:
         parts.append(Text(f"blame: node {b.node} failed first: {b.error} ({b.why})", style="bold red"))
     if status.attach:
         parts.append(Text(f"watch: {status.attach}", style="dim"))
+    parts += [Text(line) for line in bill_lines(status.bill)] if status.bill else []
     return Group(*parts)
+
+
+def bill_lines(bill) -> list[str]:
+    """The bill of a run on rented boxes: a line per box, then the total (and the budget)."""
+    lines = [f"bill: {n.node:<14} {n.state:<9} ${n.dph:.3f}/h  {n.hours * 60:6.1f} min  ${n.spent_usd:.4f} spent  "
+             f"${n.projected_usd:.4f} projected" for n in bill.nodes]
+    total = f"bill: total ${bill.spent_usd:.4f} spent, ${bill.projected_usd:.4f} projected, ${bill.dph_now:.3f}/h now"
+    if bill.budget_usd is not None:
+        total += f"; budget ${bill.budget_usd:.2f}, ${bill.budget_left_usd:.4f} left"
+        total += f" (reached in {bill.budget_reached_in_s:.0f}s at this rate)" if bill.budget_reached_in_s is not None else ""
+    return [*lines, total]
 
 
 def _node_text(node) -> str:

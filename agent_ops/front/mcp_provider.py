@@ -10,9 +10,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from agent_ops.front import provider_ops
+from agent_ops.front.service import StartResult, start_detached
+from agent_ops.front.target_options import TargetOptions
 from agent_ops.provider.base import OfferRequest
-from agent_ops.provider.lifecycle import FleetRequest, OfferList, TeardownPolicy, TeardownResult
+from agent_ops.provider.lifecycle import FleetRequest, OfferList, TeardownPolicy
 from agent_ops.record.journal import Journal
+from agent_ops.run.rented import GiveBack
 
 Bounded = Callable[..., Awaitable[Any]]
 
@@ -41,7 +44,25 @@ def register_provider_tools(server: Any, tier: str, journal: Journal, bounded: B
 
         return await bounded(provider_ops.rent_detached, request, journal, run_id or new_run_id(), provider)
 
+    @server.tool(description="SPENDS MONEY, DESTROYS BOXES. Start a run on boxes rented for it: the runbook's provision: "
+                             "block says what to rent and how to give it back; nodes, gpus, gpu_name, max_dph, budget_usd, "
+                             "on_success and on_failure (keep | stop | destroy) override it; identity is the SSH key whose "
+                             ".pub goes on every box. Returns the run id at once (state `renting` until the boxes are up); "
+                             "poll `status` (its `bill`). Artifacts are copied off before the boxes are given back.")
+    async def start_rented_run(file: str, identity: str, vars: dict[str, str] | None = None, provider: str = "vast",
+                               nodes: int | None = None, gpus: int | None = None, gpu_name: str | None = None,
+                               max_dph: float | None = None, budget_usd: float | None = None,
+                               on_success: TeardownPolicy | None = None, on_failure: TeardownPolicy | None = None,
+                               ) -> StartResult:
+        from agent_ops.front.cli_provider import provision_args
+
+        flags = {"nodes": nodes, "gpus": gpus, "gpu_name": gpu_name, "max_dph": max_dph, "budget_usd": budget_usd,
+                 "on_success": on_success, "on_failure": on_failure}
+        where = TargetOptions(identity=identity)  # no target: the run rents its boxes
+        return await bounded(start_detached, file, vars or {}, where, journal, provision_args(provider, None, flags))
+
     @server.tool(description="DESTROYS BOXES. Give back every box a run rented (policy destroy | stop | keep); finds boxes "
-                             "by the journal and by the run's label at the provider.")
-    async def down(run_id: str, policy: TeardownPolicy = "destroy", provider: str = "vast") -> TeardownResult:
-        return await bounded(provider_ops.down, journal, run_id, policy, provider)
+                             "by the journal and by the run's label at the provider. The run's declared artifacts are "
+                             "copied off and checked first; a destroy is refused (`refused` names them) unless force.")
+    async def down(run_id: str, policy: TeardownPolicy = "destroy", provider: str = "vast", force: bool = False) -> GiveBack:
+        return await bounded(provider_ops.down, journal, run_id, policy, provider, force)

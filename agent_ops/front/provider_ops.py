@@ -12,16 +12,19 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from pydantic import BaseModel
 
 from agent_ops.front.service import OpError
 from agent_ops.provider.base import OfferRequest, ProviderError
-from agent_ops.provider.lifecycle import FleetRequest, OfferList, RentedBox, TeardownPolicy, TeardownResult, find_offers, rent, teardown
+from agent_ops.provider.lifecycle import FleetRequest, OfferList, RentedBox, TeardownPolicy, find_offers, rent
 from agent_ops.provider.registry import open_provider
 from agent_ops.provider.reputation import Reputation
 from agent_ops.record.journal import LIVE_RENTAL_STATES, Journal
+
+if TYPE_CHECKING:
+    from agent_ops.run.rented import GiveBack
 
 T = TypeVar("T")
 
@@ -112,9 +115,13 @@ def rentals(journal: Journal, run_id: str) -> RentalList:
                       spent_usd=round(sum(v.spent_usd for v in views), 4))
 
 
-def down(journal: Journal, run_id: str, policy: TeardownPolicy = "destroy", provider: str = "vast") -> TeardownResult:
-    """Give back every box the run rented (by the journal, and by the run's label at the provider)."""
-    return _call(lambda p: teardown(p, journal, run_id, policy), provider)
+def down(journal: Journal, run_id: str, policy: TeardownPolicy = "destroy", provider: str = "vast",
+         force: bool = False) -> GiveBack:
+    """Give back every box the run rented (by the journal, and by the run's label at the provider), its declared
+    artifacts copied off and checked first: a destroy is refused while one is not safe, unless `force`."""
+    from agent_ops.run.rented import give_back_run
+
+    return _call(lambda p: give_back_run(journal, run_id, policy, p, force), provider)
 
 
 def _check_identity(request: FleetRequest) -> None:

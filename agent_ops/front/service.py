@@ -102,6 +102,8 @@ class PlanResult(Result):
     deleting_fixes: list[DeletingFix] = Field(
         default_factory=list, description="Fixes that delete files if their known issue matches a failed step; refused on "
         "a local target unless the run allows them (--allow-deleting-fixes).")
+    money: list[str] = Field(default_factory=list, description="With `run --provision`: what rents (and at what price), "
+                             "what spends, what destroys, from the runbook's provision: block (flags override it).")
 
 
 class StartResult(Result):
@@ -159,7 +161,33 @@ def plan(file: str, overrides: dict[str, str]) -> PlanResult:
     waves = [[_plan_step(runbook, runbook.step(sid), masked, loaded.reads.get(sid, [])) for sid in wave]
              for wave in build_plan(runbook.steps).waves]
     return PlanResult(runbook=runbook.name, file=str(loaded.path), vars=values,
-                      secrets=dict.fromkeys(runbook.secrets, "***"), waves=waves, deleting_fixes=_deleting_fixes(runbook))
+                      secrets=dict.fromkeys(runbook.secrets, "***"), waves=waves, deleting_fixes=_deleting_fixes(runbook),
+                      money=money_lines(runbook))
+
+
+def money_lines(runbook: Runbook) -> list[str]:
+    """What a `--provision` run of this runbook rents, spends and destroys, in plain words with the money at stake."""
+    prov = runbook.provision
+    if prov is None:
+        return []
+    fleet = prov.fleet
+    offer = fleet.get("offer") or {}
+    nodes, gpus, gpu = fleet.get("nodes", 1), offer.get("gpus", 1), str(offer.get("gpu_name") or "any GPU").replace("_", " ")
+    max_dph, hours = offer.get("max_dph"), offer.get("hours", 1)
+    price = (f"at most ${float(max_dph):.2f}/h each, ${float(max_dph) * int(nodes):.2f}/h for the fleet, "
+             f"${float(max_dph) * int(nodes) * float(hours):.2f} for the {float(hours):g} h expected") if max_dph else "at any price"
+    lines = [f"RENT  {nodes} x {gpus} {gpu} from {prov.provider} before the first wave, {price}"]
+    if prov.budget_usd is not None:
+        ask = f"ask {prov.checkpoint.job} to checkpoint, " if prov.checkpoint else ""
+        lines.append(f"SPEND at most ${prov.budget_usd:.2f} (budget): then {ask}copy the artifacts off, give the boxes back")
+    else:
+        lines.append("SPEND no budget set: the boxes bill until the run ends (--budget-usd sets one)")
+    saved = f"copy {len(runbook.artifacts)} artifacts off and check them ({', '.join(a.path for a in runbook.artifacts)}), " \
+        if runbook.artifacts else "no artifacts declared: nothing is copied off, "
+    lines.append(f"{prov.teardown.success.upper():<5} after success (once no job has run for {prov.idle_s:g} s): "
+                 f"{saved}then {prov.teardown.success}")
+    lines.append(f"{prov.teardown.failure.upper():<5} after a failure or an interrupt: {saved}then {prov.teardown.failure}")
+    return lines
 
 
 def _deleting_fixes(runbook) -> list[DeletingFix]:
@@ -196,23 +224,31 @@ def _load(file: str, overrides: dict[str, str]):
         raise OpError("invalid_runbook", f"{file}: invalid runbook ({len(exc.problems)} problems)", exc.problems) from None
 
 
-def start_detached(file: str, overrides: dict[str, str], where: TargetOptions, journal: Journal) -> StartResult:
+def start_detached(file: str, overrides: dict[str, str], where: TargetOptions, journal: Journal,
+                   provision: list[str] | None = None) -> StartResult:
     """Check the runbook, its variables and secrets, and the target; then start `agentops run` as its own process
-    group (the variables as given, `where` as its flags) and return once the journal has the run."""
+    group (the variables as given, `where` as its flags) and return once the journal has the run.
+
+    `provision`: `run --provision`'s flags (cli_provider.provision_args): the run rents its boxes, so `where` names
+    no target, and the run is started once its provisioning is recorded (the run row comes with the boxes, minutes on)."""
     from agent_ops.run.context import new_run_id
 
     loaded, _ = _load(file, overrides)
     missing = [n for n in loaded.runbook.secrets if not os.environ.get(n)]
     if missing:
         raise OpError("missing_secret", f"secrets missing from the environment: {', '.join(missing)}")
-    try:
-        where.resolve()
-    except RunbookError as exc:
-        raise OpError(exc.code, str(exc), exc.problems) from None
+    if not provision:
+        try:
+            where.resolve()
+        except RunbookError as exc:
+            raise OpError(exc.code, str(exc), exc.problems) from None
     run_id = new_run_id()
-    argv = ["run", str(loaded.path), "--run-id", run_id, *where.argv()]
+    argv = ["run", str(loaded.path), "--run-id", run_id, *where.argv(), *(provision or [])]
     for k, v in overrides.items():
         argv += ["--var", f"{k}={v}"]
+    if provision:
+        return _spawn(journal, run_id, argv, ready=lambda row: row is not None
+                      or journal.last_event(run_id, None, "provisioned") is not None)
     return _spawn(journal, run_id, argv, ready=lambda row: row is not None)
 
 
@@ -244,8 +280,8 @@ def _spawn(journal: Journal, run_id: str, cli_args: list[str], ready) -> StartRe
     while time.monotonic() < deadline:
         row = journal.run(run_id)
         if ready(row):
-            return StartResult(run_id=run_id, state=row.state, journal=str(journal.path), controller_pid=proc.pid,
-                               controller_log=str(log))
+            return StartResult(run_id=run_id, state=row.state if row else "renting", journal=str(journal.path),
+                               controller_pid=proc.pid, controller_log=str(log))
         if proc.poll() is not None:
             row = journal.run(run_id)
             if row is not None and ready(row) or (row is not None and row.state in TERMINAL_RUN_STATES and row.ended):
@@ -273,6 +309,10 @@ def status(journal: Journal, run_id: str | None) -> RunStatus:
     if run_id is None:
         raise OpError("no_runs", f"no runs in {journal.path}")
     st = run_status(journal, run_id)
+    if st is None and journal.last_event(run_id, None, "provisioned") is not None:  # a rented run before its boxes are up
+        rows = journal.rentals(run_id)
+        raise OpError("renting", f"run {run_id} is renting its boxes ({sum(r.state == 'ready' for r in rows)} ready, "
+                                 f"{len(rows)} created so far); its status comes once they are: poll again")
     if st is None:
         raise OpError("unknown_run", f"unknown run {run_id!r}")
     return st

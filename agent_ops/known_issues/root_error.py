@@ -57,6 +57,8 @@ TIMESTAMP = re.compile(
 # A label that says the line is an error: glog `[E1206 ...]`/`E0221 ...`, or a logger's ERROR/CRITICAL/FATAL.
 ERROR_LABEL = re.compile(r"(?:^|\s)\[?[EF]\s?\d{0,4}\b|\b(?:ERROR|CRITICAL|FATAL)\b")
 PADDED_WRAP = re.compile(r"(?<=\S) {40,}(?=\S)")  # a terminal copy pads a wrapped line to the full width
+# Ray folds repeated lines into one and says so at its end: the note is not part of the line (a `$` must still match).
+RAY_DEDUP = re.compile(r"\s\[repeated \d+x across cluster\](?: \(Ray deduplicates logs by default\..*)?$")
 
 TRACEBACK = re.compile(r"Traceback \(most recent call last\)")
 CHAIN = re.compile(
@@ -117,7 +119,7 @@ def normalise_line(raw: str) -> str:
 def _split_line(raw: str) -> tuple[str, str, int]:
     segments = [ANSI.sub("", s) for s in raw.split("\r")]
     shown = [s for s in segments if s.strip()]
-    line = PADDED_WRAP.sub("", (shown[-1] if shown else "").rstrip())
+    line = RAY_DEDUP.sub("", PADDED_WRAP.sub("", (shown[-1] if shown else "").rstrip()))
     width = len(line)
     label = []
     for _ in range(4):  # `[80746] [rank0]:[E321 02:07:08 ...]` stacks a few; a bound keeps this linear

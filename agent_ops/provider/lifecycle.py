@@ -71,6 +71,8 @@ class FleetRequest(BaseModel):
     onstart: str | None = Field(None, description="bash run on each box at start, after agentops' own preparation")
     provision_deadline_s: float = Field(900.0, gt=0, description="from create to a qualified box, per box")
     connect_timeout_s: float = Field(10.0, gt=0)
+    reconnect_timeout_s: float = Field(120.0, ge=0, description="how long a run keeps re-trying a lost box's SSH "
+                                       "before it counts the box as lost")
     max_boxes: int | None = Field(None, ge=1, description="boxes created in all, failures included (default 3 per node)")
     qualify: QualifySpec = Field(default_factory=QualifySpec)
 
@@ -268,7 +270,8 @@ class _Renter:
         if not report.ok:
             raise _BoxFailed(f"qualification failed: {report.failures()}", machine_bad=True)
         target = TargetSpec(url=SSHConfig(host=instance.ssh.host, port=instance.ssh.port, user=instance.ssh.user).url,
-                            identity=self.request.identity, known_hosts=str(known_hosts))
+                            identity=self.request.identity, known_hosts=str(known_hosts),
+                            reconnect_timeout=self.request.reconnect_timeout_s)
         self.journal.set_rental(self.provider.name, instance_id, state="ready", target=target.model_dump(), ready=time.time(),
                                 message=f"ready: {', '.join(c.detail for c in report.checks)}")
         return RentedBox(provider=self.provider.name, instance_id=instance_id, offer=offer, endpoint=instance.ssh,

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from agent_ops.bounds import MAX_POLL_S
+from agent_ops.record.bill import Bill, run_bill
 from agent_ops.record.journal import TERMINAL_RUN_STATES, Journal, RunRow
 from agent_ops.transport.tmux import Tmux, run_tmux_socket
 
@@ -162,6 +163,8 @@ class RunStatus:
     """For a run that failed on several nodes: the node whose failure came first (of the first step that has a blame)."""
     steps: list[StepView]
     remedies: list[RemedyView] = field(default_factory=list)
+    bill: Bill | None = None
+    """For a run on rented boxes: per node $/h, spent and projected, the total, the budget."""
     next_poll_s: float
     """When to ask again (never more than 30 s)."""
 
@@ -247,6 +250,7 @@ def run_status(journal: Journal, run_id: str) -> RunStatus | None:
         elapsed_s=round(end - run.started, 3) if run.started else None, controller_alive=alive,
         tmux_session=run.tmux_session, attach=attach, run_dir=run.run_dir, artifacts_dir=run.artifacts_dir,
         vars=run.vars or {}, nodes=nodes, blame=next((s.blame for s in steps if s.blame), None), steps=steps, remedies=remedies,
+        bill=run_bill(journal, run_id),
         next_poll_s=0.0 if run.state in TERMINAL_RUN_STATES else min(2.0 if alive else 10.0, MAX_POLL_S),
     )
 

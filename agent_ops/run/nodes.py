@@ -70,18 +70,20 @@ class NodeSelectionError(AgentOpsError):
 
 def step_node_names(step: Step, fleet: Sequence[str], job_nodes: Sequence[str] | None = None) -> list[str]:
     """The names of the nodes a step runs on, in fleet order (`job_nodes`: for a gate without `on:`, its job's)."""
-    selector = step.on
-    if selector is None:
+    if step.on is None:
         return list(job_nodes) if isinstance(step, GateStep) and job_nodes is not None else list(fleet)
-    if selector == "all":
+    return select_nodes(step.on, fleet, f"step {step.id}")
+
+
+def select_nodes(selector: str | list[str], fleet: Sequence[str], what: str) -> list[str]:
+    """The nodes an `on:` selector names, in fleet order (`any`: every node may take it); `what` names the owner in errors."""
+    if selector in ("all", "any"):
         return list(fleet)
     if selector == "head":
         return list(fleet[:1])
     if selector == "workers":
         return list(fleet[1:])
-    if selector == "any":  # placed by the scheduler when it starts: any node may take it
-        return list(fleet)
     unknown = [n for n in selector if n not in fleet]
     if unknown:
-        raise NodeSelectionError(f"step {step.id}: on: node {unknown[0]!r} is not in the fleet ({', '.join(fleet)})")
+        raise NodeSelectionError(f"{what}: on: node {unknown[0]!r} is not in the fleet ({', '.join(fleet)})")
     return [n for n in fleet if n in selector]

@@ -351,6 +351,51 @@ class CellRef:
     fail_fast: bool = True
 
 
+TeardownPolicy = Literal["keep", "stop", "destroy"]
+
+
+class ArtifactSpec(Strict):
+    """A file or directory on the box that must be copied off (and checked) before the box is destroyed."""
+
+    path: str = Field(min_length=1, description="Path on the box: a file, or a directory (every file under it).")
+    on: NodeSelector = Field("head", description="The nodes that hold it: head (the default), all, workers, or names.")
+    required: bool = Field(False, description="A path that does not exist blocks a destroy too (by default only a copy "
+                           "that failed or does not match blocks it: a missing file has nothing to lose).")
+
+
+class CheckpointSpec(Strict):
+    """How the training is asked to save its state before its boxes are given back (budget reached, teardown)."""
+
+    job: str = Field(min_length=1, description="The run step whose job is asked (its process group gets the signal).")
+    signal: Literal["USR1", "USR2", "TERM", "INT", "HUP"] | None = Field(
+        "USR1", description="Signal sent to the job's process group (training.train saves a checkpoint and exits on SIGUSR1).")
+    command: str | None = Field(None, description="Or a command run on each node of the job instead.", json_schema_extra=SHELL)
+    wait_s: float = Field(300.0, gt=0, le=3600, description="How long the job may take to save and exit.")
+
+
+class TeardownSpec(Strict):
+    """What happens to rented boxes when the run ends: keep them, stop them (disk kept, and billed), destroy them."""
+
+    success: TeardownPolicy = Field("destroy", description="After success (and once no job runs, see provision.idle_s), "
+                                    "or when the budget is reached.")
+    failure: TeardownPolicy = Field("destroy", description="After a failure, a cancel or an interrupted controller "
+                                    "(Ctrl-C, SIGTERM, SIGHUP).")
+
+
+class ProvisionSpec(Strict):
+    """Boxes this runbook rents when run with `--provision` (flags override every field)."""
+
+    provider: str = Field("vast", description="Where to rent (credentials from the environment: VAST_API_KEY).")
+    fleet: dict[str, Any] = Field(default_factory=dict, description="The fleet request (`agentops rent --request`'s "
+                                  "fields: nodes, offer, image, identity, qualify, ...), checked when the run rents.")
+    teardown: TeardownSpec = Field(default_factory=TeardownSpec)
+    budget_usd: float | None = Field(None, gt=0, description="When the boxes have cost this much: checkpoint, copy the "
+                                     "artifacts off, give the boxes back, end the run (budget reached).")
+    idle_s: float = Field(600.0, gt=0, description="After the steps ended, boxes on which no job of the run has run "
+                          "for this long are given back (a training left running keeps them until it ends).")
+    checkpoint: CheckpointSpec | None = Field(None, description="How the training is asked to save before its boxes go.")
+
+
 class Runbook(Strict):
     """A named, validated list of steps with variables, secrets and environment.
 
@@ -385,6 +430,10 @@ class Runbook(Strict):
         "with it) or `continue` (the others finish; the failed node is taken out of the fleet and later steps run on the "
         "nodes left; a step succeeds when every node still in the fleet succeeded).")
     steps: list[StepOrGroup] = Field(min_length=1, description="The steps (and groups); `needs` makes them a DAG.")
+    artifacts: list[ArtifactSpec] = Field(default_factory=list, description="Files copied off the boxes (size and "
+                                          "sha256 checked) before they are destroyed; a box is not destroyed while one "
+                                          "is not safe (unless forced).")
+    provision: ProvisionSpec | None = Field(None, description="Boxes to rent for the run (`agentops run --provision`).")
     _cells: dict[str, CellRef] = PrivateAttr(default_factory=dict)  # expanded step id -> its group and cell
 
     @field_validator("vars")

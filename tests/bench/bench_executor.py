@@ -71,8 +71,9 @@ class Sample:
 # --- inputs --------------------------------------------------------------------------------------
 
 
-def write_runbook(path: Path, steps: int) -> Path:
-    lines = ["name: bench_executor", f"description: {steps} trivial sequential run steps", "steps:"]
+def write_runbook(path: Path, steps: int, name: str = "bench_executor") -> Path:
+    """`steps` trivial `run` steps, each needing the one before (bench_fleet runs the same on every node)."""
+    lines = [f"name: {name}", f"description: {steps} trivial sequential run steps", "steps:"]
     for i in range(steps):
         lines += [f"  - id: s{i:03d}", "    kind: run", '    command: "true"']
         if i:
@@ -81,11 +82,12 @@ def write_runbook(path: Path, steps: int) -> Path:
     return path
 
 
-def write_playbook(path: Path, steps: int) -> Path:
+def write_playbook(path: Path, steps: int, hosts: str = "bench") -> Path:
+    """The same steps as Ansible tasks, on the inventory group `hosts`."""
     tasks = "".join(
         f"    - name: s{i:03d}\n      ansible.builtin.command: \"true\"\n      changed_when: false\n" for i in range(steps)
     )
-    path.write_text(f"- hosts: bench\n  gather_facts: false\n  tasks:\n{tasks}")
+    path.write_text(f"- hosts: {hosts}\n  gather_facts: false\n  tasks:\n{tasks}")
     return path
 
 

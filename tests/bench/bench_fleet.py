@@ -45,7 +45,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tests.bench.bench_executor import close_masters  # noqa: E402 -- after the sys.path line above
+from tests.bench.bench_executor import close_masters, write_playbook, write_runbook  # noqa: E402 -- after the sys.path line above
 from tests.sshd import SSHServer, sshd_available  # noqa: E402
 
 STEPS = 10
@@ -66,23 +66,6 @@ class Sample:
     ok: bool
     box_cpu_s: float = 0.0
     detail: dict[str, Any] = field(default_factory=dict)
-
-
-def write_runbook(path: Path, steps: int) -> Path:
-    lines = ["name: bench_fleet", f"description: {steps} trivial sequential run steps on every node", "steps:"]
-    for i in range(steps):
-        lines += [f"  - id: s{i:02d}", "    kind: run", '    command: "true"']
-        if i:
-            lines.append(f"    needs: [s{i - 1:02d}]")
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def write_playbook(path: Path, steps: int) -> Path:
-    tasks = "".join(f"    - name: s{i:02d}\n      ansible.builtin.command: \"true\"\n      changed_when: false\n"
-                    for i in range(steps))
-    path.write_text(f"- hosts: fleet\n  gather_facts: false\n  tasks:\n{tasks}")
-    return path
 
 
 def timed(cmd: list[str], env: dict[str, str], cwd: Path) -> tuple[subprocess.CompletedProcess[str], float, float, float]:
@@ -128,8 +111,8 @@ class FleetBench:
     def __init__(self, root: Path, servers: list[SSHServer], python3: str, ansible: str) -> None:
         self.root, self.servers, self.python3, self.ansible = root, servers, python3, ansible
         self.home = root / "agentops-home"
-        self.runbook = write_runbook(root / "runbook.yaml", STEPS)
-        self.playbook = write_playbook(root / "playbook.yml", STEPS)
+        self.runbook = write_runbook(root / "runbook.yaml", STEPS, name="bench_fleet")
+        self.playbook = write_playbook(root / "playbook.yml", STEPS, hosts="fleet")
         self.sockets = [f"agentops-bench-fleet-{os.getpid()}-{i}" for i in range(len(servers))]
         self._runs = 0
 

@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -76,7 +78,13 @@ class _Box:
     started: bool = False
     onstart: subprocess.Popen[bytes] | None = None
     dead_port: int = 0
+    tmux_dir: Path | None = None  # the box's own TMUX_TMPDIR: its tmux servers are its own, as on a separate machine
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def end_processes(self) -> None:
+        """What a box's end does to what ran on it: its tmux servers (and the jobs in them) end."""
+        for socket_path in self.tmux_dir.glob("tmux-*/*") if self.tmux_dir else ():
+            subprocess.run(["tmux", "-S", str(socket_path), "kill-server"], capture_output=True, timeout=10)
 
     def status(self) -> str | None:
         if self.override:
@@ -133,6 +141,7 @@ class VastStandIn:
         with box.lock:
             box.override = "offline"
             box.sshd.stop()
+            box.end_processes()
 
     def live(self) -> list[int]:
         """Instances that exist (are billed) right now."""
@@ -175,9 +184,12 @@ class VastStandIn:
         plan = self.plans[offer_id]
         (root / "bin").mkdir()
         _write_nvidia_smi(root / "bin" / "nvidia-smi", offer, plan)
-        sshd = SSHServer(root, env={"PATH": f"{root / 'bin'}:{BASE_PATH}"})
+        # A short directory of its own for tmux sockets (a socket path is limited to ~107 bytes).
+        tmux_dir = Path(tempfile.mkdtemp(prefix=f"vbox{iid}-"))
+        sshd = SSHServer(root, env={"PATH": f"{root / 'bin'}:{BASE_PATH}", "TMUX_TMPDIR": str(tmux_dir)})
         (root / "authorized_keys").write_text("")  # only keys attached through the API get in
-        box = _Box(id=iid, offer=offer, plan=plan, body=body, sshd=sshd, root=root, dead_port=_closed_port())
+        box = _Box(id=iid, offer=offer, plan=plan, body=body, sshd=sshd, root=root, dead_port=_closed_port(),
+                   tmux_dir=tmux_dir)
         with self._lock:
             self.boxes[iid] = box
         return 200, {"success": True, "new_contract": iid}
@@ -221,6 +233,7 @@ class VastStandIn:
             if body.get("state") == "stopped":
                 box.override = "stopped"
                 box.sshd.stop()
+                box.end_processes()
             elif body.get("state") == "running" and box.override == "stopped":
                 box.override = None
                 box.sshd.start()
@@ -241,6 +254,9 @@ class VastStandIn:
             return
         with box.lock:
             box.sshd.stop()
+            box.end_processes()
+            if box.tmux_dir is not None:
+                shutil.rmtree(box.tmux_dir, ignore_errors=True)
             if box.onstart is not None and box.onstart.poll() is None:
                 box.onstart.kill()
             if box.onstart is not None:
