@@ -343,14 +343,17 @@ def test_cli_diagnose_exit_codes_and_json(cli, tmp_path):
     human = cli("diagnose", str(failing))
     assert human.exit_code == 0 and "cuda-oom" in human.stdout and "set_env" in human.stdout
     unreadable = cli("diagnose", str(tmp_path / "missing.log"), "--json")
-    assert unreadable.exit_code == 2 and unreadable.stdout == "" and "cannot read" in unreadable.stderr
+    assert unreadable.exit_code == 2 and "cannot read" in json.loads(unreadable.stdout)["error"]["message"]
+    assert "cannot read" in cli("diagnose", str(tmp_path / "missing.log")).stderr
 
 
 def test_cli_reports_a_bad_catalog(cli, tmp_path):
     bad = _write(tmp_path, "bad.yaml", _entry_yaml("bad") + "colour: red\n")
     result = cli("diagnose", "-", "--catalog", str(bad), "--json", input="x\n")
-    assert result.exit_code == 2 and result.stdout == ""
-    assert f"{bad}:9: colour: unknown field 'colour'" in result.stderr
+    assert result.exit_code == 2 and result.stderr == ""
+    [problem] = json.loads(result.stdout)["error"]["problems"]
+    assert problem.startswith(f"{bad}:9: colour: unknown field 'colour'")
+    assert f"{bad}:9: colour: unknown field 'colour'" in cli("diagnose", "-", "--catalog", str(bad), input="x\n").stderr
 
 
 def test_cli_prints_nearest_for_unknown_failures(cli):

@@ -4,6 +4,7 @@ a progress line per change and exits with the run's code (feature 7). Real CLI p
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -89,3 +90,20 @@ def test_wait_until_done_exits_1_for_a_failed_run(local: Box) -> None:
     assert f"{run_id}: failed" in failed.stdout
     too_long = agentops(local, "wait", run_id, "--timeout", "45")
     assert too_long.returncode == 2 and "at most 30 s with --until change" in too_long.stderr
+
+
+def test_run_detach_checks_first_then_starts_the_run_with_the_same_target_and_vars(local: Box) -> None:
+    hello = str(RUNBOOKS / "hello.yaml")
+    bad = agentops(local, "run", hello, "--target", "nowhere", "--var", f"box={local.scratch}", "--detach", "--json")
+    assert bad.returncode == 2 and json.loads(bad.stdout)["error"]["code"] == "invalid_target", bad.stdout + bad.stderr
+    unset = agentops(local, "run", hello, *local.cli_target(), "--detach")
+    assert unset.returncode == 2 and "box" in unset.stderr
+    assert only_run_id(local.journal()) is None  # nothing was started by either
+    started = agentops(local, "run", hello, *local.cli_target(), "--var", f"box={local.scratch}", "--detach", "--json")
+    assert started.returncode == 0, started.stderr
+    run_id = json.loads(started.stdout)["run_id"]
+    done = agentops(local, "wait", run_id, "--until", "done", timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert (local.scratch / "counter").read_text() == "hello\n"
+    target = local.journal().run(run_id).target  # the background run got the flags back as they were given
+    assert (target["tmux_socket"], target["workdir"]) == (local.socket, local.spec.workdir)

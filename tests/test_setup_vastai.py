@@ -56,6 +56,7 @@ from pathlib import Path
 import libtmux
 import pytest
 
+from agent_ops.front.output import to_json
 from agent_ops.record.journal import Journal
 from agent_ops.record.status import run_status
 from agent_ops.run.context import start_run
@@ -212,7 +213,7 @@ def _run_to_success(tmp_path: Path, target: TargetSpec, values: dict[str, object
 
 
 def _assert_secret_kept(tmp_path: Path, status, box_workdir: Path) -> None:
-    assert WANDB_KEY not in status.model_dump_json()
+    assert WANDB_KEY not in to_json(status)
     for path in (tmp_path / "home").rglob("*"):  # journal.db, its WAL, the artifacts
         if path.is_file():
             assert WANDB_KEY.encode() not in path.read_bytes(), path

@@ -15,9 +15,10 @@ from pathlib import Path
 import libtmux
 import pytest
 
-from agent_ops.run.jobs import RunLayout, Tmux, prepare_run, probe_request
+from agent_ops.run.jobs import RunLayout, prepare_run, probe_request
 from agent_ops.transport.base import ProbeRequest, Transport
 from agent_ops.transport.local import LocalTransport
+from agent_ops.transport.tmux import Tmux
 from tests.runs import kill_tmux_server, make_box, run_api
 from tests.sshd import SSHServer
 

@@ -7,7 +7,6 @@ progress goes to stderr.
 """
 from __future__ import annotations
 
-import json
 import signal
 import sys
 import time
@@ -15,8 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
-from rich.text import Text
 
 from agent_ops.errors import AgentOpsError, JournalError, RunbookError, TransportError
 from agent_ops.front import service as ops
@@ -36,12 +33,15 @@ from agent_ops.front.cli_provider import (
     rent_command,
     rentals_command,
 )
+from agent_ops.front.output import Output
+from agent_ops.front.target_options import TargetOptions
 from agent_ops.record.journal import Journal
 from agent_ops.secret_values import MissingSecret, read_secrets
 
 # Agents poll `status`, `list`, `logs` and `wait`, each poll a new process: at import this module loads only the
-# journal, the status models and the command groups' thin fronts; the runbook models, the loader, the catalog and the
-# providers are imported by the commands that use them (tests/bench/bench_status.py measures it).
+# journal, the status views and the command groups' thin fronts; the runbook models, the loader, the catalog, the
+# providers and rich (Output imports it for a person's output only) come with the commands that use them
+# (tests/bench/bench_status.py measures it).
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, rich_markup_mode=None)
 app.add_typer(known_issues_app, name="known-issues", help="The known-issue catalog.")
@@ -50,10 +50,6 @@ app.command("offers", help="Boxes for rent matching a request, cheapest for the 
 app.command("rent", help="Rent N boxes, ready over SSH and qualified (all or none).")(rent_command)
 app.command("rentals", help="A run's rented boxes: state, $/h, spent so far.")(rentals_command)
 app.command("down", help="Give back every box a run rented.")(down_command)
-
-# soft_wrap: a line such as FILE:LINE: field: message is never broken at the terminal width (tools parse it).
-err = Console(stderr=True, soft_wrap=True)
-out = Console(soft_wrap=True)
 
 EXIT_FAILED, EXIT_INPUT, EXIT_TRANSPORT, EXIT_STATE, EXIT_INTERRUPTED = 1, 2, 3, 4, 130
 EXIT_BOXES_KEPT = 5  # a rented fleet's destroy was refused (an artifact not safe): boxes still bill until `down`
@@ -65,132 +61,101 @@ JsonOpt = typer.Option(False, "--json", help="Print one JSON document on stdout.
 VarOpt = typer.Option(None, "--var", "-v", help="Set a variable: NAME=VALUE (repeatable).")
 
 
-def _fail(code: int, message: str, as_json: bool, kind: str = "error", problems: list[str] | None = None) -> None:
-    if as_json:
-        print(json.dumps({"error": {"code": kind, "message": message, "problems": problems or []}}))
-    else:
-        err.print(message, style="red", markup=False, highlight=False)
-    raise typer.Exit(code)
-
-
-def _parse_vars(items: list[str] | None, as_json: bool) -> dict[str, str]:
+def _parse_vars(items: list[str] | None, o: Output) -> dict[str, str]:
     values = {}
     for item in items or []:
         name, sep, value = item.partition("=")
         if not sep or not name:
-            _fail(EXIT_INPUT, f"--var {item!r}: expected NAME=VALUE", as_json, "invalid_var")
+            o.fail(EXIT_INPUT, f"--var {item!r}: expected NAME=VALUE", "invalid_var")
         values[name] = value
     return values
 
 
-def _journal(as_json: bool = False) -> Journal:
+def _journal(o: Output) -> Journal:
     try:
         return Journal()
     except JournalError as exc:
-        _fail(EXIT_INPUT, str(exc), as_json, exc.code)
+        o.fail(EXIT_INPUT, str(exc), exc.code)
 
 
-def _target(target: str, identity: str | None, inventory: str | None, accept: bool, tmux_socket: str | None,
-            workdir: str | None, as_json: bool, known_hosts: str | None = None, allow_deleting_fixes: bool = False):
-    """The fleet `-t` names (a single target is a fleet of one), options applied to every node."""
-    from agent_ops.fleet.nodes import resolve_fleet
-    from agent_ops.transport.target import read_inventory
-
-    options: dict[str, Any] = {}
-    if identity:
-        options["identity"] = identity
-    if accept:
-        options["accept_new_host_key"] = True
-    if tmux_socket:
-        options["tmux_socket"] = tmux_socket
-    if workdir:
-        options["workdir"] = workdir
-    if known_hosts:
-        options["known_hosts"] = known_hosts
-    if allow_deleting_fixes:
-        options["allow_deleting_fixes"] = True
+def _fleet(where: TargetOptions, o: Output):
+    """The fleet `where` names (a single target is a fleet of one); a bad name or inventory ends the command (exit 2)."""
     try:
-        return resolve_fleet(target, read_inventory(inventory) if inventory else None, options)
+        return where.resolve()
     except RunbookError as exc:
-        _fail(EXIT_INPUT, str(exc), as_json, exc.code, exc.problems)
+        o.fail(EXIT_INPUT, str(exc), exc.code, exc.problems)
 
 
 @app.command()
 def validate(files: list[str] = typer.Argument(..., help="Runbook files or shipped names."), as_json: bool = JsonOpt) -> None:
     """Check runbooks without running anything; every problem as FILE:LINE: field: message."""
-    results = [ops.validate(name).model_dump() for name in files]
-    bad = not all(r["ok"] for r in results)
+    o = Output(as_json)
+    results = [ops.validate(name) for name in files]
+    bad = not all(r.ok for r in results)
     if as_json:
-        print(json.dumps({"results": results, "ok": not bad}, indent=2))
+        o.json({"results": results, "ok": not bad})
     else:
         for r in results:
-            if r["ok"]:
-                err.print(f"{r['file']}: ok ({r['name']}, {r['steps']} steps)", style="green", markup=False, highlight=False)
-            for p in r["problems"]:
-                err.print(p, style="red", markup=False, highlight=False)
+            if r.ok:
+                o.note(f"{r.file}: ok ({r.name}, {r.steps} steps)", style="green")
+            for p in r.problems:
+                o.note(p, style="red")
     raise typer.Exit(EXIT_INPUT if bad else 0)
 
 
-def _load(file: str, var: list[str] | None, as_json: bool):
-    try:
-        from agent_ops.runbook.loader import load_runbook, resolve_vars
+def _load(file: str, var: list[str] | None, o: Output):
+    from agent_ops.runbook.loader import load_runbook, resolve_vars
 
+    try:
         loaded = load_runbook(file)
-        values = resolve_vars(loaded, _parse_vars(var, as_json))
+        values = resolve_vars(loaded, _parse_vars(var, o))
         return loaded, values
     except RunbookError as exc:
-        if not as_json:
-            for p in exc.problems:
-                err.print(p, style="red", markup=False, highlight=False)
-            raise typer.Exit(EXIT_INPUT) from None
-        _fail(EXIT_INPUT, f"{file}: invalid runbook", as_json, exc.code, exc.problems)
+        o.fail(EXIT_INPUT, f"{file}: invalid runbook", exc.code, exc.problems)
 
 
 @app.command()
 def plan(file: str, var: list[str] | None = VarOpt, as_json: bool = JsonOpt) -> None:
     """Print the DAG in waves (steps in one wave may run at once), with variables resolved."""
-    doc = _op(as_json, ops.plan, file, _parse_vars(var, as_json))
+    o = Output(as_json)
+    doc = _op(o, ops.plan, file, _parse_vars(var, o))
     if as_json:
-        print(doc.model_dump_json(indent=2))
+        o.json(doc)
         return
-    out.print(f"[bold]{doc.runbook}[/] ({doc.file})")
+    o.line(f"{doc.runbook} ({doc.file})", style="bold")
     for k, v in doc.vars.items():
-        out.print(f"  var {k} = {v!r}", markup=False, highlight=False)
+        o.line(f"  var {k} = {v!r}")
     for name in doc.secrets:
-        out.print(f"  secret {name} = ***", markup=False, highlight=False)
+        o.line(f"  secret {name} = ***")
     for i, wave in enumerate(doc.waves, 1):
-        out.print(f"wave {i}:", style="bold")
+        o.line(f"wave {i}:", style="bold")
         for s in wave:
             needs = f"  (needs {', '.join(s.needs)})" if s.needs else ""
             needs += f"  (after {', '.join(s.after)} finished)" if s.after else ""
             needs += f"  (reads results of {', '.join(s.reads)}: rendered when it starts)" if s.reads else ""
             needs += "  (if: always)" if s.always else ""
-            out.print(f"  {s.id} [{s.kind}]{needs}", markup=False, highlight=False)
+            o.line(f"  {s.id} [{s.kind}]{needs}")
             for k, v in s.env.items():
-                out.print(f"      env {k}={v}", markup=False, highlight=False, style="dim")
+                o.line(f"      env {k}={v}", style="dim")
             for line in (s.command or "").rstrip().splitlines():
-                out.print(f"      $ {line}", markup=False, highlight=False, style="dim")
+                o.line(f"      $ {line}", style="dim")
     if doc.money:
-        out.print("with --provision (money at stake; flags override the runbook's provision:):", style="bold")
+        o.line("with --provision (money at stake; flags override the runbook's provision:):", style="bold")
     for line in doc.money:
-        out.print(f"  [money] {line}", markup=False, highlight=False)
+        o.line(f"  [money] {line}")
     if doc.deleting_fixes:
-        out.print("fixes that delete (refused on a local target unless --allow-deleting-fixes):", style="bold")
+        o.line("fixes that delete (refused on a local target unless --allow-deleting-fixes):", style="bold")
     for fix in doc.deleting_fixes:
-        out.print(f"  {fix.issue_id} deletes {'; '.join(fix.deletes)}, if it matches a failure of: {', '.join(fix.steps)}",
-                  markup=False, highlight=False)
+        o.line(f"  {fix.issue_id} deletes {'; '.join(fix.deletes)}, if it matches a failure of: {', '.join(fix.steps)}")
 
 
-def _op(as_json: bool, fn, *args, **kwargs):
+def _op(o: Output, fn, *args, **kwargs):
     """Call an operation; an OpError becomes a clean message (or JSON error) and its exit code."""
     try:
         return fn(*args, **kwargs)
     except ops.OpError as exc:
-        code = EXIT_INPUT if exc.code in ("invalid_runbook", "missing_secret", "invalid_var") else EXIT_STATE
-        if not as_json:
-            for p in exc.problems:
-                err.print(p, style="red", markup=False, highlight=False)
-        _fail(code, exc.message, as_json, exc.code, exc.problems)
+        code = EXIT_INPUT if exc.code in ("invalid_runbook", "invalid_target", "missing_secret", "invalid_var") else EXIT_STATE
+        o.fail(code, exc.message, exc.code, exc.problems)
 
 
 @app.command()
@@ -198,7 +163,7 @@ def schema() -> None:
     """Print the runbook JSON Schema (generated from the models) for editors."""
     from agent_ops.runbook.schema import Runbook
 
-    print(json.dumps(Runbook.model_json_schema(), indent=2))
+    Output(as_json=True).json(Runbook.model_json_schema())
 
 
 @app.command()
@@ -227,40 +192,35 @@ def run(
     """Run a runbook on a target, step by step, in tmux; the journal records everything."""
     from agent_ops.run.context import start_run
 
-    loaded, values = _load(file, var, as_json)
+    o = Output(as_json)
+    where = TargetOptions(target, identity, inventory, accept_new_host_key, tmux_socket, workdir, known_hosts,
+                          allow_deleting_fixes)
+    if detach and not dry_run and not provision:  # the service checks the runbook, its secrets and the target first
+        _started(o, _op(o, ops.start_detached, file, _parse_vars(var, o), where, _journal(o)))
+        return
+    loaded, values = _load(file, var, o)
     rent_flags = {"nodes": nodes, "gpus": gpus, "gpu_name": gpu_name, "max_dph": max_dph, "budget_usd": budget_usd,
                   "on_success": on_success, "on_failure": on_failure}
-    prov = _provisioned(loaded, values, provision, fleet_file, rent_flags, identity, target, as_json)
-    fleet = None if prov else _target(target, identity, inventory, accept_new_host_key, tmux_socket, workdir, as_json,
-                                      known_hosts, allow_deleting_fixes)
+    prov = _provisioned(loaded, values, provision, fleet_file, rent_flags, identity, target, o)
+    fleet = None if prov else _fleet(where, o)
     if dry_run:
         plan(file, var, as_json)
         return
-    if detach:
-        target_args = ["--target", target] + sum(([flag, value] for flag, value in (
-            ("--identity", identity), ("--inventory", inventory), ("--tmux-socket", tmux_socket),
-            ("--workdir", workdir), ("--known-hosts", known_hosts)) if value), [])
-        target_args += [flag for flag, on in (("--accept-new-host-key", accept_new_host_key),
-                                              ("--allow-deleting-fixes", allow_deleting_fixes)) if on]
-        if prov:
-            from agent_ops.front.cli_provider import provision_args
+    if detach:  # a run that rents its boxes: its provisioning was checked here (exit 2, nothing rented)
+        from dataclasses import replace
 
-            target_args = [a for a in target_args[2:] if a != "--accept-new-host-key"]  # rented boxes: no -t
-            target_args += provision_args(provision, fleet_file, rent_flags)
-        started = _op(as_json, ops.start_detached, file, _parse_vars(var, as_json), target_args, _journal(as_json))
-        if as_json:
-            print(started.model_dump_json(indent=2))
-        else:
-            print(started.run_id)
-            err.print(f"started in the background (pid {started.controller_pid}); follow with: agentops wait {started.run_id}",
-                      markup=False, highlight=False)
+        from agent_ops.front.cli_provider import provision_args
+
+        where = replace(where, accept_new_host_key=False)  # rented boxes: their host keys come with the rental
+        _started(o, _op(o, ops.start_detached, file, _parse_vars(var, o), where, _journal(o),
+                        provision_args(provision, fleet_file, rent_flags)))
         return
     try:
         secret_values = read_secrets(loaded.runbook.secrets)
     except MissingSecret as exc:
-        _fail(EXIT_INPUT, f"{loaded.path}: secrets missing from the environment: {exc.args[0]}", as_json, "missing_secret")
-    journal = _journal(as_json)
-    rented = _rent(prov, journal, run_id, as_json) if prov else None
+        o.fail(EXIT_INPUT, f"{loaded.path}: secrets missing from the environment: {exc.args[0]}", "missing_secret")
+    journal = _journal(o)
+    rented = _rent(prov, journal, run_id, o) if prov else None
     if rented:
         fleet, run_id = rented.nodes, rented.run_id
 
@@ -268,22 +228,31 @@ def run(
         start = lambda: start_run(loaded, values, secret_values, fleet, journal, run_id=run_id, observer=observer)
         return rented.started(start) if rented else start()
 
-    _execute(journal, as_json, make_ctx, rented)
+    _execute(journal, o, make_ctx, rented)
+
+
+def _started(o: Output, started) -> None:
+    """A run started in the background: its id (or the StartResult with --json), and how to follow it."""
+    if o.as_json:
+        o.json(started)
+    else:
+        o.line(started.run_id)
+        o.note(f"started in the background (pid {started.controller_pid}); follow with: agentops wait {started.run_id}")
 
 
 def _provisioned(loaded, values, provision: str | None, fleet_file: Path | None, flags: dict[str, Any],
-                 identity: str | None, target: str, as_json: bool):
+                 identity: str | None, target: str, o: Output):
     """With --provision: the run's provisioning, checked (exit 2, nothing rented), in a RentedRun not yet renting."""
     if not provision:
         return None
     from agent_ops.front.cli_provider import provisioning
 
     if target != "local":
-        _fail(EXIT_INPUT, f"--provision {provision} rents the run's boxes: give no --target ({target})", as_json, "invalid_target")
-    return provisioning(loaded, values, provision, fleet_file, flags, identity, as_json)
+        o.fail(EXIT_INPUT, f"--provision {provision} rents the run's boxes: give no --target ({target})", "invalid_target")
+    return provisioning(loaded, values, provision, fleet_file, flags, identity, o)
 
 
-def _rent(prov, journal: Journal, run_id: str | None, as_json: bool):
+def _rent(prov, journal: Journal, run_id: str | None, o: Output):
     """Rent the run's boxes; SIGTERM/SIGHUP stop the rental as Ctrl-C does (every box made is destroyed)."""
     from agent_ops.front.cli_provider import rent_for_run
     from agent_ops.run.context import new_run_id
@@ -292,17 +261,17 @@ def _rent(prov, journal: Journal, run_id: str | None, as_json: bool):
     rented = RentedRun(prov, journal, run_id or new_run_id())
     stop_signals = {sig: signal.signal(sig, _stop_like_ctrl_c) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
-        rented.nodes = rent_for_run(rented, as_json)
+        rented.nodes = rent_for_run(rented, o)
     except KeyboardInterrupt:
-        _fail(EXIT_INTERRUPTED, f"interrupted while renting; every box it made was destroyed (run {rented.run_id})", as_json,
-              "interrupted")
+        o.fail(EXIT_INTERRUPTED, f"interrupted while renting; every box it made was destroyed (run {rented.run_id})",
+               "interrupted")
     finally:
         for sig, handler in stop_signals.items():
             signal.signal(sig, handler)
     return rented
 
 
-def _execute(journal: Journal, as_json: bool, make_ctx, rented=None) -> None:
+def _execute(journal: Journal, o: Output, make_ctx, rented=None) -> None:
     from agent_ops.front.live_view import LiveView, PlainView, render_status
     from agent_ops.record.status import run_status
     from agent_ops.run.context import close_run
@@ -310,14 +279,14 @@ def _execute(journal: Journal, as_json: bool, make_ctx, rented=None) -> None:
 
     plain = PlainView()
     try:
-        ctx = make_ctx(plain if (as_json or not err.is_terminal) else None)
+        ctx = make_ctx(plain if (o.as_json or not o.err.is_terminal) else None)
     except TransportError as exc:
-        _fail(EXIT_TRANSPORT, f"cannot reach the target: {exc}", as_json, exc.code)
+        o.fail(EXIT_TRANSPORT, f"cannot reach the target: {exc}", exc.code)
     except AgentOpsError as exc:
-        _fail(EXIT_STATE if exc.code == "run_state" else EXIT_INPUT, str(exc), as_json, exc.code)
+        o.fail(EXIT_STATE if exc.code == "run_state" else EXIT_INPUT, str(exc), exc.code)
     view = None
     if ctx.observer is None:
-        view = LiveView(journal.path, ctx.run_id, err)
+        view = LiveView(journal.path, ctx.run_id, o.err)
         ctx.observer = view
     stop_signals = {sig: signal.signal(sig, _stop_like_ctrl_c) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
@@ -330,12 +299,11 @@ def _execute(journal: Journal, as_json: bool, make_ctx, rented=None) -> None:
         try:
             journal.set_run(ctx.run_id, state="interrupted", message=f"controller {how}; {after}")
         except JournalError as journal_exc:
-            err.print(str(journal_exc), markup=False, highlight=False)
-        err.print(f"{how}; {after}" if given_back else f"{how}; jobs keep running. Continue with: agentops resume {ctx.run_id}",
-                  markup=False, highlight=False)
+            o.note(str(journal_exc))
+        o.note(f"{how}; {after}" if given_back else f"{how}; jobs keep running. Continue with: agentops resume {ctx.run_id}")
         raise typer.Exit(EXIT_INTERRUPTED) from None
     except JournalError as exc:
-        _journal_lost(journal, ctx.run_id, exc, as_json)
+        _journal_lost(journal, ctx.run_id, exc, o)
     finally:
         for sig, handler in stop_signals.items():
             signal.signal(sig, handler)
@@ -343,16 +311,16 @@ def _execute(journal: Journal, as_json: bool, make_ctx, rented=None) -> None:
             view.close()
         close_run(ctx)
     status = run_status(journal, ctx.run_id)
-    if as_json:
-        print(status.model_dump_json(indent=2))
+    if o.as_json:
+        o.json(status)
     else:
         if view is None:
-            err.print(render_status(status))
-        _print_reports(ctx.loaded.runbook, status)
-        err.print(f"run {ctx.run_id}: {final} — details: agentops status {ctx.run_id}", markup=False, highlight=False)
+            o.err.print(render_status(status))
+        _print_reports(ctx.loaded.runbook, status, o)
+        o.note(f"run {ctx.run_id}: {final} — details: agentops status {ctx.run_id}")
     if rented and rented.given_back and rented.given_back.kept_unsafe:
         # Exit 0 here would let a script walk away from boxes that are still billing.
-        err.print(rented.given_back.summary(), markup=False, highlight=False)
+        o.note(rented.given_back.summary())
         raise typer.Exit(EXIT_BOXES_KEPT)
     raise typer.Exit(0 if final == "succeeded" else EXIT_FAILED)
 
@@ -365,14 +333,13 @@ def _stop_like_ctrl_c(signum: int, frame: Any) -> None:
     raise ControllerStopped(signal.Signals(signum).name)
 
 
-def _journal_lost(journal: Journal, run_id: str, exc: JournalError, as_json: bool) -> None:
+def _journal_lost(journal: Journal, run_id: str, exc: JournalError, o: Output) -> None:
     """The journal refused a write mid-run: the controller stops driving (the jobs run on, `resume` re-attaches).
 
     It still tries, for JOURNAL_RETRY_S, to record the run as interrupted (a full disk may be freed meanwhile),
     so that the journal does not show a run nobody drives as running.
     """
-    err.print(f"{exc}: the controller stops driving run {run_id}; its jobs keep running on the target", markup=False,
-              highlight=False)
+    o.note(f"{exc}: the controller stops driving run {run_id}; its jobs keep running on the target")
     deadline = time.monotonic() + JOURNAL_RETRY_S
     while True:
         try:
@@ -384,18 +351,20 @@ def _journal_lost(journal: Journal, run_id: str, exc: JournalError, as_json: boo
                 state = f"could not be recorded (the journal still shows it running, its controller gone) within {JOURNAL_RETRY_S:g}s"
                 break
             time.sleep(0.5)
-    _fail(EXIT_FAILED, f"run {run_id}: {state}; once the journal can be written, continue with: agentops resume {run_id}",
-          as_json, exc.code)
+    o.fail(EXIT_FAILED, f"run {run_id}: {state}; once the journal can be written, continue with: agentops resume {run_id}",
+           exc.code)
 
 
-def _print_reports(runbook, status) -> None:
+def _print_reports(runbook, status, o: Output) -> None:
     """The output of `report: true` steps (a run's summary), after the table."""
+    from rich.text import Text
+
     reported = {s.id for s in runbook.steps if getattr(s, "report", False)}
     for step in status.steps:
         if step.id in reported and step.log_tail:
-            err.rule(Text(step.id), style="dim")  # Text: a cell id's brackets are not markup
+            o.err.rule(Text(step.id), style="dim")  # Text: a cell id's brackets are not markup
             for line in step.log_tail:
-                err.print(line, markup=False, highlight=False)
+                o.note(line)
 
 
 @app.command()
@@ -404,17 +373,18 @@ def resume(run_id: str, as_json: bool = JsonOpt) -> None:
     from agent_ops.run.context import resume_run
     from agent_ops.run.rented import RentedRun, RentedRunError
 
-    journal = _journal()
+    o = Output(as_json)
+    journal = _journal(o)
     rented = RentedRun.recorded(journal, run_id)  # a run on rented boxes re-attaches to them and gives them back after
     try:
         if rented:
             rented.check_resumable()
     except RentedRunError as exc:
-        _fail(EXIT_STATE, str(exc), as_json, exc.code)
+        o.fail(EXIT_STATE, str(exc), exc.code)
     try:
-        _execute(journal, as_json, lambda observer: resume_run(journal, run_id, observer=observer), rented)
+        _execute(journal, o, lambda observer: resume_run(journal, run_id, observer=observer), rented)
     except MissingSecret as exc:
-        _fail(EXIT_INPUT, f"secrets missing from the environment: {exc.args[0]}", as_json, "missing_secret")
+        o.fail(EXIT_INPUT, f"secrets missing from the environment: {exc.args[0]}", "missing_secret")
 
 
 @app.command()
@@ -422,15 +392,16 @@ def cancel(run_id: str, as_json: bool = JsonOpt) -> None:
     """Stop a run's jobs and record it (asks a live controller, or stops the jobs itself)."""
     from agent_ops.run.context import cancel_run
 
-    journal = _journal()
+    o = Output(as_json)
+    journal = _journal(o)
     try:
         state = cancel_run(journal, run_id)
     except AgentOpsError as exc:
-        _fail(EXIT_STATE if exc.code == "run_state" else EXIT_TRANSPORT, str(exc), as_json, exc.code)
+        o.fail(EXIT_STATE if exc.code == "run_state" else EXIT_TRANSPORT, str(exc), exc.code)
     if as_json:
-        print(json.dumps({"id": run_id, "state": state}))
+        o.json({"id": run_id, "state": state})
     else:
-        err.print(f"run {run_id}: {state}")
+        o.note(f"run {run_id}: {state}")
 
 
 @app.command()
@@ -440,26 +411,26 @@ def status(
     as_json: bool = JsonOpt,
 ) -> None:
     """A run's state from the journal: steps, attempts, gate progress, remedies."""
-    st = _op(as_json, ops.status, _journal(as_json), run_id)
+    o = Output(as_json)
+    st = _op(o, ops.status, _journal(o), run_id)
     if as_json:
-        print(st.model_dump_json(indent=2))
+        o.json(st)
         return
     from agent_ops.front.live_view import render_status
 
-    out.print(render_status(st))
+    o.out.print(render_status(st))
     for s in st.steps if verbose and len(st.nodes) > 1 else ():
         for p in s.nodes:
-            out.print(f"{s.id}@{p.node}: {p.state} (try {p.attempt}) {p.message or p.last_line or ''}", markup=False,
-                      highlight=False)
+            o.line(f"{s.id}@{p.node}: {p.state} (try {p.attempt}) {p.message or p.last_line or ''}")
     for s in st.steps if verbose else ():
         for k, v in (s.env or {}).items():
-            out.print(f"{s.id}: env {k}={v}", markup=False, highlight=False)
+            o.line(f"{s.id}: env {k}={v}")
         for line in result_lines(s.outputs):
-            out.print(f"{s.id}: {line}", markup=False, highlight=False)
+            o.line(f"{s.id}: {line}")
     if st.message:
-        out.print(st.message, markup=False, highlight=False)
+        o.line(st.message)
     for r in st.remedies:
-        out.print(f"remedy {r.issue_id} on {r.step_id} (attempt {r.attempt}): {r.result}", markup=False, highlight=False)
+        o.line(f"remedy {r.issue_id} on {r.step_id} (attempt {r.attempt}): {r.result}")
 
 
 @app.command()
@@ -472,35 +443,35 @@ def wait(
     as_json: bool = JsonOpt,
 ) -> None:
     """Wait for a run: its next change, or (--until done) its end, with exit code 0 succeeded, 1 failed or cancelled."""
+    o = Output(as_json)
     if until not in ("change", "done"):
-        _fail(EXIT_INPUT, f"--until {until!r}: expected change or done", as_json, "invalid_option")
+        o.fail(EXIT_INPUT, f"--until {until!r}: expected change or done", "invalid_option")
     if until == "change":
         if timeout is not None and timeout > ops.MAX_BLOCK_S:
-            _fail(EXIT_INPUT, f"--timeout {timeout:g}: at most {ops.MAX_BLOCK_S:g} s with --until change (--until done waits longer)",
-                  as_json, "invalid_option")
-        result = _op(as_json, ops.wait, _journal(as_json), run_id, ops.MAX_BLOCK_S if timeout is None else timeout)
+            o.fail(EXIT_INPUT, f"--timeout {timeout:g}: at most {ops.MAX_BLOCK_S:g} s with --until change (--until done waits longer)",
+                   "invalid_option")
+        result = _op(o, ops.wait, _journal(o), run_id, ops.MAX_BLOCK_S if timeout is None else timeout)
     else:
-        result = _op(as_json, ops.wait_until_done, _journal(as_json), run_id, timeout, _progress_line)
+        result = _op(o, ops.wait_until_done, _journal(o), run_id, timeout, lambda r: _progress_line(r, o))
     if as_json:
-        print(result.model_dump_json(indent=2))
+        o.json(result)
     else:
         st = result.status
         changed = "changed" if result.changed else "no change"
-        out.print(f"{st.id}: {st.state} ({changed} after {result.waited_s:.1f}s; next poll in {st.next_poll_s:g}s)",
-                  markup=False, highlight=False)
+        o.line(f"{st.id}: {st.state} ({changed} after {result.waited_s:.1f}s; next poll in {st.next_poll_s:g}s)")
         for s in st.steps:
             waiting = f"waiting for input: {s.waiting_for_input}" if s.waiting_for_input else None
-            out.print(f"  {s.id:<16} {s.state:<10} {waiting or s.message or s.last_line or ''}", markup=False, highlight=False)
+            o.line(f"  {s.id:<16} {s.state:<10} {waiting or s.message or s.last_line or ''}")
     state = result.status.state
     if until == "change":
         raise typer.Exit(EXIT_FAILED if state == "failed" else 0)
     if not result.status.terminal:
-        err.print(f"run {run_id} still {state} after {result.waited_s:.0f}s", markup=False, highlight=False)
+        o.note(f"run {run_id} still {state} after {result.waited_s:.0f}s")
         raise typer.Exit(EXIT_TIMEOUT)
     raise typer.Exit(0 if state == "succeeded" else EXIT_FAILED)  # the run's own exit code
 
 
-def _progress_line(result: ops.WaitResult) -> None:
+def _progress_line(result: ops.WaitResult, o: Output) -> None:
     """One line per change while `wait --until done` waits: the run's state, step counts, what runs now."""
     st = result.status
     counts: dict[str, int] = {}
@@ -509,7 +480,7 @@ def _progress_line(result: ops.WaitResult) -> None:
     running = [s.id for s in st.steps if s.state in ("running", "started")]
     now = f"; running: {', '.join(running[:4])}{' ...' if len(running) > 4 else ''}" if running else ""
     summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
-    err.print(f"[{result.waited_s:7.1f}s] {st.id}: {st.state}: {summary}{now}", markup=False, highlight=False)
+    o.note(f"[{result.waited_s:7.1f}s] {st.id}: {st.state}: {summary}{now}")
 
 
 @app.command()
@@ -525,14 +496,15 @@ def list_runs(limit: int = typer.Option(20, help="How many runs."), as_json: boo
     """Recent runs, newest first."""
     from agent_ops.record.status import run_summaries
 
-    runs = run_summaries(_journal(as_json), limit)
+    o = Output(as_json)
+    runs = run_summaries(_journal(o), limit)
     if as_json:
-        print(json.dumps([r.model_dump() for r in runs], indent=2))
+        o.json(runs)
         return
     for r in runs:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created))
         where = f"{len(r.nodes)} nodes: {','.join(r.nodes)}" if len(r.nodes) > 1 else r.target
-        out.print(f"{r.id}  {when}  {r.state:<10} {r.runbook}  {where}", markup=False, highlight=False)
+        o.line(f"{r.id}  {when}  {r.state:<10} {r.runbook}  {where}")
 
 
 @app.command()
@@ -552,42 +524,31 @@ def logs(
     (at most --start-timeout seconds, saying so); it exits 4 if the step ends without a job (skipped, not run).
     On a fleet, --node picks the node (default: the head, or the first node the step ran on).
     """
-    from agent_ops.secret_values import Masker
-    from agent_ops.transport.target import connect
-
-    journal = _journal()
-    source = _op(False, ops.log_source, journal, run_id, step)
+    o = Output()
+    journal = _journal(o)
+    source = _op(o, ops.log_source, journal, run_id, step)
     if source.note:
-        err.print(source.note, markup=False, highlight=False)
-    attempts = _job_attempts(journal, run_id, source.step_id, attempt, node)
-    if not attempts:
-        if not follow or attempt is not None:
-            state = journal.step(run_id, source.step_id)
-            _fail(EXIT_STATE, f"step {source.step_id!r} of run {run_id} has no job log yet ({state.state if state else 'unknown'}); "
-                              f"--follow waits for it to start", False, "not_started")
-        attempts = _wait_for_start(journal, run_id, source.step_id, start_timeout, node)
-    name, target = _op(False, ops.node_of, journal, run_id, source.step_id, node)
-    chosen = [a for a in attempts if a.node in (name, "")][-1]
-    row = journal.run(run_id)
-    masker = Masker(v for v in (read_secrets_quiet(row.secret_names)))
-    transport = connect(target)
+        o.note(source.note)
+    if follow and attempt is None:
+        _wait_for_start(journal, run_id, source.step_id, start_timeout, node, o)
     try:
-        path = f"{chosen.job_dir}/log"
+        log = ops.open_job_log(journal, run_id, source, node, attempt)
+    except ops.OpError as exc:
+        hint = "; --follow waits for it to start" if exc.code == "not_started" and attempt is None else ""
+        o.fail(EXIT_STATE, exc.message + hint, exc.code, exc.problems)
+    try:
         while True:
-            try:
-                data = transport.read_from(path, offset, 1 << 20)
-            except FileNotFoundError:
-                data = b""
+            data = log.read(offset, 1 << 20)
             if data:
                 offset += len(data)
-                sys.stdout.write(masker.mask(data.decode("utf-8", "replace")))
+                sys.stdout.write(log.masker.mask(data.decode("utf-8", "replace")))
                 sys.stdout.flush()
                 continue
-            if not follow or transport.stat(f"{chosen.job_dir}/rc") is not None:
+            if not follow or log.ended():
                 break
             time.sleep(1.0)
     finally:
-        transport.close()
+        log.close()
 
 
 def result_lines(outputs: dict | None) -> list[str]:
@@ -603,36 +564,26 @@ def result_lines(outputs: dict | None) -> list[str]:
     return lines
 
 
-def _job_attempts(journal: Journal, run_id: str, step_id: str, attempt: int | None, node: str | None = None) -> list:
-    found = [a for a in journal.attempts(run_id, step_id, node=node) if a.job_dir]
-    return [a for a in found if a.attempt == attempt] if attempt is not None else found
-
-
-def _wait_for_start(journal: Journal, run_id: str, step_id: str, limit: float, node: str | None = None) -> list:
+def _wait_for_start(journal: Journal, run_id: str, step_id: str, limit: float, node: str | None, o: Output) -> None:
     """Poll the journal (every 0.5 s, at most `limit` seconds) until the step's job exists; exit 4 if it never will."""
     t0 = time.monotonic()
-    err.print(f"waiting for step {step_id} of run {run_id} to start (up to {limit:g}s)", markup=False, highlight=False)
+    started = False
     while True:
-        attempts = _job_attempts(journal, run_id, step_id, None, node)
-        if attempts:
-            return attempts
+        if any(a.job_dir for a in journal.attempts(run_id, step_id, node=node)):
+            return
+        if not started:
+            o.note(f"waiting for step {step_id} of run {run_id} to start (up to {limit:g}s)")
+            started = True
         row, run = journal.step(run_id, step_id), journal.run(run_id)
         if row is not None and row.state in ("skipped", "cancelled", "failed", "succeeded"):
-            _fail(EXIT_STATE, f"step {step_id!r} ended without a job log: {row.state}{': ' + row.message if row.message else ''}",
-                  False, "no_log")
+            o.fail(EXIT_STATE, f"step {step_id!r} ended without a job log: {row.state}{': ' + row.message if row.message else ''}",
+                   "no_log")
         if run is not None and run.state in ("succeeded", "failed", "cancelled"):
-            _fail(EXIT_STATE, f"run {run_id} {run.state} before step {step_id!r} started", False, "no_log")
+            o.fail(EXIT_STATE, f"run {run_id} {run.state} before step {step_id!r} started", "no_log")
         if time.monotonic() - t0 >= limit:
-            _fail(EXIT_STATE, f"step {step_id!r} did not start within {limit:g}s (state {row.state if row else 'unknown'})",
-                  False, "not_started")
+            o.fail(EXIT_STATE, f"step {step_id!r} did not start within {limit:g}s (state {row.state if row else 'unknown'})",
+                   "not_started")
         time.sleep(0.5)
-
-
-def read_secrets_quiet(names: list[str]) -> list[str]:
-    """Secret values present in this environment (for masking output); missing ones are skipped."""
-    import os
-
-    return [os.environ[n] for n in names if os.environ.get(n)]
 
 
 POLL_COMMANDS = frozenset({"status", "list", "logs", "wait"})

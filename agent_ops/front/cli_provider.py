@@ -7,19 +7,18 @@ provider could not be reached.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
-from pydantic import ValidationError
-from rich.console import Console
-from rich.table import Table
 
+from agent_ops.front.output import Output
 from agent_ops.front.service import OpError
 from agent_ops.record.journal import Journal
 
-if TYPE_CHECKING:  # imported where used: a status poll never loads them
+if TYPE_CHECKING:  # imported where used: a status poll never loads them (nor pydantic's models, nor rich)
+    from pydantic import ValidationError
+
     from agent_ops.provider.lifecycle import FleetRequest, OfferList
 
 EXIT_FAILED, EXIT_INPUT, EXIT_PROVIDER = 1, 2, 3
@@ -52,25 +51,12 @@ _QUALIFY_FLAGS = {"min_disk_free_gb": "--min-disk-free", "download_url": "--down
                   "min_download_mbps": "--min-download", "burn_in_s": "--burn-in", "min_tflops": "--min-tflops"}
 
 
-def _out() -> Console:
-    return Console(highlight=False, soft_wrap=True)
-
-
-def _fail(code: int, message: str, as_json: bool, kind: str = "error", problems: list[str] | None = None) -> typer.Exit:
-    if as_json:
-        print(json.dumps({"error": {"code": kind, "message": message, "problems": problems or []}}))
-    else:
-        for line in problems or [message]:
-            typer.echo(line, err=True)
-    return typer.Exit(code)
-
-
-def _op(as_json: bool, fn, *args, **kwargs):
+def _op(o: Output, fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except OpError as exc:
         code = EXIT_INPUT if exc.code in _INPUT_CODES else EXIT_FAILED if exc.code in _FAILED_CODES else EXIT_PROVIDER
-        raise _fail(code, exc.message, as_json, exc.code, exc.problems) from None
+        o.fail(code, exc.message, exc.code, exc.problems)
 
 
 def _given(values: dict[str, Any], flags: dict[str, str]) -> dict[str, Any]:
@@ -90,9 +76,12 @@ def offers_command(
     provider: str = PROVIDER, as_json: bool = JSON,
 ) -> None:
     """Offers matching a request, cheapest for the requested work first (bad machines left out)."""
+    from pydantic import ValidationError
+
     from agent_ops.front import provider_ops
     from agent_ops.provider.base import OfferRequest
 
+    o = Output(as_json)
     values = {"gpus": gpus, "gpu_name": gpu_name, "min_gpu_ram_gb": min_gpu_ram, "disk_gb": disk, "min_cuda": min_cuda,
               "min_driver": min_driver, "min_reliability": min_reliability, "max_dph": max_dph, "location": location,
               "min_inet_down_mbps": min_inet_down, "hours": hours, "download_gb": download_gb, "limit": limit}
@@ -100,15 +89,17 @@ def offers_command(
         request = OfferRequest(**_given(values, _OFFER_FLAGS))
     except ValidationError as exc:
         problems = _flag_problems(exc, {(k,): v for k, v in _OFFER_FLAGS.items()})
-        raise _fail(EXIT_INPUT, "invalid offer request", as_json, "invalid_request", problems) from None
-    found = _op(as_json, provider_ops.offers, request, Journal(), provider)
+        o.fail(EXIT_INPUT, "invalid offer request", "invalid_request", problems)
+    found = _op(o, provider_ops.offers, request, Journal(), provider)
     if as_json:
-        print(found.model_dump_json(indent=2))
+        o.json(found)
         return
-    _print_offers(found)
+    _print_offers(found, o)
 
 
-def _print_offers(found: OfferList) -> None:
+def _print_offers(found: OfferList, o: Output) -> None:
+    from rich.table import Table
+
     req = found.request
     table = Table(title=f"offers for {req.gpus} x {req.gpu_name or 'any GPU'}, {req.hours:g} h + {req.download_gb:g} GB down")
     for col in ("offer", "machine", "GPU", "GB/GPU", "disk", "$/h", "work $", "reliab.", "CUDA", "Mbit/s down", "where"):
@@ -117,10 +108,9 @@ def _print_offers(found: OfferList) -> None:
         table.add_row(offer.id, offer.machine_id, f"{offer.gpus} x {offer.gpu_name}", f"{offer.gpu_ram_gb:g}", f"{offer.disk_gb:g}",
                       f"{offer.dph:.3f}", f"{cost:.2f}", f"{offer.reliability or 0:.3f}", f"{offer.cuda or '-'}",
                       f"{offer.inet_down_mbps or 0:.0f}", offer.location or "-")
-    console = _out()
-    console.print(table)
+    o.out.print(table)
     if found.skipped_bad_machines:
-        console.print(f"{found.skipped_bad_machines} offers left out: their machines failed qualification before")
+        o.line(f"{found.skipped_bad_machines} offers left out: their machines failed qualification before")
 
 
 def rent_command(
@@ -148,31 +138,36 @@ def rent_command(
     from agent_ops.front import provider_ops
     from agent_ops.run.context import new_run_id
 
+    o = Output(as_json)
     values = {"gpus": gpus, "gpu_name": gpu_name, "min_gpu_ram_gb": min_gpu_ram, "disk_gb": disk, "min_cuda": min_cuda,
               "min_driver": min_driver, "min_reliability": min_reliability, "max_dph": max_dph, "location": location,
               "min_inet_down_mbps": min_inet_down, "nodes": nodes, "image": image, "identity": identity, "onstart": onstart,
               "provision_deadline_s": deadline, "max_boxes": max_boxes, "min_disk_free_gb": min_disk_free,
               "download_url": download_url, "min_download_mbps": min_download, "burn_in_s": burn_in, "min_tflops": min_tflops}
-    request = _fleet_request(request_file, values, as_json)
+    request = _fleet_request(request_file, values, o)
     run_id = run_id or new_run_id()
     journal = Journal()
     if detach:
-        started = _op(as_json, provider_ops.rent_detached, request, journal, run_id, provider)
-        print(started.model_dump_json(indent=2) if as_json else started.run_id)
+        started = _op(o, provider_ops.rent_detached, request, journal, run_id, provider)
+        if as_json:
+            o.json(started)
+        else:
+            o.line(started.run_id)
         return
-    result = _op(as_json, provider_ops.rent_boxes, request, journal, run_id, provider)
+    result = _op(o, provider_ops.rent_boxes, request, journal, run_id, provider)
     if as_json:
-        print(result.model_dump_json(indent=2))
+        o.json(result)
         return
-    console = _out()
     for box in result.boxes:
-        console.print(f"{box.instance_id}  {box.offer.gpus} x {box.offer.gpu_name}  ${box.offer.dph:.3f}/h  {box.target.url}  "
-                      f"({box.endpoint.kind}; host key {box.host_key.split()[0]} recorded)", markup=False)
-    console.print(f"rented {len(result.boxes)} boxes for {run_id}; give them back with: agentops down {run_id}", markup=False)
+        o.line(f"{box.instance_id}  {box.offer.gpus} x {box.offer.gpu_name}  ${box.offer.dph:.3f}/h  {box.target.url}  "
+               f"({box.endpoint.kind}; host key {box.host_key.split()[0]} recorded)")
+    o.line(f"rented {len(result.boxes)} boxes for {run_id}; give them back with: agentops down {run_id}")
 
 
-def _fleet_request(path: Path | None, values: dict[str, Any], as_json: bool) -> FleetRequest:
+def _fleet_request(path: Path | None, values: dict[str, Any], o: Output) -> FleetRequest:
     """The request file (if any) with the flags given laid over it; problems as FILE:LINE or --flag."""
+    from pydantic import ValidationError
+
     from agent_ops.provider.lifecycle import FleetRequest
     from agent_ops.yaml_models import YamlProblems, read_yaml
 
@@ -183,9 +178,9 @@ def _fleet_request(path: Path | None, values: dict[str, Any], as_json: bool) -> 
         try:
             data, lines, _ = read_yaml(path, label)
         except FileNotFoundError:
-            raise _fail(EXIT_INPUT, f"{path}: no such request file", as_json, "invalid_request") from None
+            o.fail(EXIT_INPUT, f"{path}: no such request file", "invalid_request")
         except YamlProblems as exc:
-            raise _fail(EXIT_INPUT, f"{path}: invalid request", as_json, "invalid_request", exc.problems) from None
+            o.fail(EXIT_INPUT, f"{path}: invalid request", "invalid_request", exc.problems)
         data = dict(data) if isinstance(data, dict) else {}
     data.update(_given(values, _FLEET_FLAGS))
     data["offer"] = {**(data.get("offer") or {}), **_given(values, _OFFER_FLAGS)}
@@ -193,8 +188,7 @@ def _fleet_request(path: Path | None, values: dict[str, Any], as_json: bool) -> 
     try:
         return FleetRequest.model_validate(data)
     except ValidationError as exc:
-        raise _fail(EXIT_INPUT, f"{label}: invalid fleet request", as_json, "invalid_request",
-                    _request_problems(exc, data, label, lines, values)) from None
+        o.fail(EXIT_INPUT, f"{label}: invalid fleet request", "invalid_request", _request_problems(exc, data, label, lines, values))
 
 
 def _request_problems(exc: ValidationError, data: dict[str, Any], label: str, lines, values: dict[str, Any]) -> list[str]:
@@ -226,24 +220,24 @@ def down_command(
     The run's declared artifacts are copied off and checked first; a destroy is refused while one is not safe."""
     from agent_ops.front import provider_ops
 
+    o = Output(as_json)
     if policy not in ("destroy", "stop", "keep"):
-        raise _fail(EXIT_INPUT, f"--policy {policy!r}: expected destroy, stop or keep", as_json, "invalid_request")
-    result = _op(as_json, provider_ops.down, Journal(), run_id, policy, provider, force)
+        o.fail(EXIT_INPUT, f"--policy {policy!r}: expected destroy, stop or keep", "invalid_request")
+    result = _op(o, provider_ops.down, Journal(), run_id, policy, provider, force)
     if as_json:
-        print(result.model_dump_json(indent=2))
+        o.json(result)
     else:
-        console = _out()
         for artifact in result.artifacts:
-            console.print(artifact.line(), markup=False, style="red" if artifact.blocks_destroy else None)
+            o.line(artifact.line(), style="red" if artifact.blocks_destroy else None)
         verb = {"destroy": "destroyed", "stop": "stopped", "keep": "kept"}[policy]
         done = result.teardown.done if result.teardown else []
         if result.teardown is not None:
-            console.print(f"{run_id}: {verb} {len(done)} boxes{': ' + ', '.join(done) if done else ''}", markup=False)
+            o.line(f"{run_id}: {verb} {len(done)} boxes{': ' + ', '.join(done) if done else ''}")
         for line in (result.teardown.failed if result.teardown else []):
-            console.print(f"could not give back {line}", markup=False, style="red")
+            o.line(f"could not give back {line}", style="red")
         if result.refused and result.teardown is None:
-            console.print(f"{run_id}: destroy refused, boxes kept: artifacts not safe (see above); --force destroys anyway",
-                          markup=False, style="red")
+            o.line(f"{run_id}: destroy refused, boxes kept: artifacts not safe (see above); --force destroys anyway",
+                   style="red")
     if result.teardown is None or result.teardown.failed:  # refused (not forced), or a box could not be given back
         raise typer.Exit(EXIT_FAILED)
 
@@ -252,15 +246,15 @@ def rentals_command(run_id: str = typer.Argument(..., help="The run whose boxes 
     """A run's boxes from the journal: state, $/h, spent so far (no provider call)."""
     from agent_ops.front import provider_ops
 
+    o = Output(as_json)
     found = provider_ops.rentals(Journal(), run_id)
     if as_json:
-        print(found.model_dump_json(indent=2))
+        o.json(found)
         return
-    console = _out()
     for r in found.rentals:
-        console.print(f"{r.instance_id:>10} {r.state:<9} ${r.dph or 0:.3f}/h  ${r.spent_usd:.2f} so far  {r.ssh or '-'}  "
-                      f"{r.message or ''}", markup=False)
-    console.print(f"{found.live} live, ${found.dph_live:.3f}/h now, ${found.spent_usd:.2f} spent", markup=False)
+        o.line(f"{r.instance_id:>10} {r.state:<9} ${r.dph or 0:.3f}/h  ${r.spent_usd:.2f} so far  {r.ssh or '-'}  "
+               f"{r.message or ''}")
+    o.line(f"{found.live} live, ${found.dph_live:.3f}/h now, ${found.spent_usd:.2f} spent")
 
 
 # --- `agentops run --provision`: the flags and the provisioning they make -----------------------------------------
@@ -279,9 +273,11 @@ ON_FAILURE = typer.Option(None, "--on-failure", help="With --provision: keep | s
 
 
 def provisioning(loaded, values: dict[str, Any], provider: str, fleet_file: Path | None, flags: dict[str, Any],
-                 identity: str | None, as_json: bool):
+                 identity: str | None, o: Output):
     """The run's provisioning: the runbook's provision: block, --fleet over it, the flags over both; every problem
     as FILE:LINE or --flag (exit 2, nothing rented)."""
+    from pydantic import ValidationError
+
     from agent_ops.errors import RunbookError
     from agent_ops.run.rented import Provisioning
     from agent_ops.runbook.loader import builtin_values, render_runbook
@@ -290,27 +286,29 @@ def provisioning(loaded, values: dict[str, Any], provider: str, fleet_file: Path
         placeholders = builtin_values(**{k: f"<{k}>" for k in ("run_id", "run_dir", "runbook_dir", "artifacts_dir")})
         declared = render_runbook(loaded, {**values, **placeholders}).provision
     except RunbookError as exc:
-        raise _fail(EXIT_INPUT, f"{loaded.path}: invalid runbook", as_json, exc.code, exc.problems) from None
+        o.fail(EXIT_INPUT, f"{loaded.path}: invalid runbook", exc.code, exc.problems)
     base = declared.model_dump() if declared else {"fleet": {}}
     teardown = {**base.get("teardown", {}), **{k: v for k, v in (("success", flags.get("on_success")),
                                                                   ("failure", flags.get("on_failure"))) if v}}
     data = {"provider": provider, "teardown": teardown, "idle_s": base.get("idle_s", 600.0),
             "budget_usd": flags.get("budget_usd") or base.get("budget_usd"), "checkpoint": base.get("checkpoint")}
     if fleet_file is not None:  # the file replaces the runbook's provision.fleet; the flags go over it
-        request = _fleet_request(fleet_file, {**flags, "identity": identity}, as_json)
+        request = _fleet_request(fleet_file, {**flags, "identity": identity}, o)
     else:
-        request = _declared_request(loaded, base["fleet"], flags, identity, as_json)
+        request = _declared_request(loaded, base["fleet"], flags, identity, o)
     request = request.model_copy(update={"identity": str(Path(request.identity).expanduser())})
     try:
         return Provisioning.model_validate({**data, "request": request})
     except ValidationError as exc:
         named = {"budget_usd": "--budget-usd", "success": "--on-success", "failure": "--on-failure"}
         problems = [f"{named.get(str(e['loc'][-1]), '.'.join(map(str, e['loc'])))}: {e['msg']}" for e in exc.errors()]
-        raise _fail(EXIT_INPUT, f"{loaded.path}: invalid provisioning", as_json, "invalid_request", problems) from None
+        o.fail(EXIT_INPUT, f"{loaded.path}: invalid provisioning", "invalid_request", problems)
 
 
-def _declared_request(loaded, fleet: dict[str, Any], flags: dict[str, Any], identity: str | None, as_json: bool):
+def _declared_request(loaded, fleet: dict[str, Any], flags: dict[str, Any], identity: str | None, o: Output):
     """The runbook's provision.fleet with -i and the flags over it; its own problems at their lines."""
+    from pydantic import ValidationError
+
     from agent_ops.provider.lifecycle import FleetRequest
 
     problems = _request_problems_in(loaded, fleet)
@@ -325,11 +323,13 @@ def _declared_request(loaded, fleet: dict[str, Any], flags: dict[str, Any], iden
         except ValidationError as exc:
             problems = _flag_problems(exc, {**{(k,): v for k, v in _FLEET_FLAGS.items()},
                                             **{("offer", k): v for k, v in _OFFER_FLAGS.items()}})
-    raise _fail(EXIT_INPUT, f"{loaded.path}: invalid provisioning", as_json, "invalid_request", problems)
+    o.fail(EXIT_INPUT, f"{loaded.path}: invalid provisioning", "invalid_request", problems)
 
 
 def _request_problems_in(loaded, fleet: dict[str, Any]) -> list[str]:
     """The runbook's provision.fleet checked as a fleet request, at its lines (identity may come from -i later)."""
+    from pydantic import ValidationError
+
     from agent_ops.provider.lifecycle import FleetRequest
 
     try:
@@ -354,17 +354,17 @@ def provision_args(provider: str | None, fleet_file: Path | None, flags: dict[st
     return args
 
 
-def rent_for_run(rented, as_json: bool):
+def rent_for_run(rented, o: Output):
     """Rent the run's boxes (progress on stderr); a failed rental (every box already destroyed) exits 1, like a run."""
     from agent_ops.provider.base import ProviderError
 
     req = rented.prov.request
-    typer.echo(f"renting {req.nodes} x {req.offer.gpus} {req.offer.gpu_name or 'GPU'} from {rented.prov.provider} for run "
-               f"{rented.run_id} (give back by hand: agentops down {rented.run_id})", err=True)
+    o.note(f"renting {req.nodes} x {req.offer.gpus} {req.offer.gpu_name or 'GPU'} from {rented.prov.provider} for run "
+           f"{rented.run_id} (give back by hand: agentops down {rented.run_id})")
     try:
         nodes = rented.rent()
     except ProviderError as exc:
         code = EXIT_INPUT if exc.code in _INPUT_CODES else EXIT_FAILED if exc.code in _FAILED_CODES else EXIT_PROVIDER
-        raise _fail(code, str(exc), as_json, exc.code) from None
-    typer.echo(f"rented {len(nodes)} boxes: " + ", ".join(f"{n.name} ({n.target.url})" for n in nodes), err=True)
+        o.fail(code, str(exc), exc.code)
+    o.note(f"rented {len(nodes)} boxes: " + ", ".join(f"{n.name} ({n.target.url})" for n in nodes))
     return nodes

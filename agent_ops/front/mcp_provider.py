@@ -11,6 +11,7 @@ from typing import Any
 
 from agent_ops.front import provider_ops
 from agent_ops.front.service import StartResult, start_detached
+from agent_ops.front.target_options import TargetOptions
 from agent_ops.provider.base import OfferRequest
 from agent_ops.provider.lifecycle import FleetRequest, OfferList, TeardownPolicy
 from agent_ops.record.journal import Journal
@@ -57,8 +58,8 @@ def register_provider_tools(server: Any, tier: str, journal: Journal, bounded: B
 
         flags = {"nodes": nodes, "gpus": gpus, "gpu_name": gpu_name, "max_dph": max_dph, "budget_usd": budget_usd,
                  "on_success": on_success, "on_failure": on_failure}
-        args = [*provision_args(provider, None, flags), "--identity", identity]
-        return await bounded(start_detached, file, vars or {}, args, journal)
+        where = TargetOptions(identity=identity)  # no target: the run rents its boxes
+        return await bounded(start_detached, file, vars or {}, where, journal, provision_args(provider, None, flags))
 
     @server.tool(description="DESTROYS BOXES. Give back every box a run rented (policy destroy | stop | keep); finds boxes "
                              "by the journal and by the run's label at the provider. The run's declared artifacts are "

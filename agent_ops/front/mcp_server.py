@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field
 
 from agent_ops.front import service as ops
 from agent_ops.front.mcp_provider import register_provider_tools
+from agent_ops.front.target_options import TargetOptions
 from agent_ops.known_issues.catalog import KnownIssue
 from agent_ops.known_issues.diagnose import Diagnosis, diagnose
 from agent_ops.known_issues.propose import Proposal
@@ -134,11 +135,9 @@ def build_server(tier: str | None = None):
         async def start_run(file: str, vars: dict[str, str] | None = None, target: str = "local",
                             identity: str | None = None, tmux_socket: str | None = None,
                             workdir: str | None = None, allow_deleting_fixes: bool = False) -> ops.StartResult:
-            args = ["--target", target] + (["--allow-deleting-fixes"] if allow_deleting_fixes else [])
-            for flag, value in (("--identity", identity), ("--tmux-socket", tmux_socket), ("--workdir", workdir)):
-                if value:
-                    args += [flag, value]
-            return await _bounded(ops.start_detached, file, vars or {}, args, journal)
+            where = TargetOptions(target, identity=identity, tmux_socket=tmux_socket, workdir=workdir,
+                                  allow_deleting_fixes=allow_deleting_fixes)
+            return await _bounded(ops.start_detached, file, vars or {}, where, journal)
 
         @server.tool(description="Continue a run whose controller died, in the background.")
         async def resume(run_id: str) -> ops.StartResult:

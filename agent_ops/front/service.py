@@ -1,7 +1,7 @@
 """The operations behind both front ends (CLI --json and MCP tools): one model, two front ends.
 
-Every function here returns a pydantic model or raises OpError (a code and a message an
-agent can act on). None blocks longer than MAX_BLOCK_S: waits are sliced and bounded.
+Every function here returns a pydantic model (a frozen dataclass for what agents poll: status, wait) or raises
+OpError (a code and a message an agent can act on). None blocks longer than MAX_BLOCK_S: waits are sliced and bounded.
 """
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from agent_ops.bounds import MAX_POLL_S
 from agent_ops.errors import AgentOpsError, RunbookError
@@ -23,12 +24,25 @@ from agent_ops.record.status import RunStatus, run_status
 # Status, wait, tail and cancel are what agents poll, each poll a fresh process: the runbook models, the loader and
 # the catalog (most of the import time) are imported by the operations that use them, never by those.
 if TYPE_CHECKING:
+    from agent_ops.front.target_options import TargetOptions
     from agent_ops.known_issues.catalog import Catalog
     from agent_ops.known_issues.propose import Proposal
     from agent_ops.runbook.schema import Runbook, Step
+    from agent_ops.secret_values import Masker
+    from agent_ops.transport.base import Transport
 
 MAX_BLOCK_S = MAX_POLL_S  # no operation blocks longer than this (seed 003, rule 1)
 DETACH_READY_S = 15.0
+
+
+class Result(BaseModel):
+    """Base of the operations' results: each model's schema is built when it is first used, not at import.
+
+    Every CLI call imports this module; a status poll returns none of these models, and building their validators
+    and serializers was most of the module's own import time (tests/bench/bench_status.py).
+    """
+
+    model_config = ConfigDict(defer_build=True)
 
 
 class OpError(AgentOpsError):
@@ -44,7 +58,7 @@ class OpError(AgentOpsError):
         return {"code": self.code, "message": self.message, "problems": self.problems}
 
 
-class ValidateResult(BaseModel):
+class ValidateResult(Result):
     """Result of validating one runbook."""
 
     file: str
@@ -54,7 +68,7 @@ class ValidateResult(BaseModel):
     problems: list[str] = Field(default_factory=list, description="FILE:LINE: field: message, one per problem.")
 
 
-class PlanStep(BaseModel):
+class PlanStep(Result):
     """One step as it will run: dependencies, command and job environment, variables resolved."""
 
     id: str
@@ -68,7 +82,7 @@ class PlanStep(BaseModel):
                              "rendered when it starts, and shown here as written.")
 
 
-class DeletingFix(BaseModel):
+class DeletingFix(Result):
     """A known-issue fix that deletes files, and the steps whose failure may apply it."""
 
     issue_id: str
@@ -77,7 +91,7 @@ class DeletingFix(BaseModel):
     steps: list[str]
 
 
-class PlanResult(BaseModel):
+class PlanResult(Result):
     """The DAG in waves, with variables resolved and secrets masked."""
 
     runbook: str
@@ -92,7 +106,7 @@ class PlanResult(BaseModel):
                              "what spends, what destroys, from the runbook's provision: block (flags override it).")
 
 
-class StartResult(BaseModel):
+class StartResult(Result):
     """A run started in the background: its id, at once."""
 
     run_id: str
@@ -103,15 +117,16 @@ class StartResult(BaseModel):
     next_poll_s: float = 1.0
 
 
-class WaitResult(BaseModel):
-    """What `wait` saw: whether anything changed, and the status after."""
+@dataclass(frozen=True)
+class WaitResult:
+    """What `wait` saw: whether anything changed, and the status after (a dataclass, as RunStatus is: a poll)."""
 
     changed: bool
     waited_s: float
     status: RunStatus
 
 
-class TailResult(BaseModel):
+class TailResult(Result):
     """A slice of a step's job log: the text and the offset to ask from next time."""
 
     run_id: str
@@ -209,19 +224,29 @@ def _load(file: str, overrides: dict[str, str]):
         raise OpError("invalid_runbook", f"{file}: invalid runbook ({len(exc.problems)} problems)", exc.problems) from None
 
 
-def start_detached(file: str, overrides: dict[str, str], target_args: list[str], journal: Journal) -> StartResult:
-    """Validate, then start `agentops run` as its own process group; return once the journal has the run."""
+def start_detached(file: str, overrides: dict[str, str], where: TargetOptions, journal: Journal,
+                   provision: list[str] | None = None) -> StartResult:
+    """Check the runbook, its variables and secrets, and the target; then start `agentops run` as its own process
+    group (the variables as given, `where` as its flags) and return once the journal has the run.
+
+    `provision`: `run --provision`'s flags (cli_provider.provision_args): the run rents its boxes, so `where` names
+    no target, and the run is started once its provisioning is recorded (the run row comes with the boxes, minutes on)."""
+    from agent_ops.run.context import new_run_id
+
     loaded, _ = _load(file, overrides)
     missing = [n for n in loaded.runbook.secrets if not os.environ.get(n)]
     if missing:
         raise OpError("missing_secret", f"secrets missing from the environment: {', '.join(missing)}")
-    from agent_ops.run.context import new_run_id
-
+    if not provision:
+        try:
+            where.resolve()
+        except RunbookError as exc:
+            raise OpError(exc.code, str(exc), exc.problems) from None
     run_id = new_run_id()
-    argv = ["run", str(loaded.path), "--run-id", run_id, *target_args]
+    argv = ["run", str(loaded.path), "--run-id", run_id, *where.argv(), *(provision or [])]
     for k, v in overrides.items():
         argv += ["--var", f"{k}={v}"]
-    if "--provision" in target_args:  # the run row comes once the boxes are rented (minutes): its provisioning comes first
+    if provision:
         return _spawn(journal, run_id, argv, ready=lambda row: row is not None
                       or journal.last_event(run_id, None, "provisioned") is not None)
     return _spawn(journal, run_id, argv, ready=lambda row: row is not None)
@@ -268,7 +293,7 @@ def _spawn(journal: Journal, run_id: str, cli_args: list[str], ready) -> StartRe
     raise OpError("start_timeout", f"the run was not taken up within {DETACH_READY_S:g}s (see {log})")
 
 
-class PaneResult(BaseModel):
+class PaneResult(Result):
     """What a step's job pane shows now (secrets masked), and the prompt it waits at, if any."""
 
     run_id: str
@@ -327,7 +352,7 @@ def wait_until_done(journal: Journal, run_id: str, timeout: float | None, on_cha
     while True:
         left = None if timeout is None else max(0.0, timeout - (time.monotonic() - t0))
         result = wait(journal, run_id, MAX_BLOCK_S if left is None else min(MAX_BLOCK_S, left))
-        result = result.model_copy(update={"waited_s": round(time.monotonic() - t0, 3)})
+        result = replace(result, waited_s=round(time.monotonic() - t0, 3))
         st = result.status
         if result.changed:
             on_change(result)
@@ -347,7 +372,8 @@ def cancel(journal: Journal, run_id: str) -> str:
         raise OpError("unknown_run" if "unknown run" in str(exc) else "run_finished", str(exc)) from None
 
 
-class LogSource(BaseModel):
+@dataclass(frozen=True)
+class LogSource:
     """Whose job log to read for a step: its own, or (for a gate) the job it watches, with a note saying so."""
 
     step_id: str
@@ -412,37 +438,86 @@ def node_of(journal: Journal, run_id: str, step_id: str, node: str | None) -> tu
     return node, fleet[node].target
 
 
+class JobLog:
+    """One job's log on the node it ran on, read by byte offset: `tail` slices it, `agentops logs` follows it.
+
+    Made by `open_job_log`; the transport to the node is connected on the first read and closed by `close`.
+    """
+
+    def __init__(self, run_id: str, step_id: str, node: str, target: Any, attempt: Any, masker: Masker) -> None:
+        self.run_id, self.step_id, self.node, self.target = run_id, step_id, node, target
+        self.attempt = attempt  # the journal's AttemptRow: attempt number, job_dir, window
+        self.masker = masker
+        self._transport: Transport | None = None
+
+    @property
+    def transport(self) -> Transport:
+        if self._transport is None:
+            from agent_ops.transport.target import connect
+
+            self._transport = connect(self.target)
+        return self._transport
+
+    def size(self) -> int:
+        st = self.transport.stat(f"{self.attempt.job_dir}/log")
+        return st.size if st else 0
+
+    def read(self, offset: int, limit: int) -> bytes:
+        """Up to `limit` bytes from `offset` (b'' before the job wrote any)."""
+        try:
+            return self.transport.read_from(f"{self.attempt.job_dir}/log", offset, limit)
+        except FileNotFoundError:
+            return b""
+
+    def ended(self) -> bool:
+        """Whether the job has exited (its exit code is written)."""
+        return self.transport.stat(f"{self.attempt.job_dir}/rc") is not None
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+
+def open_job_log(journal: Journal, run_id: str, source: LogSource, node: str | None = None,
+                 attempt: int | None = None) -> JobLog:
+    """The log of `source`'s job on `node` (node_of picks the default), its newest attempt or `attempt`; OpError
+    `not_started` when there is no such job yet."""
+    row = journal.run(run_id)
+    if row is None:
+        raise OpError("unknown_run", f"unknown run {run_id!r}")
+    name, target = node_of(journal, run_id, source.step_id, node)
+    found = [a for a in journal.attempts(run_id, source.step_id, node=name)
+             if a.job_dir and (attempt is None or a.attempt == attempt)]
+    if not found:
+        step = journal.step(run_id, source.step_id)
+        which = f" of attempt {attempt}" if attempt is not None else ""
+        raise OpError("not_started", f"step {source.step_id!r} of run {run_id} has no job log{which} yet "
+                                     f"({step.state if step else 'unknown'}) on node {name}")
+    return JobLog(run_id, source.step_id, name, target, found[-1], run_masker(row))
+
+
+def run_masker(row: Any) -> Masker:
+    """A Masker for the run's secrets, from those present in this environment (missing ones cannot leak here)."""
+    from agent_ops.secret_values import Masker
+
+    return Masker(os.environ[n] for n in row.secret_names if os.environ.get(n))
+
+
 def tail(journal: Journal, run_id: str, step_id: str, *, lines: int | None = 50, offset: int | None = None,
          limit: int = 64 << 10, node: str | None = None) -> TailResult:
     """A step's job log (on `node`, default the head): the last `lines` lines, or `limit` bytes from `offset`."""
-    from agent_ops.secret_values import Masker
-    from agent_ops.transport.target import connect
-
-    if journal.run(run_id) is None:
-        raise OpError("unknown_run", f"unknown run {run_id!r}")
-    source = log_source(journal, run_id, step_id)  # a gate reads the log of the job it watches
-    row = journal.run(run_id)
-    name, target = node_of(journal, run_id, source.step_id, node)
-    attempts = [a for a in journal.attempts(run_id, source.step_id, node=name) if a.job_dir]
-    if not attempts:
-        raise OpError("not_started", f"run {run_id} has no job log for step {source.step_id!r} on node {name} yet")
-    att = attempts[-1]
-    masker = Masker(os.environ[n] for n in row.secret_names if os.environ.get(n))
-    transport = connect(target)
+    log = open_job_log(journal, run_id, log_source(journal, run_id, step_id), node)  # a gate: the job it watches
     try:
-        path = f"{att.job_dir}/log"
-        st = transport.stat(path)
-        size = st.size if st else 0
-        start = offset if offset is not None else max(0, size - limit)
-        data = transport.read_from(path, start, limit) if st else b""
-        ended = transport.stat(f"{att.job_dir}/rc") is not None
+        start = offset if offset is not None else max(0, log.size() - limit)
+        data = log.read(start, limit)
+        ended = log.ended()
     finally:
-        transport.close()
-    text = masker.mask(data.decode("utf-8", "replace"))
+        log.close()
+    text = log.masker.mask(data.decode("utf-8", "replace"))
     if offset is None and lines is not None:
         text = "\n".join(text.splitlines()[-lines:]) + ("\n" if text.endswith("\n") else "")
-    return TailResult(run_id=run_id, step_id=step_id, node=att.node, attempt=att.attempt, text=text, offset=start,
-                      next_offset=start + len(data), ended=ended)
+    return TailResult(run_id=run_id, step_id=step_id, node=log.attempt.node, attempt=log.attempt.attempt, text=text,
+                      offset=start, next_offset=start + len(data), ended=ended)
 
 
 def known_issues() -> Catalog:
@@ -476,32 +551,15 @@ def pane(journal: Journal, run_id: str, step_id: str, *, lines: int = 50, node: 
     from agent_ops.fleet.nodes import fleet_rows
     from agent_ops.run.jobs import RunLayout
     from agent_ops.run.pane import capture, prompt_line
-    from agent_ops.transport.target import connect
 
-    row, att, masker = _job_of(journal, run_id, step_id, node)
-    name, target = node_of(journal, run_id, step_id, node)
-    run_dir = next((d for spec, d, _ in fleet_rows(journal, row) if spec.name == name), row.run_dir or "")
-    window = att.window or f"{step_id}-{att.attempt}"
-    transport = connect(target)
-    try:
-        text = capture(transport, RunLayout.on(target, run_id, run_dir), window, max(1, min(lines, 2000)))
-    finally:
-        transport.close()
-    text = masker.mask(text)
-    return PaneResult(run_id=run_id, step_id=step_id, attempt=att.attempt, window=window, text=text,
-                      waiting_for_input=prompt_line(text))
-
-
-def _job_of(journal: Journal, run_id: str, step_id: str, node: str | None = None):
-    """(run row, newest attempt with a job on the node node_of picks, the run's Masker) for a step's job; OpError if
-    there is none."""
-    from agent_ops.secret_values import Masker
-
+    log = open_job_log(journal, run_id, LogSource(step_id=step_id), node)
     row = journal.run(run_id)
-    if row is None:
-        raise OpError("unknown_run", f"unknown run {run_id!r}")
-    name, _ = node_of(journal, run_id, step_id, node)
-    attempts = [a for a in journal.attempts(run_id, step_id, node=name) if a.job_dir]
-    if not attempts:
-        raise OpError("not_started", f"run {run_id} has no job log for step {step_id!r} yet")
-    return row, attempts[-1], Masker(os.environ[n] for n in row.secret_names if os.environ.get(n))
+    run_dir = next((d for spec, d, _ in fleet_rows(journal, row) if spec.name == log.node), row.run_dir or "")
+    window = log.attempt.window or f"{step_id}-{log.attempt.attempt}"
+    try:
+        text = capture(log.transport, RunLayout.on(log.target, run_id, run_dir), window, max(1, min(lines, 2000)))
+    finally:
+        log.close()
+    text = log.masker.mask(text)
+    return PaneResult(run_id=run_id, step_id=step_id, attempt=log.attempt.attempt, window=window, text=text,
+                      waiting_for_input=prompt_line(text))

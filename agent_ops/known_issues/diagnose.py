@@ -25,9 +25,10 @@ from functools import cached_property, lru_cache
 
 from pydantic import BaseModel, Field
 
+from agent_ops.bounds import DIAGNOSE_TAIL_LINES
 from agent_ops.known_issues.catalog import Catalog, KnownIssue, Signature, default_catalog
 from agent_ops.known_issues.literals import Literal, may_match, required_literals
-from agent_ops.known_issues.root_error import DEFAULT_TAIL, RootError, normalise_labelled, root_error
+from agent_ops.known_issues.root_error import RootError, normalise_labelled, root_error
 
 MAX_SHOWN_LINES = 8  # matched lines reported per entry
 MAX_LINE_CHARS = 300  # a matched line is cut to this for reports
@@ -101,7 +102,7 @@ class Hit:
 class LogView:
     """A log tail as normalised lines with their original line numbers, searchable by regex."""
 
-    def __init__(self, text: str, tail: int | None = DEFAULT_TAIL):
+    def __init__(self, text: str, tail: int | None = DIAGNOSE_TAIL_LINES):
         total = text.count("\n") + (0 if text.endswith("\n") or not text else 1)
         start = max(0, total - tail) if tail else 0
         if start:  # normalise only the tail: its cost follows the tail, not the log (count and rfind allocate nothing)
@@ -212,7 +213,7 @@ def diagnose(
     *,
     tags: Iterable[str] | None = None,
     catalog: Catalog | None = None,
-    tail: int | None = DEFAULT_TAIL,
+    tail: int | None = DIAGNOSE_TAIL_LINES,
 ) -> Diagnosis:
     """Match a log against the entries that apply to these step tags; `tail=None` reads the whole log."""
     view = LogView(log_text, tail)

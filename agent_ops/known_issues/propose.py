@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
+from agent_ops.bounds import DIAGNOSE_TAIL_LINES
 from agent_ops.known_issues.catalog import (
     Catalog,
     CatalogError,
@@ -26,7 +27,6 @@ from agent_ops.known_issues.catalog import (
     shipped_dir,
 )
 from agent_ops.known_issues.diagnose import LogView, diagnose, signature_hits
-from agent_ops.known_issues.root_error import DEFAULT_TAIL
 
 MAX_ROOT_CHARS = 240  # a longer message is mostly a dump; its head identifies the failure
 MAX_SAMPLE_LINES = 40  # lines of the log kept as the entry's second sample
@@ -73,7 +73,7 @@ def _literal(text: str) -> str:
 
 def root_text(log_text: str) -> str:
     """The failure a proposal is drafted from: the final exception, else the latest tool error line."""
-    failure = LogView(log_text, DEFAULT_TAIL).failure
+    failure = LogView(log_text, DIAGNOSE_TAIL_LINES).failure
     if failure.exception is not None:
         text = failure.exception.text
     elif failure.tool_lines:
@@ -163,7 +163,7 @@ def check(entry: KnownIssue, log_text: str, catalog: Catalog, healthy: Iterable[
 
 def _fires(entry: KnownIssue, text: str, catalog: Catalog) -> bool:
     """Whether the entry would match `text` (for a cause: where its family matches too)."""
-    view = LogView(text, DEFAULT_TAIL)
+    view = LogView(text, DIAGNOSE_TAIL_LINES)
     if not any(signature_hits(sig, view) for sig in entry.signatures):
         return False
     if entry.family is None:

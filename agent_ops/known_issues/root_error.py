@@ -29,9 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-DEFAULT_TAIL = 400  # lines from a log's end that diagnosis examines (the failure is there)
+from agent_ops.bounds import DIAGNOSE_TAIL_BYTES
 
-TAIL_BYTES = 64 << 10  # the failure is at the end; a log can be GBs
 MAX_MESSAGE_LINES = 12  # an exception's message lines kept (the rest is a dump, not the error)
 MAX_TOOL_LINES = 12  # tool error lines kept, the latest
 MIN_WRAP_WIDTH = 80  # a hard wrap happens at a terminal's width; none is narrower than 80 columns
@@ -147,7 +146,7 @@ def normalise_labelled(text: str) -> Normalised:
     return Normalised([p[0] for p in parts], [p[1] for p in parts], [p[2] for p in parts])
 
 
-def read_tail(path: str | Path, max_bytes: int = TAIL_BYTES) -> str:
+def read_tail(path: str | Path, max_bytes: int = DIAGNOSE_TAIL_BYTES) -> str:
     """The last `max_bytes` of a file as text, starting at a line boundary when one is near (bounded: seek, not scan)."""
     with open(path, "rb") as f:
         size = f.seek(0, os.SEEK_END)

@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, Field
 
 from agent_ops.provider.base import Offer
-from agent_ops.transport.base import Transport
+from agent_ops.transport.base import Transport, expand_home
 
 BURN_IN_SCRIPT = Path(__file__).with_name("burn_in.py")
 GPU_TABLE = Path(__file__).with_name("data") / "gpus.yaml"
@@ -130,7 +130,7 @@ def check_versions(transport: Transport, spec: QualifySpec) -> Check:
 
 def check_disk(transport: Transport, spec: QualifySpec) -> Check:
     """Free disk where the work will write."""
-    path = _expand(transport, spec.disk_path)
+    path = expand_home(spec.disk_path, transport.home())
     res = transport.exec(f"df -Pk -- {shlex.quote(path)}", timeout=spec.check_timeout_s)
     free = parse_df_free_gb(res.text()) if res.ok else None
     if free is None:
@@ -156,7 +156,7 @@ def check_download(transport: Transport, spec: QualifySpec) -> Check:
 def check_burn_in(transport: Transport, gpus: list[GpuInfo], spec: QualifySpec) -> Check:
     """bf16 matmul on every GPU; the slowest must reach the minimum (given, or a fraction of the model's peak)."""
     transport.put(REMOTE_BURN_IN, BURN_IN_SCRIPT.read_bytes())
-    script = _expand(transport, REMOTE_BURN_IN)
+    script = expand_home(REMOTE_BURN_IN, transport.home())
     cmd = f"python3 {shlex.quote(script)} --seconds {spec.burn_in_s:g} --size {spec.burn_in_size} --device {spec.burn_in_device}"
     res = transport.exec(cmd, timeout=BURN_IN_STARTUP_S + spec.burn_in_s * max(1, len(gpus)))
     answer = _last_json(res.text())
@@ -249,10 +249,6 @@ def expected_peak_tflops(reported_name: str) -> float | None:
         if any(m in name for m in entry["match"]):
             return float(entry["peak_tflops"])
     return None
-
-
-def _expand(transport: Transport, path: str) -> str:
-    return transport.home() + path[1:] if path == "~" or path.startswith("~/") else path
 
 
 def _last_json(text: str) -> dict | None:

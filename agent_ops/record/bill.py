@@ -8,37 +8,48 @@ an upper bound (vast.ai then bills only its disk, at a price the offer does not 
 from __future__ import annotations
 
 import time
-
-from pydantic import BaseModel, Field
+from dataclasses import dataclass
 
 from agent_ops.record.journal import LIVE_RENTAL_STATES, Journal, RentalRow
 
 PROVISIONED_EVENT = "provisioned"  # its data: the run's provisioning as recorded when it rented (see run/rented.py)
+# A bill is part of `status` (polled as a fresh process): stdlib dataclasses like the status views, field docs as
+# attribute docstrings, which pydantic reads where the bill is part of an MCP tool's JSON Schema.
+_SCHEMA_CONFIG = {"use_attribute_docstrings": True}
 
 
-class NodeBill(BaseModel):
+@dataclass(frozen=True, kw_only=True)
+class NodeBill:
     """One rented box: what it costs per hour, has cost, and will have cost by the end of the expected hours."""
 
-    node: str = Field(description="The fleet node it is ({provider}-{instance id}).")
+    __pydantic_config__ = _SCHEMA_CONFIG
+    node: str
+    """The fleet node it is ({provider}-{instance id})."""
     instance_id: str
     state: str
-    dph: float = Field(description="$/h when rented.")
-    hours: float = Field(description="Hours since it was created (until it was destroyed).")
+    dph: float
+    """$/h when rented."""
+    hours: float
+    """Hours since it was created (until it was destroyed)."""
     spent_usd: float
-    projected_usd: float = Field(description="Its cost at the end of the fleet request's expected hours, or now if later; "
-                                 "what it has cost once destroyed.")
+    projected_usd: float
+    """Its cost at the end of the fleet request's expected hours, or now if later; what it has cost once destroyed."""
 
 
-class Bill(BaseModel):
+@dataclass(frozen=True, kw_only=True)
+class Bill:
     """A run's rented boxes together, against its budget."""
 
+    __pydantic_config__ = _SCHEMA_CONFIG
     nodes: list[NodeBill]
-    dph_now: float = Field(description="$/h of the boxes still live.")
+    dph_now: float
+    """$/h of the boxes still live."""
     spent_usd: float
     projected_usd: float
     budget_usd: float | None = None
     budget_left_usd: float | None = None
-    budget_reached_in_s: float | None = Field(None, description="At today's $/h, seconds until the budget is spent.")
+    budget_reached_in_s: float | None = None
+    """At today's $/h, seconds until the budget is spent."""
 
 
 def node_name(provider: str, instance_id: str) -> str:
@@ -59,20 +70,22 @@ def run_bill(journal: Journal, run_id: str, now: float | None = None) -> Bill | 
 def bill_of(rows: list[RentalRow], budget_usd: float | None, hours: float | None, now: float | None = None) -> Bill:
     """The bill of these rentals at `now`."""
     now = time.time() if now is None else now
+    budget_usd = None if budget_usd is None else float(budget_usd)  # floats as the fields say (JSON: 0.0, not 0)
     nodes = [_node_bill(r, hours or 0.0, now) for r in rows]
-    dph_now = sum(n.dph for n in nodes if n.state in LIVE_RENTAL_STATES)
-    spent = sum(n.spent_usd for n in nodes)
-    bill = Bill(nodes=nodes, dph_now=round(dph_now, 4), spent_usd=round(spent, 4),
-                projected_usd=round(sum(n.projected_usd for n in nodes), 4), budget_usd=budget_usd)
+    dph_now = sum((n.dph for n in nodes if n.state in LIVE_RENTAL_STATES), 0.0)
+    spent = sum((n.spent_usd for n in nodes), 0.0)
+    left = reached_in = None
     if budget_usd is not None:
-        bill.budget_left_usd = round(budget_usd - spent, 4)
+        left = round(budget_usd - spent, 4)
         if dph_now > 0:
-            bill.budget_reached_in_s = round(max(0.0, budget_usd - spent) / dph_now * 3600, 1)
-    return bill
+            reached_in = round(max(0.0, budget_usd - spent) / dph_now * 3600, 1)
+    return Bill(nodes=nodes, dph_now=round(dph_now, 4), spent_usd=round(spent, 4),
+                projected_usd=round(sum((n.projected_usd for n in nodes), 0.0), 4), budget_usd=budget_usd,
+                budget_left_usd=left, budget_reached_in_s=reached_in)
 
 
 def _node_bill(row: RentalRow, expected_h: float, now: float) -> NodeBill:
-    dph = row.dph or 0.0
+    dph = float(row.dph or 0.0)
     live = row.state in LIVE_RENTAL_STATES
     hours = max(0.0, ((now if live or row.ended is None else row.ended) - row.created) / 3600)
     projected = dph * (max(hours, expected_h) if live else hours)

@@ -1,24 +1,33 @@
-"""Status as typed values read from the journal: one model for the CLI's --json and for MCP tools."""
+"""Status as typed values read from the journal: one set of views for the CLI's --json and for MCP tools.
+
+The views are frozen dataclasses, not pydantic models: `agentops status --json` is polled as a fresh process
+every few seconds, and building eight pydantic models cost more than reading the journal. Field docs are
+attribute docstrings, which pydantic reads (`use_attribute_docstrings`) where a view is part of an MCP tool's
+JSON Schema.
+"""
 from __future__ import annotations
 
 import os
 import socket
 import time
+from dataclasses import dataclass, field, fields
 from typing import Any
-
-from pydantic import BaseModel, Field
 
 from agent_ops.bounds import MAX_POLL_S
 from agent_ops.record.bill import Bill, run_bill
 from agent_ops.record.journal import TERMINAL_RUN_STATES, Journal, RunRow
-from agent_ops.transport.target import run_tmux_socket
+from agent_ops.transport.tmux import Tmux, run_tmux_socket
 
 HEARTBEAT_STALE_S = 15.0
+# pydantic's config for these stdlib dataclasses (a plain dict: no pydantic import here): field docs from docstrings.
+_SCHEMA_CONFIG = {"use_attribute_docstrings": True}
 
 
-class RemedyView(BaseModel):
+@dataclass(frozen=True, kw_only=True)
+class RemedyView:
     """One known-issue remediation applied to a step."""
 
+    __pydantic_config__ = _SCHEMA_CONFIG
     step_id: str
     attempt: int
     issue_id: str
@@ -28,10 +37,13 @@ class RemedyView(BaseModel):
     ts: float
 
 
-class AttemptView(BaseModel):
+@dataclass(frozen=True, kw_only=True)
+class AttemptView:
     """One attempt of a step on one node."""
 
-    node: str = Field("", description="The node it ran on ('' in runs recorded before fleets).")
+    __pydantic_config__ = _SCHEMA_CONFIG
+    node: str = ""
+    """The node it ran on ('' in runs recorded before fleets)."""
     attempt: int
     started: float
     ended: float | None = None
@@ -42,9 +54,11 @@ class AttemptView(BaseModel):
     window: str | None = None
 
 
-class NodePartView(BaseModel):
+@dataclass(frozen=True, kw_only=True)
+class NodePartView:
     """One node's part of a step."""
 
+    __pydantic_config__ = _SCHEMA_CONFIG
     node: str
     state: str
     attempt: int
@@ -54,32 +68,45 @@ class NodePartView(BaseModel):
     last_line: str | None = None
 
 
-class BlameView(BaseModel):
+@dataclass(frozen=True, kw_only=True)
+class BlameView:
     """The node blamed for a step that failed on several nodes: the one whose failure came first."""
 
+    __pydantic_config__ = _SCHEMA_CONFIG
     node: str
-    error: str = Field(description="Its root error line (from its log tail).")
-    at: float | None = Field(None, description="When it failed (its log's last write on the box).")
+    error: str
+    """Its root error line (from its log tail)."""
+    at: float | None = None
+    """When it failed (its log's last write on the box)."""
     why: str
-    knock_on: list[str] = Field(default_factory=list, description="Nodes whose errors were consequences of this one.")
+    knock_on: list[str] = field(default_factory=list)
+    """Nodes whose errors were consequences of this one."""
 
 
-class NodeView(BaseModel):
+@dataclass(frozen=True, kw_only=True)
+class NodeView:
     """One node of the run's fleet."""
 
+    __pydantic_config__ = _SCHEMA_CONFIG
     name: str
-    rank: int = Field(description="0 is the head.")
+    rank: int
+    """0 is the head."""
     target: str
-    address: str = Field(description="Where the other nodes reach it.")
-    state: str = Field(description="ok, or out (failed; with on_node_failure: continue it takes no more steps).")
+    address: str
+    """Where the other nodes reach it."""
+    state: str
+    """ok, or out (failed; with on_node_failure: continue it takes no more steps)."""
     message: str | None = None
     run_dir: str
-    attach: str = Field(description="Command (on the node) to watch its jobs in tmux.")
+    attach: str
+    """Command (on the node) to watch its jobs in tmux."""
 
 
-class StepView(BaseModel):
+@dataclass(frozen=True, kw_only=True)
+class StepView:
     """A step's state, attempts, gate progress and last log line; on a fleet, each node's part and the blame."""
 
+    __pydantic_config__ = _SCHEMA_CONFIG
     id: str
     kind: str
     state: str
@@ -89,23 +116,29 @@ class StepView(BaseModel):
     elapsed_s: float | None = None
     message: str | None = None
     last_line: str | None = None
-    waiting_for_input: str | None = Field(
-        None, description="The prompt a running job's pane shows while the job waits at it ([Y/n], a password request); "
-        "its log alone does not tell. None once output resumes.")
-    log_tail: list[str] = Field(default_factory=list, description="The newest log lines (secrets masked).")
-    progress: dict[str, Any] | None = Field(None, description="Gate patterns (matched lines, deadline left) and metrics.")
-    env: dict[str, str] | None = Field(None, description="A run step's job environment as its newest attempt got it (secrets ***).")
-    outputs: dict[str, Any] | None = Field(
-        None, description="What later steps read as steps.ID...: `outputs` (declared outputs, a gate's named groups), "
-        "`metrics` (a gate's series), `checks` (a check step's results with their measured details); secrets masked.")
-    attempts: list[AttemptView] = []
-    nodes: list[NodePartView] = Field(default_factory=list, description="Each node's part: running, done, failed, stopped.")
+    waiting_for_input: str | None = None
+    """The prompt a running job's pane shows while the job waits at it ([Y/n], a password request); its log alone
+    does not tell. None once output resumes."""
+    log_tail: list[str] = field(default_factory=list)
+    """The newest log lines (secrets masked)."""
+    progress: dict[str, Any] | None = None
+    """Gate patterns (matched lines, deadline left) and metrics."""
+    env: dict[str, str] | None = None
+    """A run step's job environment as its newest attempt got it (secrets ***)."""
+    outputs: dict[str, Any] | None = None
+    """What later steps read as steps.ID...: `outputs` (declared outputs, a gate's named groups), `metrics` (a gate's
+    series), `checks` (a check step's results with their measured details); secrets masked."""
+    attempts: list[AttemptView] = field(default_factory=list)
+    nodes: list[NodePartView] = field(default_factory=list)
+    """Each node's part: running, done, failed, stopped."""
     blame: BlameView | None = None
 
 
-class RunStatus(BaseModel):
+@dataclass(frozen=True, kw_only=True)
+class RunStatus:
     """Everything known about a run, as the journal has it."""
 
+    __pydantic_config__ = _SCHEMA_CONFIG
     id: str
     runbook: str
     runbook_path: str
@@ -116,37 +149,50 @@ class RunStatus(BaseModel):
     started: float | None = None
     ended: float | None = None
     elapsed_s: float | None = None
-    controller_alive: bool = Field(description="Whether a controller process is driving the run now.")
+    controller_alive: bool
+    """Whether a controller process is driving the run now."""
     tmux_session: str | None = None
-    attach: str | None = Field(None, description="Command to watch the jobs in tmux on the target.")
+    attach: str | None = None
+    """Command to watch the jobs in tmux on the target."""
     run_dir: str | None = None
     artifacts_dir: str | None = None
-    vars: dict[str, Any] = {}
-    nodes: list[NodeView] = Field(default_factory=list, description="The fleet, head first (one node for a single box).")
-    blame: BlameView | None = Field(None, description="For a run that failed on several nodes: the node whose failure came "
-                                    "first (of the first step that has a blame).")
+    vars: dict[str, Any] = field(default_factory=dict)
+    nodes: list[NodeView] = field(default_factory=list)
+    """The fleet, head first (one node for a single box)."""
+    blame: BlameView | None = None
+    """For a run that failed on several nodes: the node whose failure came first (of the first step that has a blame)."""
     steps: list[StepView]
-    remedies: list[RemedyView] = []
-    bill: Bill | None = Field(None, description="For a run on rented boxes: per node $/h, spent and projected, the total, "
-                              "the budget.")
-    next_poll_s: float = Field(description="When to ask again (never more than 30 s).")
+    remedies: list[RemedyView] = field(default_factory=list)
+    bill: Bill | None = None
+    """For a run on rented boxes: per node $/h, spent and projected, the total, the budget."""
+    next_poll_s: float
+    """When to ask again (never more than 30 s)."""
 
     @property
     def terminal(self) -> bool:
         return self.state in TERMINAL_RUN_STATES
 
 
-class RunSummary(BaseModel):
+@dataclass(frozen=True, kw_only=True)
+class RunSummary:
     """One line of `agentops list`."""
 
+    __pydantic_config__ = _SCHEMA_CONFIG
     id: str
     runbook: str
     state: str
-    target: str = Field(description="The target, or for a fleet: the head's and how many nodes.")
-    nodes: list[str] = Field(default_factory=list, description="The fleet's node names, head first.")
+    target: str
+    """The target, or for a fleet: the head's and how many nodes."""
+    nodes: list[str] = field(default_factory=list)
+    """The fleet's node names, head first."""
     created: float
     ended: float | None = None
     message: str | None = None
+
+
+def _view(cls: type, row: Any) -> Any:
+    """A view of a journal row: the row's fields the view has."""
+    return cls(**{f.name: getattr(row, f.name) for f in fields(cls)})
 
 
 def controller_alive(run: RunRow) -> bool:
@@ -172,10 +218,10 @@ def run_status(journal: Journal, run_id: str) -> RunStatus | None:
     now = time.time()
     attempts: dict[str, list[AttemptView]] = {}
     for a in journal.attempts(run_id):
-        attempts.setdefault(a.step_id, []).append(AttemptView(**{k: getattr(a, k) for k in AttemptView.model_fields}))
+        attempts.setdefault(a.step_id, []).append(_view(AttemptView, a))
     parts: dict[str, list[NodePartView]] = {}
     for p in journal.step_nodes(run_id):
-        parts.setdefault(p.step_id, []).append(NodePartView(**{k: getattr(p, k) for k in NodePartView.model_fields}))
+        parts.setdefault(p.step_id, []).append(_view(NodePartView, p))
     steps = []
     for s in journal.steps(run_id):
         end = s.ended or (now if s.state == "running" else None)
@@ -186,16 +232,15 @@ def run_status(journal: Journal, run_id: str) -> RunStatus | None:
             attempts=attempts.get(s.step_id, []), nodes=parts.get(s.step_id, []),
             blame=BlameView(**s.blame) if s.blame else None,
         ))
-    remedies = [RemedyView(**{k: getattr(r, k) for k in RemedyView.model_fields}) for r in journal.remedies(run_id)]
+    remedies = [_view(RemedyView, r) for r in journal.remedies(run_id)]
     target = _target_text(run, journal)
-    tmux_socket = run_tmux_socket(run.target.get("tmux_socket") if isinstance(run.target, dict) else None, run.id)
+    tmux = Tmux(run_tmux_socket(run.target.get("tmux_socket") if isinstance(run.target, dict) else None, run.id))
     # A finished run's session is gone unless a job was left running (keep_running): only then is there anything to watch.
     watchable = run.state not in TERMINAL_RUN_STATES or any(s.state in ("running", "started") for s in steps)
-    attach = (f"tmux -L {tmux_socket} attach -t {run.tmux_session}"
-              if run.tmux_session and watchable else None)
+    attach = tmux.attach(run.tmux_session) if run.tmux_session and watchable else None
     nodes = [NodeView(name=n.name, rank=n.rank, target=n.target.get("url", "local"), address=n.address, state=n.state,
                       message=n.message, run_dir=n.run_dir,
-                      attach=f"tmux -L {run_tmux_socket(n.target.get('tmux_socket'), run.id)} attach -t {n.tmux_session}")
+                      attach=Tmux(run_tmux_socket(n.target.get("tmux_socket"), run.id)).attach(n.tmux_session))
              for n in journal.nodes(run_id)]
     alive = controller_alive(run)
     end = run.ended or now

@@ -24,7 +24,7 @@ from agent_ops.runbook.loader import LoadedRunbook, builtin_values, load_runbook
 from agent_ops.runbook.results import steps_view
 from agent_ops.runbook.schema import Runbook, Step
 from agent_ops.secret_values import Masker, read_secrets
-from agent_ops.transport.base import Transport
+from agent_ops.transport.base import Transport, expand_home
 from agent_ops.transport.target import TargetSpec, connect
 
 Observer = Callable[[str, str | None, str], None]  # (event kind, step id, message)
@@ -131,7 +131,7 @@ def start_run(
     specs = fleet_of_one(target) if isinstance(target, TargetSpec) else list(target)
     transports = connect_all(specs)
     nodes = [Node(spec, rank, transport,
-                  RunLayout.on(spec.target, run_id, _expand(spec.target.workdir, transport.home()) + f"/runs/{run_id}"))
+                  RunLayout.on(spec.target, run_id, expand_home(spec.target.workdir, transport.home()) + f"/runs/{run_id}"))
              for rank, (spec, transport) in enumerate(zip(specs, transports))]
     masker = Masker(secret_values.values())
     journal.masker = masker
@@ -180,13 +180,9 @@ def close_run(ctx: RunContext) -> None:
     _close(ctx.nodes)
 
 
-def _expand(path: str, home: str) -> str:
-    return home + path[1:] if path == "~" or path.startswith("~/") else path
-
-
 def on_target(path: str, cwd: str | None, home: str) -> str:
     """An absolute path on the target: `~` expanded, a relative one taken from `cwd` (else the home directory)."""
-    path = _expand(path, home)
+    path = expand_home(path, home)
     return path if path.startswith("/") else f"{on_target(cwd, None, home) if cwd else home}/{path}"
 
 

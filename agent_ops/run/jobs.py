@@ -36,7 +36,8 @@ from agent_ops.errors import AgentOpsError, TransportError
 from agent_ops.run import mask_stream
 from agent_ops.secret_values import env_file, hex_mask_list, sed_mask_script
 from agent_ops.transport.base import ProbeRequest, Transport
-from agent_ops.transport.target import TargetSpec, run_tmux_socket
+from agent_ops.transport.target import TargetSpec
+from agent_ops.transport.tmux import Tmux, run_tmux_socket
 
 WRAPPER = """#!/usr/bin/env bash
 # Written by agentops: runs one step's script once, its output straight to its log; records its exit code atomically,
@@ -118,22 +119,6 @@ class JobError(AgentOpsError):
     code = "job_error"
 
 
-class Tmux:
-    """One tmux server (its `-L` socket) and command lines for it.
-
-    `private`: the server is one run's own, used by nothing else (Transport.tmux: only there does a transport keep
-    a control-mode client), and the run's end ends it.
-    """
-
-    def __init__(self, socket: str | None, private: bool = False) -> None:
-        self.socket = socket
-        self.private = private
-        self.prefix = "tmux" + (f" -L {shlex.quote(socket)}" if socket else "")
-
-    def cmd(self, *args: str) -> str:
-        return " ".join([self.prefix, *(shlex.quote(a) for a in args)])
-
-
 @dataclass(frozen=True)
 class RunLayout:
     """Where one run lives on the target: its tmux server and session, wake-up FIFO and directories."""
@@ -173,7 +158,7 @@ class RunLayout:
         return f"{self.jobs_dir}/{name}"
 
     def attach_hint(self) -> str:
-        return self.tmux.cmd("attach", "-t", self.session)
+        return self.tmux.attach(self.session)
 
 
 @dataclass

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from agent_ops.bounds import DIAGNOSE_TAIL_BYTES
 from agent_ops.known_issues.catalog import (
     Catalog,
     CatalogError,
@@ -36,7 +37,6 @@ from agent_ops.run.jobs import kill_session, prepare_run
 from agent_ops.runbook.schema import Step
 from agent_ops.runbook.template import ENV, RenderError, names_used, render_text
 
-TAIL_BYTES = 64 << 10  # diagnosis reads only the end of a log: the failure is there, and logs can be GBs
 STEP = re.compile(r"\bstep\W{0,2}[=: ]\s*(\d+)", re.IGNORECASE)  # `step=46/80`, `step 265 -`, `Step: 12`, `'step': 42`
 
 
@@ -53,13 +53,13 @@ class FixNotApplicable(Exception):
 
 
 def log_tail(run: RunContext, path: str | None) -> str:
-    """The last TAIL_BYTES of a log on the target ('' if there is none)."""
+    """The last DIAGNOSE_TAIL_BYTES of a log on the target ('' if there is none)."""
     if not path:
         return ""
     st = run.transport.stat(path)
     if st is None:
         return ""
-    data = run.transport.read_from(path, max(0, st.size - TAIL_BYTES), TAIL_BYTES)
+    data = run.transport.read_from(path, max(0, st.size - DIAGNOSE_TAIL_BYTES), DIAGNOSE_TAIL_BYTES)
     return run.masker.mask(data.decode("utf-8", "replace"))
 
 

@@ -22,7 +22,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -235,7 +235,7 @@ class RentedRun:
         bill = run_bill(self.journal, self.run_id)
         spent = bill.spent_usd if bill else 0.0
         self.ended_by = f"budget reached: ${spent:.2f} of ${self.prov.budget_usd:.2f} spent"
-        ctx.event("budget_reached", None, self.ended_by, bill.model_dump() if bill else None)
+        ctx.event("budget_reached", None, self.ended_by, asdict(bill) if bill else None)
         boxes = [Box(n.name, n.transport, n.layout) for n in ctx.nodes]
         if self.prov.checkpoint is not None:
             ask_checkpoint(self.journal, self.run_id, boxes, self.prov.checkpoint)

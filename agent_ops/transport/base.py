@@ -23,6 +23,12 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 
+def expand_home(path: str, home: str) -> str:
+    """`~` and `~/...` as paths under `home` (the target user's); any other path as it is. The one spelling of it:
+    transports expand the paths they are given, the run its workdir, qualification its probes' paths."""
+    return home + path[1:] if path == "~" or path.startswith("~/") else path
+
+
 @dataclass(frozen=True)
 class ExecResult:
     """What a finished command left: exit status and its two streams (bytes, not decoded)."""

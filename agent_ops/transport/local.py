@@ -1,24 +1,22 @@
-"""LocalTransport: this machine, through the same protocol as a remote box."""
+"""LocalTransport: this machine, through the same protocol as a remote box.
+
+Commands, file writes, tmux and the probe run through the remote runner's own functions (start_bash/communicate,
+put_file, TmuxControl, probe), called in this process instead of over a channel: one implementation of each, so
+the local target and a box behave alike by construction.
+"""
 from __future__ import annotations
 
 import os
-import signal
 import stat
-import subprocess
-import tempfile
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 
 from agent_ops.errors import TransportError
-from agent_ops.transport.base import EXEC_TIMEOUT_RC, ExecResult, FileStat, ProbeRequest
-from agent_ops.transport.remote_runner import TmuxControl, probe
+from agent_ops.transport.base import ExecResult, FileStat, ProbeRequest, expand_home
+from agent_ops.transport.remote_runner import TmuxControl, communicate, probe, put_file, start_bash
 
-# --norc/--noprofile: the same shell a remote exec gets, so scripts behave alike on both.
-BASH = ["bash", "--norc", "--noprofile", "-c"]
-# After killing a timed-out group, how long to wait for output from strays that left it (setsid).
-DRAIN_AFTER_KILL_S = 5.0
 # What commands and jobs on this machine inherit from the controller: where programs and home are, who and where the
 # user is, nothing else. TMUX_TMPDIR: tmux finds its sockets by it.
 KEPT_ENV = ("HOME", "USER", "LOGNAME", "SHELL", "PATH", "LANG", "LANGUAGE", "TZ", "TERM", "TMPDIR", "TMUX_TMPDIR")
@@ -62,31 +60,14 @@ class LocalTransport:
         return self._home
 
     def _path(self, path: str) -> str:
-        if path == "~" or path.startswith("~/"):
-            return self._home + path[1:]
-        return path
+        return expand_home(path, self._home)
 
     def exec(self, script: str, *, stdin: bytes | None = None, timeout: float | None = None) -> ExecResult:
         try:
-            proc = subprocess.Popen(
-                [*BASH, script],
-                stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                start_new_session=True,  # so a timeout can kill the whole process group
-                env=clean_environment(),
-            )
+            proc = start_bash(script, stdin is not None, env=clean_environment())
         except OSError as exc:
             raise TransportError(f"local exec failed to start: {exc}") from exc
-        try:
-            out, err = proc.communicate(stdin, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            return ExecResult(EXEC_TIMEOUT_RC, *_drain_killed(proc))
-        return ExecResult(proc.returncode, out, err)
+        return ExecResult(*communicate(proc, stdin, timeout))
 
     def tmux(self, socket: str | None, args: Sequence[str], *, private: bool = False, timeout: float | None = None) -> ExecResult:
         return ExecResult(*self._control(socket, private).run(list(args), timeout))
@@ -101,25 +82,11 @@ class LocalTransport:
     def put(self, path: str, data: bytes, *, mode: int = 0o644) -> None:
         path = self._path(path)
         with _file_errors("put", path):
-            self._put(path, data, mode)
+            put_file(path, data, mode)
 
     def put_files(self, files: Mapping[str, tuple[bytes, int]]) -> None:
         for path, (data, mode) in files.items():
             self.put(path, data, mode=mode)
-
-    def _put(self, path: str, data: bytes, mode: int) -> None:
-        parent = os.path.dirname(path) or "."
-        os.makedirs(parent, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=parent, prefix=".agentops-put-")
-        try:
-            os.fchmod(fd, mode)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
 
     def get(self, path: str) -> bytes:
         path = self._path(path)
@@ -146,15 +113,3 @@ class LocalTransport:
             controls, self._tmux = list(self._tmux.values()), {}
         for control in controls:
             control.close()
-
-
-def _drain_killed(proc: subprocess.Popen[bytes]) -> tuple[bytes, bytes]:
-    """What a killed process group wrote; bounded, since a stray that left the group may hold the pipes."""
-    try:
-        return proc.communicate(timeout=DRAIN_AFTER_KILL_S)
-    except subprocess.TimeoutExpired:
-        for pipe in (proc.stdout, proc.stderr):
-            if pipe is not None:
-                pipe.close()
-        proc.wait()
-        return b"", b""

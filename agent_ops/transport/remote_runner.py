@@ -139,13 +139,7 @@ class Runner:
         data = request.get("stdin")
         data = None if data is None else base64.b64decode(data)
         try:
-            proc = subprocess.Popen(
-                BASH + [request["script"]],
-                stdin=subprocess.DEVNULL if data is None else subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                start_new_session=True,
-            )
+            proc = start_bash(request["script"], data is not None)
         except OSError as exc:
             return {"error": "cannot start bash: %s" % exc}
         with self.lock:
@@ -165,6 +159,13 @@ class Runner:
             kill_group(proc.pid)
         for control in controls:
             control.close()
+
+
+def start_bash(script, with_stdin, env=None):
+    """`bash --norc --noprofile -c script` in a new session (so a timeout kills its whole group); OSError if it cannot
+    start. LocalTransport runs its commands through this too: one way to run a command, on the box and here."""
+    return subprocess.Popen(BASH + [script], stdin=subprocess.PIPE if with_stdin else subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, env=env)
 
 
 def communicate(proc, data, timeout):

@@ -42,7 +42,8 @@ from paramiko.sftp_file import SFTPFile
 
 from agent_ops.errors import AgentOpsError, HostKeyError, TransportError
 from agent_ops.transport import remote_runner
-from agent_ops.transport.base import EXEC_TIMEOUT_RC, ExecResult, FileStat, ProbeRequest
+from agent_ops.transport.base import EXEC_TIMEOUT_RC, ExecResult, FileStat, ProbeRequest, expand_home
+from agent_ops.transport.tmux import Tmux
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -169,9 +170,7 @@ class SSHTransport:
             conn.close()
 
     def _path(self, path: str) -> str:
-        if path == "~" or path.startswith("~/"):
-            return self._home + path[1:]
-        return path
+        return expand_home(path, self._home)
 
     def _call(self, what: str, op: Callable[[_Connection], T]) -> T:
         """Run `op` on the live connection; on a connection failure reconnect and run it once more."""
@@ -649,8 +648,7 @@ class _ChannelPerExec:
         pass  # the channels close with each call; the connection closes with the client
 
     def tmux(self, socket: str | None, args: list[str], private: bool, timeout: float | None) -> ExecResult:
-        prefix = ["tmux", *(["-L", socket] if socket else [])]
-        return self.run(shlex.join([*prefix, *args]), None, timeout)
+        return self.run(Tmux(socket).cmd(*args), None, timeout)
 
     def probe(self, request: ProbeRequest) -> str:
         return self.run(request.script, None, request.wait_s + 30).text()

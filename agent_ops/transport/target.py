@@ -154,15 +154,6 @@ class TargetSpec(BaseModel):
         )
 
 
-def run_tmux_socket(tmux_socket: str | None, run_id: str) -> str:
-    """The tmux socket a run's jobs live on: the one its target names, else a server of the run's own.
-
-    Never the user's default server unless named (`default` is its socket): a tmux crash there would take the
-    user's own sessions with it, and a server per run keeps runs from meeting on one at all.
-    """
-    return tmux_socket or f"agentops-{run_id}"
-
-
 def parse_target(url: str, **options: Any) -> TargetSpec:
     """A TargetSpec from a URL and TargetSpec fields given as keywords. Raises TargetSpecError."""
     try:

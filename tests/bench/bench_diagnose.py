@@ -80,16 +80,17 @@ def write_log(size: int, where: Path) -> Path:
 def one(mode: str, path: str) -> dict:
     """Run in a child process: time and peak memory of one way of diagnosing the log."""
     sys.path.insert(0, str(ROOT))
+    from agent_ops.bounds import DIAGNOSE_TAIL_BYTES
     from agent_ops.known_issues.catalog import default_catalog
     from agent_ops.known_issues.diagnose import diagnose
-    from agent_ops.known_issues.root_error import TAIL_BYTES, read_tail
+    from agent_ops.known_issues.root_error import read_tail
 
     catalog = default_catalog()
     diagnose("warm-up\n", catalog=catalog)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
     def call():
-        text = read_tail(path, TAIL_BYTES) if mode == "ours" else Path(path).read_bytes().decode("utf-8", "replace")
+        text = read_tail(path, DIAGNOSE_TAIL_BYTES) if mode == "ours" else Path(path).read_bytes().decode("utf-8", "replace")
         return diagnose(text, tags=["train"], catalog=catalog)
 
     result = call()

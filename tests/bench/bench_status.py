@@ -12,14 +12,19 @@ run, a remedy on every tenth) under a temporary AGENTOPS_HOME through the real J
 then times, interleaved round by round so machine noise falls on all alike:
 
 - floor: `python -c pass` (interpreter start, site, the editable-install finder);
+- typer floor: a one-command typer app with `status`'s three parameters that prints `{}` (what the CLI framework
+  itself costs: typer >= 0.22 parses every parameter through a pydantic TypeAdapter, so pydantic comes with it);
 - `agentops status RUN --json` for a run in the middle of the journal;
 - `agentops status --json` (the latest run);
 - `agentops list --json`.
 
 Each is launched as `python -m agent_ops.front.cli ...` from this checkout (what the
-`agentops` script runs). Prints min / median / max per command and the median minus the
-floor (what agentops itself costs); writes a JSON result file. Goal (issue 17): median of
-`agentops status --json` <= 150 ms on this machine; reported, not enforced.
+`agentops` script runs), with PYTHONDONTWRITEBYTECODE removed from its environment: an installed
+agentops has its .pyc files, and a poll that compiled every module from source would measure the
+compiler. Prints the load average, min / median / max per command and the median minus the floor
+(what agentops itself costs); writes a JSON result file. Goal (issue 17): median of `agentops
+status --json` <= 150 ms on this machine; reported, not enforced. The typer floor says how much of
+that the CLI framework alone takes.
 """
 from __future__ import annotations
 
@@ -40,6 +45,16 @@ sys.path.insert(0, str(ROOT))
 from agent_ops.record.journal import Journal  # noqa: E402 -- after the sys.path line above
 
 GOAL_MS = 150.0
+# The CLI framework alone: `status`'s parameters (an optional argument, two flags), one JSON line out.
+TYPER_FLOOR = """
+import typer
+app = typer.Typer(add_completion=False, rich_markup_mode=None)
+app.callback()(lambda: None)
+@app.command()
+def status(run_id: str = typer.Argument(None), verbose: bool = typer.Option(False, "-v"), as_json: bool = typer.Option(False, "--json")):
+    print("{}")
+app()
+"""
 STEPS_PER_RUN = 10
 
 
@@ -96,9 +111,11 @@ def main() -> int:
     home = Path(tempfile.mkdtemp(prefix="agentops-bench-status-"))
     ids = fill_journal(home, args.runs)
     env = {**os.environ, "AGENTOPS_HOME": str(home), "PYTHONPATH": str(ROOT)}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     cli = [sys.executable, "-m", "agent_ops.front.cli"]
     commands = {
         "python -c pass (floor)": [sys.executable, "-c", "pass"],
+        "typer, one command (floor)": [sys.executable, "-c", TYPER_FLOOR, "status", "--json"],
         "agentops status RUN --json": [*cli, "status", ids[len(ids) // 2], "--json"],
         "agentops status --json": [*cli, "status", "--json"],
         "agentops list --json": [*cli, "list", "--json"],
@@ -115,6 +132,7 @@ def main() -> int:
             times[name].append(time_once(commands[name], env))
     floor = statistics.median(times[names[0]])
     print(f"journal: {args.runs} runs x {STEPS_PER_RUN} steps; {args.repeat} rounds; {platform.python_version()}, {os.cpu_count()} CPUs")
+    print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"{'command':32} {'min ms':>8} {'median':>8} {'max':>8} {'median - floor':>15}")
     result = {"runs": args.runs, "repeat": args.repeat, "goal_ms": GOAL_MS, "commands": {}}
     for name, values in times.items():
