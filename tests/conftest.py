@@ -1,6 +1,7 @@
 """Shared fixtures: a real loopback sshd, and transports to run one set of contract tests on both sides."""
 from __future__ import annotations
 
+import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -110,6 +111,14 @@ def box(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setenv("AGENTOPS_HOME", str(target.home))
     yield target
     target.kill_tmux()
+
+
+@pytest.fixture
+def identity(tmp_path: Path) -> str:
+    """The user's SSH key pair a rental attaches (its public half) and connects with."""
+    path = tmp_path / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+    return str(path)
 
 
 @pytest.fixture

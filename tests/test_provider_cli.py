@@ -36,13 +36,6 @@ def env(tmp_path: Path, standin: VastStandIn, api_key: str) -> dict[str, str]:
             "VAST_SSH_USER": getpass.getuser()}
 
 
-@pytest.fixture
-def identity(tmp_path: Path) -> str:
-    path = tmp_path / "id_ed25519"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
-    return str(path)
-
-
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*CLI, *args], env=env, capture_output=True, text=True, timeout=120)
 

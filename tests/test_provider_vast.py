@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import getpass
 import logging
-import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,13 +57,6 @@ def journal(home: Path) -> Iterator[Journal]:
 @pytest.fixture
 def provider(standin: VastStandIn, api_key: str) -> VastProvider:
     return VastProvider(api_key, standin.url, ssh_user=getpass.getuser())
-
-
-@pytest.fixture
-def identity(tmp_path: Path) -> str:
-    path = tmp_path / "id_ed25519"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
-    return str(path)
 
 
 @pytest.fixture
