@@ -14,6 +14,7 @@ import pytest
 
 pytest.importorskip("vastai")
 
+from tests.mcp_client import in_session
 from tests.sshd import sshd_available
 from tests.standins.vast_api import VastStandIn
 
@@ -94,15 +95,9 @@ def test_rent_rentals_down_by_hand(env: dict[str, str], standin: VastStandIn, id
 def test_mcp_tiers_and_a_rental_through_the_tools(env: dict[str, str], standin: VastStandIn, identity: str,
                                                   api_key: str, tmp_path: Path) -> None:
     pytest.importorskip("mcp")
-    from mcp.client.session import ClientSession
-    from mcp.client.stdio import StdioServerParameters, stdio_client
 
-    async def session(tier: str, work):
-        params = StdioServerParameters(command=sys.executable, args=["-m", "agent_ops.front.cli", "mcp"],
-                                       env={**env, "AGENTOPS_MCP_TIER": tier}, cwd=str(tmp_path))
-        async with stdio_client(params) as (read, write), ClientSession(read, write) as client:
-            await client.initialize()
-            return await work(client)
+    def session(tier: str, work):
+        return in_session(env, tmp_path, tier, work)
 
     async def readonly(client):
         names = {t.name for t in (await client.list_tools()).tools}

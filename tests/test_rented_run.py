@@ -22,6 +22,7 @@ pytest.importorskip("vastai")
 
 from agent_ops.record.journal import Journal
 from agent_ops.run.artifacts import recorded
+from tests.mcp_client import in_session
 from tests.sshd import sshd_available
 from tests.standins.vast_api import VastStandIn
 
@@ -309,17 +310,10 @@ def test_mcp_starts_a_rented_run_only_in_the_destructive_tier(
     pytest.importorskip("mcp")
     import asyncio
 
-    from mcp.client.session import ClientSession
-    from mcp.client.stdio import StdioServerParameters, stdio_client
-
     standin.add_offer(1, machine_id=11, dph_total=0.3)
 
-    async def session(tier: str, work):
-        params = StdioServerParameters(command=sys.executable, args=["-m", "agent_ops.front.cli", "mcp"],
-                                       env={**env, "AGENTOPS_MCP_TIER": tier}, cwd=str(tmp_path))
-        async with stdio_client(params) as (read, write), ClientSession(read, write) as client:
-            await client.initialize()
-            return await work(client)
+    def session(tier: str, work):
+        return in_session(env, tmp_path, tier, work)
 
     async def names(client):
         return {t.name for t in (await client.list_tools()).tools}
