@@ -29,7 +29,7 @@ def test_the_grid_spreads_over_two_nodes_at_most_two_cells_each(fleet: Fleet, tm
     run_id, final, journal = run_fleet(fleet, RUNBOOK, {"python": str(python), "work": str(tmp_path / "work"),
                                                         "train_steps": 20, "per_node": PER_NODE}, specs=fleet.specs[:2])
     steps = {s.step_id: s for s in journal.steps(run_id)}
-    assert final == "succeeded", {k: s.message for k, s in steps.items() if s.state != "succeeded"}
+    assert final == "succeeded", "\n".join(f"{k}: {s.state}: {s.message}" for k, s in steps.items() if s.state != "succeeded")
     trains = [p for p in journal.step_nodes(run_id) if p.step_id.startswith("train[")]
     assert len(trains) == 8 and {p.state for p in trains} <= {"succeeded", "started"}
     for node in ("n1", "n2"):

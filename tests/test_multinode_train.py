@@ -62,7 +62,8 @@ def test_two_boxes_train_as_one_box_with_two_processes(fleet: Fleet, data: dict,
     two = fleet.specs[:2]
     run_id, final, journal = run_fleet(fleet, RUNBOOK, _vars(data, tmp_path, STEPS), specs=two)
     steps = {s.step_id: s for s in journal.steps(run_id)}
-    assert final == "succeeded", {k: s.message for k, s in steps.items()}
+    # A string, not a dict: pytest shows a message whole, but cuts a dict's repr (a failed CI run hid its step).
+    assert final == "succeeded", "\n".join(f"{k}: {s.state}: {s.message}" for k, s in steps.items() if s.state != "succeeded")
     # Gated on both nodes: each node's rank joined; rank 0's lines and loss on whichever node held rank 0.
     assert {p.node: p.state for p in journal.step_nodes(run_id, "joined")} == {"n1": "succeeded", "n2": "succeeded"}
     assert re.search(r"loss: 5 values, .* \(on n[12]\)$", steps["rank0"].message)
