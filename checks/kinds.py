@@ -98,6 +98,12 @@ def _clause_matches(op: str, want: str, version: str) -> bool:
     return {"==": have == need, "!=": have != need, "<=": have <= need, ">=": have >= need, "<": have < need, ">": have > need}[op]
 
 
+def command_subject(run: str) -> str:
+    """A command check's subject: the snippet's first line, cut to 60 characters."""
+    first = run.strip().splitlines()[0] if run.strip() else ""
+    return first if len(first) <= 60 else first[:57] + "..."
+
+
 class CheckBase(BaseModel):
     """Fields every check kind has; unknown keys are errors (a typo must not pass silently).
 
@@ -218,8 +224,7 @@ class CommandCheck(CheckBase):
 
     @property
     def subject(self) -> str:
-        first = self.run.strip().splitlines()[0] if self.run.strip() else ""
-        return first if len(first) <= 60 else first[:57] + "..."
+        return command_subject(self.run)
 
     @field_validator("regex")
     @classmethod
@@ -350,8 +355,7 @@ class SameAcrossNodesCheck(CheckBase):
 
     @property
     def subject(self) -> str:
-        first = self.run.strip().splitlines()[0] if self.run.strip() else ""
-        return first if len(first) <= 60 else first[:57] + "..."
+        return command_subject(self.run)
 
 
 class ClockSkewCheck(CheckBase):
