@@ -38,6 +38,22 @@ def _most_at_once(parts) -> int:
     return most
 
 
+def _run_losing_n2(fleet, servers: list[SSHServer], runbook: Path, what: str, ready: Callable[[], bool]):
+    """Run the runbook on the fleet; once `ready`, stop n2's sshd (it and its connection die). (run_id, final, journal)."""
+    result: dict = {}
+    controller = threading.Thread(target=lambda: result.update(run=run_fleet(fleet, runbook)))
+    controller.start()
+    try:
+        wait_for(what, ready)
+        servers[1].stop()
+        controller.join(timeout=120)
+        assert not controller.is_alive()
+    finally:
+        controller.join(timeout=120)
+        fleet.kill_tmux()
+    return result["run"]
+
+
 def test_the_next_free_node_takes_the_next_step_at_most_k_per_node(fleet, tmp_path: Path) -> None:
     two = fleet.specs[:2]
     runbook = _cells(tmp_path, 8, "echo {cell} on {{{{ node.name }}}} > {{{{ box }}}}/{cell}\nsleep 0.6")
@@ -75,19 +91,10 @@ def test_a_lost_nodes_steps_go_to_the_others(make_sshd: Callable[..., SSHServer]
     fleet = make_fleet(tmp_path / "fleet", servers, connect_timeout=2.0, reconnect_timeout=2.0)
     runbook = _cells(tmp_path, 4, "echo {cell} > {{{{ box }}}}/started-{cell}-{{{{ node.name }}}}\nsleep 4\n"
                                   "echo {cell} > {{{{ box }}}}/done-{cell}-{{{{ node.name }}}}", retries=1, policy="continue")
-    result: dict = {}
-    controller = threading.Thread(target=lambda: result.update(run=run_fleet(fleet, runbook)))
-    controller.start()
-    try:
-        wait_for("both nodes to run their steps", lambda: len(list(fleet.scratch.glob("started-*-n2"))) == 2
-                 and len(list(fleet.scratch.glob("started-*-n1"))) == 2)
-        servers[1].stop()  # n2 and its connection die with two steps on it
-        controller.join(timeout=120)
-        assert not controller.is_alive()
-    finally:
-        controller.join(timeout=120)
-        fleet.kill_tmux()
-    run_id, final, journal = result["run"]
+    # n2 and its connection die with two steps on it
+    run_id, final, journal = _run_losing_n2(fleet, servers, runbook, "both nodes to run their steps",
+                                            lambda: len(list(fleet.scratch.glob("started-*-n2"))) == 2
+                                            and len(list(fleet.scratch.glob("started-*-n1"))) == 2)
     assert final == "succeeded", journal.run(run_id).message
     lost = sorted(p.name.split("-")[1] for p in fleet.scratch.glob("started-*-n2"))
     for cell in lost:  # re-queued on n1 and finished there
@@ -139,18 +146,8 @@ steps:
           echo done {{ matrix.i }}
       - {id: gate, kind: gate, job: job, patterns: [{regex: 'done {{ matrix.i }}$', within: 60}]}
 """)
-    result: dict = {}
-    controller = threading.Thread(target=lambda: result.update(run=run_fleet(fleet, runbook)))
-    controller.start()
-    try:
-        wait_for("a cell on each node", lambda: len(list(fleet.scratch.glob("started-*"))) == 2)
-        servers[1].stop()
-        controller.join(timeout=120)
-        assert not controller.is_alive()
-    finally:
-        controller.join(timeout=120)
-        fleet.kill_tmux()
-    run_id, final, journal = result["run"]
+    run_id, final, journal = _run_losing_n2(fleet, servers, runbook, "a cell on each node",
+                                            lambda: len(list(fleet.scratch.glob("started-*"))) == 2)
     assert final == "succeeded", {s.step_id: s.message for s in journal.steps(run_id)}
     [moved] = [p.name.split("-")[1] for p in fleet.scratch.glob("started-*-n2")]
     job, gate = f"job[i={moved}]", f"gate[i={moved}]"
