@@ -25,7 +25,7 @@ from agent_ops.errors import TransportError
 from agent_ops.record.journal import Journal
 from agent_ops.run.nodes import select_nodes
 from agent_ops.runbook.schema import ArtifactSpec
-from agent_ops.transport.base import Transport
+from agent_ops.transport.base import Transport, expand_home
 
 CHUNK = 8 << 20  # bytes per read: few round trips for a checkpoint, little memory
 LIST_TIMEOUT_S = 600.0  # hashing a large checkpoint on the box takes a while (sha256sum: ~0.5-1 GB/s)
@@ -114,9 +114,9 @@ def _save_one(node: NodeArtifacts, spec: ArtifactSpec, dest: Path) -> ArtifactRe
 def box_files(transport: Transport, path: str) -> list[tuple[str, int, str]] | None:
     """(absolute path, size, sha256) of the file at `path` or of every file under the directory, as the box computes
     them (`~` is the box's home); None when nothing is there."""
-    quoted = shlex.quote(path)
+    quoted = shlex.quote(expand_home(path, transport.home()))  # the one `~` rule, as the transport reads the copy
     script = (
-        f"p={quoted}; case $p in '~'|'~/'*) p=\"$HOME${{p#\\~}}\";; esac\n"
+        f"p={quoted}\n"
         "p=$(realpath -s -- \"$p\" 2>/dev/null || echo \"$p\")\n"
         "if [ -d \"$p\" ]; then find \"$p\" -type f -print0 | sort -z | while IFS= read -r -d '' f; do\n"
         "  printf '%s\\t%s\\t%s\\n' \"$(stat -c %s -- \"$f\")\" \"$(sha256sum -- \"$f\" | cut -d' ' -f1)\" \"$f\"; done\n"
