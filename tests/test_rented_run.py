@@ -47,9 +47,9 @@ def _cli(env: dict[str, str], *args: str, timeout: float = 180) -> subprocess.Co
     return subprocess.run([*CLI, *args], env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def _run(env: dict[str, str], identity: str, *extra: str) -> subprocess.CompletedProcess[str]:
+def _run(env: dict[str, str], identity: str, *extra: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     return _cli(env, "run", RUNBOOK, "--provision", "vast", "--gpu-name", "RTX_4090", "--max-dph", "100", "-i", identity,
-                "--json", *extra)
+                "--json", *extra, timeout=timeout)
 
 
 def _key_nowhere(api_key: str, home: Path, standin: VastStandIn, *texts: str) -> None:
@@ -358,6 +358,46 @@ def test_sigterm_to_the_controller_applies_the_failure_policy(
     assert status["state"] == "interrupted" and "stopped by SIGTERM; boxes given back on the interrupt" in status["message"]
     assert _saved(home, run_id)[(status["nodes"][0]["name"], "~/work/checkpoints")].state == "saved"
     _key_nowhere(api_key, home, standin, out, errors)
+
+
+def test_a_detached_rented_run_outlives_its_caller_and_gives_its_boxes_back(
+        env: dict[str, str], standin: VastStandIn, identity: str, api_key: str, home: Path) -> None:
+    standin.add_offer(1, machine_id=11, dph_total=0.3)
+
+    started = _run(env, identity, "--nodes", "1", "--detach", timeout=60)
+
+    assert started.returncode == 0, started.stdout + started.stderr
+    shown = json.loads(started.stdout)
+    run_id, pid = shown["run_id"], shown["controller_pid"]
+    assert run_id and pid != os.getpid()
+    waited = _cli(env, "wait", run_id, "--until", "done", "--timeout", "150", "--json", timeout=170)
+    assert waited.returncode == 0, waited.stdout + waited.stderr
+    # The run ends at its gate while training goes on; its box is given back once training ends (idle_s).
+    deadline = time.monotonic() + 120
+    while (status := json.loads(_cli(env, "status", run_id, "--json").stdout))["bill"]["dph_now"] and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert status["state"] == "succeeded" and [n["state"] for n in status["bill"]["nodes"]] == ["destroyed"], status
+    assert standin.live() == [] and len(standin.destroyed) == 1
+    assert _saved(home, run_id)[(status["nodes"][0]["name"], "~/work/checkpoints")].state == "saved"
+    _key_nowhere(api_key, home, standin, started.stdout, started.stderr, waited.stdout, waited.stderr)
+
+
+def test_waiting_on_a_detached_rented_run_whose_rental_fails_ends_with_the_failure(
+        env: dict[str, str], standin: VastStandIn, identity: str) -> None:
+    # No offer at the stand-in: the detached controller records its provisioning, finds nothing to rent and exits.
+    started = _run(env, identity, "--nodes", "1", "--detach", timeout=60)
+    assert started.returncode == 0, started.stdout + started.stderr
+    run_id = json.loads(started.stdout)["run_id"]
+
+    waited = _cli(env, "wait", run_id, "--until", "done", "--timeout", "120", "--json", timeout=140)
+
+    assert waited.returncode == 1, waited.stdout + waited.stderr
+    error = json.loads(waited.stdout)["error"]
+    assert error["code"] == "rent_failed" and "before the run began" in error["message"]
+    assert "no box of it is live" in error["message"] and "controller.log" in error["message"]
+    shown = _cli(env, "status", run_id, "--json")
+    assert shown.returncode == 1 and json.loads(shown.stdout)["error"]["code"] == "rent_failed"
+    assert standin.live() == []
 
 
 def _node_names(home: Path, run_id: str) -> list[str]:

@@ -154,7 +154,8 @@ def _op(o: Output, fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except ops.OpError as exc:
-        code = EXIT_INPUT if exc.code in ("invalid_runbook", "invalid_target", "missing_secret", "invalid_var") else EXIT_STATE
+        code = (EXIT_INPUT if exc.code in ("invalid_runbook", "invalid_target", "missing_secret", "invalid_var")
+                else EXIT_FAILED if exc.code == "rent_failed" else EXIT_STATE)  # it failed, as its own controller exited
         o.fail(code, exc.message, exc.code, exc.problems)
 
 
@@ -452,7 +453,7 @@ def wait(
                    "invalid_option")
         result = _op(o, ops.wait, _journal(o), run_id, ops.MAX_BLOCK_S if timeout is None else timeout)
     else:
-        result = _op(o, ops.wait_until_done, _journal(o), run_id, timeout, lambda r: _progress_line(r, o))
+        result = _op(o, ops.wait_until_done, _journal(o), run_id, timeout, lambda r: _progress_line(r, o), o.note)
     if as_json:
         o.json(result)
     else:

@@ -309,13 +309,49 @@ def status(journal: Journal, run_id: str | None) -> RunStatus:
     if run_id is None:
         raise OpError("no_runs", f"no runs in {journal.path}")
     st = run_status(journal, run_id)
-    if st is None and journal.last_event(run_id, None, "provisioned") is not None:  # a rented run before its boxes are up
-        rows = journal.rentals(run_id)
-        raise OpError("renting", f"run {run_id} is renting its boxes ({sum(r.state == 'ready' for r in rows)} ready, "
-                                 f"{len(rows)} created so far); its status comes once they are: poll again")
     if st is None:
-        raise OpError("unknown_run", f"unknown run {run_id!r}")
+        raise _before_the_run(journal, run_id) or OpError("unknown_run", f"unknown run {run_id!r}")
     return st
+
+
+def _before_the_run(journal: Journal, run_id: str) -> OpError | None:
+    """What a rented run with no run row yet is: renting its boxes (`renting`: poll again), or ended while renting
+    (`rent_failed`: its controller is gone, and no run will come); None when it rented nothing."""
+    from agent_ops.record.journal import LIVE_RENTAL_STATES
+    from agent_ops.record.status import process_alive
+
+    event = journal.last_event(run_id, None, "provisioned")
+    if event is None:
+        return None
+    rows = journal.rentals(run_id)
+    controller = event.data.get("controller") if isinstance(event.data, dict) else None
+    if not controller or process_alive(controller["pid"], controller["host"]) is not False:
+        return OpError("renting", f"run {run_id} is renting its boxes ({sum(r.state == 'ready' for r in rows)} ready, "
+                                  f"{len(rows)} created so far); its status comes once they are: poll again")
+    live = [r.instance_id for r in rows if r.state in LIVE_RENTAL_STATES]
+    log = journal.path.parent / "runs" / run_id / "controller.log"
+    left = (f"{len(live)} box(es) still recorded live ({', '.join(live)}): give them back with agentops down {run_id}"
+            if live else "no box of it is live")
+    return OpError("rent_failed", f"run {run_id} ended while renting its boxes, before the run began (its controller "
+                                  f"is gone{'; see ' + str(log) if log.exists() else ''}); {left}")
+
+
+def _status_once_rented(journal: Journal, run_id: str, timeout: float | None,
+                        on_renting: Callable[[str], None] | None = None) -> tuple[RunStatus, bool]:
+    """The run's status, waiting (at most `timeout` s) while it is still renting its boxes: a detached rented run
+    has an id long before its run row. (status, whether it was renting when asked)."""
+    t0, said, renting = time.monotonic(), None, False
+    while True:
+        try:
+            return status(journal, run_id), renting
+        except OpError as exc:
+            if exc.code != "renting" or (timeout is not None and time.monotonic() - t0 >= timeout):
+                raise
+            renting = True
+            if on_renting is not None and exc.message != said:
+                on_renting(exc.message)
+                said = exc.message
+        time.sleep(0.5 if timeout is None else min(0.5, max(0.0, timeout - (time.monotonic() - t0))))
 
 
 def _fingerprint(st: RunStatus) -> tuple:
@@ -328,7 +364,9 @@ def wait(journal: Journal, run_id: str, timeout: float = MAX_BLOCK_S) -> WaitRes
     """Return when the run changes state (a step, an attempt, a gate line, a remedy) or after `timeout` <= 30 s."""
     timeout = max(0.0, min(timeout, MAX_BLOCK_S))
     t0 = time.monotonic()
-    first = status(journal, run_id)
+    first, was_renting = _status_once_rented(journal, run_id, timeout)
+    if was_renting:  # the run began while we waited: that is its change
+        return WaitResult(changed=True, waited_s=round(time.monotonic() - t0, 3), status=first)
     if first.terminal:
         return WaitResult(changed=False, waited_s=0.0, status=first)
     before = _fingerprint(first)
@@ -340,15 +378,18 @@ def wait(journal: Journal, run_id: str, timeout: float = MAX_BLOCK_S) -> WaitRes
             return WaitResult(changed=_fingerprint(now) != before, waited_s=round(waited, 3), status=now)
 
 
-def wait_until_done(journal: Journal, run_id: str, timeout: float | None, on_change: Callable[[WaitResult], None]) -> WaitResult:
+def wait_until_done(journal: Journal, run_id: str, timeout: float | None, on_change: Callable[[WaitResult], None],
+                    on_renting: Callable[[str], None] | None = None) -> WaitResult:
     """Wait in bounded slices (<= 30 s each) until the run ends or `timeout` seconds pass; report the state at
-    the start and at each change.
+    the start and at each change. A rented run still renting its boxes is waited for (`on_renting` hears how far
+    it got); one whose controller died while renting is an OpError (`rent_failed`) naming what is left live.
 
     A run that no controller drives any more (interrupted, or its controller died) will not end by waiting:
     that is an OpError naming `agentops resume`.
     """
     t0 = time.monotonic()
-    on_change(WaitResult(changed=False, waited_s=0.0, status=status(journal, run_id)))
+    first, _ = _status_once_rented(journal, run_id, timeout, on_renting)
+    on_change(WaitResult(changed=False, waited_s=round(time.monotonic() - t0, 3), status=first))
     while True:
         left = None if timeout is None else max(0.0, timeout - (time.monotonic() - t0))
         result = wait(journal, run_id, MAX_BLOCK_S if left is None else min(MAX_BLOCK_S, left))

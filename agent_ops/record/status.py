@@ -199,15 +199,21 @@ def controller_alive(run: RunRow) -> bool:
     """A run's controller is alive if its pid exists here (same host), else if its heartbeat is fresh."""
     if run.state in TERMINAL_RUN_STATES or not run.controller_pid:
         return False
-    if run.controller_host == socket.gethostname():
-        try:
-            os.kill(run.controller_pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
+    alive = process_alive(run.controller_pid, run.controller_host)
+    return (time.time() - (run.heartbeat or 0)) < HEARTBEAT_STALE_S if alive is None else alive
+
+
+def process_alive(pid: int, host: str | None) -> bool | None:
+    """Whether process `pid` of `host` exists; None when it ran on another host (this one cannot tell)."""
+    if host != socket.gethostname():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
         return True
-    return (time.time() - (run.heartbeat or 0)) < HEARTBEAT_STALE_S
+    return True
 
 
 def run_status(journal: Journal, run_id: str) -> RunStatus | None:

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shlex
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -111,7 +113,8 @@ class RentedRun:
         event = journal.last_event(run_id, None, PROVISIONED_EVENT)
         if event is None or not isinstance(event.data, dict):
             return None
-        return cls(Provisioning.model_validate({k: v for k, v in event.data.items() if k != "hours"}), journal, run_id)
+        return cls(Provisioning.model_validate({k: v for k, v in event.data.items() if k not in ("hours", "controller")}),
+                   journal, run_id)
 
     @property
     def provider(self) -> Provider:
@@ -128,9 +131,13 @@ class RentedRun:
     def rent(self) -> list[NodeSpec]:
         """Record the provisioning, rent the fleet (all or none), and name its nodes `{provider}-{instance id}`."""
         req = self.prov.request
+        # The controller renting is named, so that `status`/`wait` can tell a rental under way from one whose
+        # controller died before the run began (no run row will ever come).
+        controller = {"pid": os.getpid(), "host": socket.gethostname()}
         self.journal.event(self.run_id, None, PROVISIONED_EVENT,
                            f"renting {req.nodes} x {req.offer.gpus} {req.offer.gpu_name or 'GPU'} at most "
-                           f"${req.offer.max_dph or 0:g}/h each from {self.prov.provider}", self.prov.record())
+                           f"${req.offer.max_dph or 0:g}/h each from {self.prov.provider}",
+                           {**self.prov.record(), "controller": controller})
         reputation = Reputation.under(self.journal.path.parent)
         boxes = rent(self.provider, req, self.journal, self.run_id, reputation)
         return [NodeSpec(node_name(b.provider, b.instance_id), b.target) for b in boxes]
