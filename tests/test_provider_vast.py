@@ -290,6 +290,7 @@ def test_an_interrupted_rental_destroys_what_it_created(standin: VastStandIn, pr
 def test_teardown_stop_keeps_the_disk_and_down_still_finds_the_stopped_box(
         standin: VastStandIn, provider: VastProvider, journal: Journal, reputation: Reputation, identity: str) -> None:
     from agent_ops.provider.lifecycle import teardown
+    from agent_ops.record.bill import run_bill
 
     standin.add_offer(1, machine_id=11)
     [box] = rent(provider, _fleet(identity, standin), journal, "run-j", reputation)
@@ -297,6 +298,8 @@ def test_teardown_stop_keeps_the_disk_and_down_still_finds_the_stopped_box(
     stopped = teardown(provider, journal, "run-j", "stop")
 
     assert stopped.done == [box.instance_id] and provider.show(box.instance_id).state == "stopped"
-    assert [r.state for r in journal.rentals("run-j")] == ["stopped"]
+    [row] = journal.rentals("run-j")
+    assert row.state == "stopped" and row.stopped is not None and row.storage_dph == 0.02  # the offer's storage_total_cost
+    assert run_bill(journal, "run-j").dph_now == 0.02  # a stopped box bills its disk, not its GPU
     assert teardown(provider, journal, "run-j", "keep").done == []
     assert destroy_all(provider, journal, "run-j").done == [box.instance_id] and standin.live() == []

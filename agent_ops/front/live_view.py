@@ -98,8 +98,8 @@ def render_status(status: RunStatus) -> Group:
 
 def bill_lines(bill) -> list[str]:
     """The bill of a run on rented boxes: a line per box, then the total (and the budget)."""
-    lines = [f"bill: {n.node:<14} {n.state:<9} ${n.dph:.3f}/h  {n.hours * 60:6.1f} min  ${n.spent_usd:.4f} spent  "
-             f"${n.projected_usd:.4f} projected" for n in bill.nodes]
+    lines = [f"bill: {n.node:<14} {n.state:<9} ${n.dph:.3f}/h{f' (stopped: ${n.dph_now:.3f}/h)' if n.state == 'stopped' else ''}"
+             f"  {n.hours * 60:6.1f} min  ${n.spent_usd:.4f} spent  ${n.projected_usd:.4f} projected" for n in bill.nodes]
     total = f"bill: total ${bill.spent_usd:.4f} spent, ${bill.projected_usd:.4f} projected, ${bill.dph_now:.3f}/h now"
     if bill.budget_usd is not None:
         total += f"; budget ${bill.budget_usd:.2f}, ${bill.budget_left_usd:.4f} left"

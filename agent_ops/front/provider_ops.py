@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -21,6 +20,7 @@ from agent_ops.provider.base import OfferRequest, ProviderError
 from agent_ops.provider.lifecycle import FleetRequest, OfferList, RentedBox, TeardownPolicy, find_offers, rent
 from agent_ops.provider.registry import open_provider
 from agent_ops.provider.reputation import Reputation
+from agent_ops.record.bill import bill_of
 from agent_ops.record.journal import LIVE_RENTAL_STATES, Journal
 
 if TYPE_CHECKING:
@@ -102,17 +102,14 @@ def rent_detached(request: FleetRequest, journal: Journal, run_id: str, provider
 
 def rentals(journal: Journal, run_id: str) -> RentalList:
     """What the journal knows of a run's boxes (no provider call: cheap enough to poll)."""
-    now = time.time()
-    views = []
-    for row in journal.rentals(run_id):
-        hours = max(0.0, ((row.ended or now) - row.created) / 3600)
-        views.append(RentalView(
-            instance_id=row.instance_id, provider=row.provider, state=row.state, offer_id=row.offer_id,
-            machine_id=row.machine_id, dph=row.dph, ssh=(row.target or {}).get("url"), host_key=row.host_key,
-            message=row.message, hours=round(hours, 4), spent_usd=round(hours * (row.dph or 0.0), 4)))
+    rows = journal.rentals(run_id)
+    bill = bill_of(rows, None, None)  # the one place that knows what a box costs (running, stopped, destroyed)
+    views = [RentalView(
+        instance_id=row.instance_id, provider=row.provider, state=row.state, offer_id=row.offer_id,
+        machine_id=row.machine_id, dph=row.dph, ssh=(row.target or {}).get("url"), host_key=row.host_key,
+        message=row.message, hours=node.hours, spent_usd=round(node.spent_usd, 4)) for row, node in zip(rows, bill.nodes)]
     live = [v for v in views if v.state in LIVE_RENTAL_STATES]
-    return RentalList(run_id=run_id, rentals=views, live=len(live), dph_live=round(sum(v.dph or 0.0 for v in live), 4),
-                      spent_usd=round(sum(v.spent_usd for v in views), 4))
+    return RentalList(run_id=run_id, rentals=views, live=len(live), dph_live=bill.dph_now, spent_usd=round(bill.spent_usd, 4))
 
 
 def down(journal: Journal, run_id: str, policy: TeardownPolicy = "destroy", provider: str = "vast",

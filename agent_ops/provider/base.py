@@ -85,6 +85,7 @@ class Offer(BaseModel):
     driver: str | None = None
     reliability: float | None = None
     dph: float = Field(description="$/h for the box with the requested disk")
+    storage_dph: float | None = Field(None, description="$/h of the requested disk alone: what the box costs once stopped")
     location: str | None = None
     inet_down_mbps: float | None = None
     inet_up_mbps: float | None = None

@@ -243,7 +243,7 @@ class _Renter:
                           public_key=self.public_key, onstart=onstart_script(self.request.onstart))
         instance_id = self.provider.create(offer, spec)
         self.journal.add_rental(self.run_id, self.provider.name, instance_id, offer_id=offer.id, machine_id=offer.machine_id,
-                                dph=offer.dph)
+                                dph=offer.dph, storage_dph=offer.storage_dph)
         try:
             return self._make_ready(offer, instance_id, time.monotonic() + self.request.provision_deadline_s)
         except _BoxFailed as exc:
@@ -392,7 +392,7 @@ def _destroy_one(provider: Provider, journal: Journal, instance_id: str) -> None
 
 def _stop_one(provider: Provider, journal: Journal, instance_id: str) -> None:
     provider.stop(instance_id)
-    journal.set_rental(provider.name, instance_id, state="stopped")
+    journal.set_rental(provider.name, instance_id, state="stopped", stopped=time.time())
 
 
 def _record(result: TeardownResult, instance_id: str, action: Callable[[], None]) -> None:

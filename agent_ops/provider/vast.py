@@ -206,6 +206,7 @@ def offer_from_row(row: dict[str, Any]) -> Offer:
         gpus=int(row["num_gpus"]), gpu_ram_gb=round(float(row.get("gpu_ram") or 0) / MB_PER_GB, 1),
         disk_gb=float(row.get("disk_space") or 0), cuda=row.get("cuda_max_good"), driver=_opt_str(row.get("driver_version")),
         reliability=row.get("reliability2", row.get("reliability")), dph=float(row["dph_total"]),
+        storage_dph=_opt_float(row.get("storage_total_cost")),
         location=_text(row.get("geolocation")), inet_down_mbps=row.get("inet_down"), inet_up_mbps=row.get("inet_up"),
         download_usd_per_gb=float(row.get("inet_down_cost") or 0.0),
     )
@@ -236,6 +237,10 @@ def _body(response: Any) -> str:
 
 def _opt_str(value: Any) -> str | None:
     return None if value is None else str(value)
+
+
+def _opt_float(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 def _text(value: Any) -> str | None:

@@ -1,9 +1,10 @@
 """What a run's rented boxes cost: per node $/h, spent so far and projected, and the run's total, from the journal.
 
-Read from the rentals table (when each box was created and ended, the offer's $/h) and the run's
-`provisioned` event (the budget, the hours the fleet request expected), so any process can compute
-it without asking the provider. A stopped box is counted at its full rate until it is destroyed:
-an upper bound (vast.ai then bills only its disk, at a price the offer does not state).
+Read from the rentals table (when each box was created, stopped and ended, the offer's $/h for the
+box and for its disk alone) and the run's `provisioned` event (the budget, the hours the fleet
+request expected), so any process can compute it without asking the provider. A stopped box costs
+its disk's $/h from the moment it was stopped until it is destroyed (vast.ai bills a stopped box's
+storage, not its GPUs); where the offer did not state that price, its full rate: an upper bound.
 """
 from __future__ import annotations
 
@@ -29,6 +30,10 @@ class NodeBill:
     state: str
     dph: float
     """$/h when rented."""
+    storage_dph: float | None = None
+    """$/h of its disk alone, what it costs while stopped (None: the offer did not say; a stopped box then counts at `dph`)."""
+    dph_now: float
+    """What it costs per hour now: `dph` running, its disk's rate stopped, 0 once destroyed."""
     hours: float
     """Hours since it was created (until it was destroyed)."""
     spent_usd: float
@@ -72,7 +77,7 @@ def bill_of(rows: list[RentalRow], budget_usd: float | None, hours: float | None
     now = time.time() if now is None else now
     budget_usd = None if budget_usd is None else float(budget_usd)  # floats as the fields say (JSON: 0.0, not 0)
     nodes = [_node_bill(r, hours or 0.0, now) for r in rows]
-    dph_now = sum((n.dph for n in nodes if n.state in LIVE_RENTAL_STATES), 0.0)
+    dph_now = sum((n.dph_now for n in nodes), 0.0)
     spent = sum((n.spent_usd for n in nodes), 0.0)
     left = reached_in = None
     if budget_usd is not None:
@@ -86,8 +91,15 @@ def bill_of(rows: list[RentalRow], budget_usd: float | None, hours: float | None
 
 def _node_bill(row: RentalRow, expected_h: float, now: float) -> NodeBill:
     dph = float(row.dph or 0.0)
+    idle_dph = dph if row.storage_dph is None else float(row.storage_dph)  # stopped: its disk only, if we know that price
     live = row.state in LIVE_RENTAL_STATES
-    hours = max(0.0, ((now if live or row.ended is None else row.ended) - row.created) / 3600)
-    projected = dph * (max(hours, expected_h) if live else hours)
+    end = now if live or row.ended is None else row.ended
+    stopped = min(row.stopped, end) if row.stopped is not None else end  # running from creation until stopped
+    hours = max(0.0, (end - row.created) / 3600)
+    running_h = max(0.0, (stopped - row.created) / 3600)
+    spent = dph * running_h + idle_dph * (hours - running_h)
+    dph_now = 0.0 if not live else idle_dph if row.state == "stopped" else dph
+    projected = spent + dph_now * max(0.0, expected_h - hours)
     return NodeBill(node=node_name(row.provider, row.instance_id), instance_id=row.instance_id, state=row.state, dph=dph,
-                    hours=round(hours, 4), spent_usd=round(dph * hours, 6), projected_usd=round(projected, 6))
+                    storage_dph=row.storage_dph, dph_now=dph_now, hours=round(hours, 4), spent_usd=round(spent, 6),
+                    projected_usd=round(projected, 6))

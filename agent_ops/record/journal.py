@@ -137,6 +137,8 @@ CREATE TABLE IF NOT EXISTS rentals (
     machine_id TEXT,
     state TEXT NOT NULL,           -- created | ready | failed | stopped | destroyed
     dph REAL,                      -- $/h when rented
+    storage_dph REAL,              -- $/h of its disk alone (what it costs once stopped), when the offer said
+    stopped REAL,                  -- when it was stopped (disk kept, no GPU billed)
     target TEXT,                   -- TargetSpec as JSON once SSH answered
     host_key TEXT,                 -- the box's host key, recorded on first contact ("ssh-ed25519 AAAA...")
     message TEXT,
@@ -150,7 +152,8 @@ CREATE INDEX IF NOT EXISTS rentals_run ON rentals (run_id);
 
 # Columns added to `steps` after the first release (ALTER TABLE on older journals).
 # Columns newer versions added to older tables (TEXT each); attempts gained `node` in its key (rebuilt in _migrate).
-MIGRATED_COLUMNS = {"steps": ("tail", "outputs", "env", "nodes", "blame", "waiting_for_input"), "events": ("node",), "remedies": ("node",)}
+MIGRATED_COLUMNS = {"steps": ("tail", "outputs", "env", "nodes", "blame", "waiting_for_input"), "events": ("node",), "remedies": ("node",),
+                    "rentals": ("storage_dph REAL", "stopped REAL")}  # "name TYPE" where not TEXT
 # The schema's identity, kept in the journal's user_version once it is created or migrated (a positive 31-bit number).
 SCHEMA_ID = zlib.crc32((SCHEMA + repr(MIGRATED_COLUMNS)).encode()) & 0x7FFFFFFF
 
@@ -314,6 +317,8 @@ class RentalRow:
     created: float
     ready: float | None
     ended: float | None
+    storage_dph: float | None = None  # $/h of the disk alone, billed while stopped (None: the offer did not say)
+    stopped: float | None = None  # when it was stopped
 
 
 def journal_home() -> Path:
@@ -359,8 +364,9 @@ class Journal:
         for table, added in MIGRATED_COLUMNS.items():
             cols = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
             for col in added:
-                if col not in cols:
-                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {col} TEXT")
+                name, _, kind = col.partition(" ")
+                if name not in cols:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind or 'TEXT'}")
         cols = [row[1] for row in self._db.execute("PRAGMA table_info(attempts)")]
         if "node" not in cols:
             # The node is part of the key, which SQLite cannot change in place: copy the rows into the new table.
@@ -512,17 +518,17 @@ class Journal:
             )
 
     def add_rental(self, run_id: str, provider: str, instance_id: str, *, offer_id: str | None, machine_id: str | None,
-                   dph: float | None) -> None:
+                   dph: float | None, storage_dph: float | None = None) -> None:
         """Record a box the moment the provider created it: from here on `down` can find it."""
         with self._tx() as db:
             db.execute(
-                "INSERT OR REPLACE INTO rentals (run_id, provider, instance_id, offer_id, machine_id, state, dph, created)"
-                " VALUES (?,?,?,?,?, 'created', ?, ?)",
-                (run_id, provider, instance_id, offer_id, machine_id, dph, time.time()),
+                "INSERT OR REPLACE INTO rentals (run_id, provider, instance_id, offer_id, machine_id, state, dph, storage_dph,"
+                " created) VALUES (?,?,?,?,?, 'created', ?, ?, ?)",
+                (run_id, provider, instance_id, offer_id, machine_id, dph, storage_dph, time.time()),
             )
 
     def set_rental(self, provider: str, instance_id: str, **fields: Any) -> None:
-        """Update a rental's columns (state, target, host_key, message, ready, ended)."""
+        """Update a rental's columns (state, target, host_key, message, ready, stopped, ended)."""
         if "message" in fields:
             fields["message"] = self._m(fields["message"])
         if "target" in fields:

@@ -127,7 +127,7 @@ class VastStandIn:
             "id": offer_id, "ask_contract_id": offer_id, "machine_id": machine_id, "host_id": machine_id * 10,
             "gpu_name": "RTX 4090", "num_gpus": 1, "gpu_ram": 24564, "gpu_total_ram": 24564, "disk_space": 200.0,
             "cuda_max_good": 12.4, "driver_version": "550.54.14", "reliability": 0.995, "reliability2": 0.995,
-            "dph_total": 0.40, "geolocation": "Texas, US", "inet_down": 900.0, "inet_up": 500.0, "inet_down_cost": 0.005,
+            "dph_total": 0.40, "storage_total_cost": 0.02, "geolocation": "Texas, US", "inet_down": 900.0, "inet_up": 500.0, "inet_down_cost": 0.005,
             "verified": True, "external": False, "rentable": True, "rented": False, "direct_port_count": 10,
             **fields,
         }
