@@ -400,6 +400,57 @@ def test_waiting_on_a_detached_rented_run_whose_rental_fails_ends_with_the_failu
     assert standin.live() == []
 
 
+def _rent_inventory(path: Path, identity: str, nodes: object = 1) -> Path:
+    path.write_text(
+        "hosts: {}\n"
+        "rent:\n"
+        "  pair:\n"
+        "    provider: vast\n"
+        f"    nodes: {nodes}\n"
+        "    offer: {gpu_name: RTX_4090, disk_gb: 20, max_dph: 100}\n"
+        f"    identity: {identity}\n"
+        "    provision_deadline_s: 60\n"
+        "    qualify: {burn_in_s: 0, min_disk_free_gb: 0.001}\n")
+    return path
+
+
+@pytest.mark.parametrize("detach", [False, True], ids=["foreground", "detached"])
+def test_an_inventory_names_a_fleet_to_rent_and_a_run_on_it_rents_it(
+        env: dict[str, str], standin: VastStandIn, identity: str, api_key: str, home: Path, tmp_path: Path,
+        detach: bool) -> None:
+    standin.add_offer(1, machine_id=11, dph_total=0.3)
+    standin.add_offer(2, machine_id=12, dph_total=0.5)
+    inventory = _rent_inventory(tmp_path / "hosts.yaml", identity)
+
+    done = _cli(env, "run", RUNBOOK, "--inventory", str(inventory), "-t", "pair", "--json", *(["--detach"] if detach else []))
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    if detach:  # the controller reads the inventory again: -t pair --inventory FILE travel on its command line
+        run_id = json.loads(done.stdout)["run_id"]
+        assert _cli(env, "wait", run_id, "--until", "done", "--timeout", "150", timeout=170).returncode == 0
+        deadline = time.monotonic() + 120
+        while standin.live() and time.monotonic() < deadline:  # training runs on after the gate; then the box goes
+            time.sleep(0.5)
+    status = json.loads(done.stdout if not detach else _cli(env, "status", run_id, "--json").stdout)
+    assert status["state"] == "succeeded" and [n["name"] for n in status["nodes"]] == ["vast-1001"]  # 1 node, as the entry says
+    assert standin.live() == [] and len(standin.destroyed) == 1
+    _key_nowhere(api_key, home, standin, done.stdout, done.stderr)
+
+
+def test_a_bad_rent_entry_is_named_at_its_line_and_nothing_is_rented(
+        env: dict[str, str], standin: VastStandIn, identity: str, tmp_path: Path) -> None:
+    standin.add_offer(1, machine_id=11, dph_total=0.3)
+    inventory = _rent_inventory(tmp_path / "hosts.yaml", identity, nodes="zero")
+
+    bad = _cli(env, "run", RUNBOOK, "--inventory", str(inventory), "-t", "pair")
+    clash = _cli(env, "run", RUNBOOK, "--inventory", str(_rent_inventory(tmp_path / "ok.yaml", identity)), "-t", "pair",
+                 "--provision", "lambda")
+
+    assert bad.returncode == 2 and f"{inventory}:5: rent.pair.nodes" in bad.stderr, bad.stderr
+    assert clash.returncode == 2 and "is rented from vast" in clash.stderr, clash.stderr
+    assert _creates(standin) == 0 and standin.live() == []
+
+
 def _node_names(home: Path, run_id: str) -> list[str]:
     journal = Journal(home / "journal.db")
     try:

@@ -358,6 +358,28 @@ def test_load_inventory_errors_name_file_line_and_host(tmp_path: Path) -> None:
         load_inventory(tmp_path / "missing.yaml")
 
 
+def test_an_inventory_names_fleets_to_rent_beside_its_hosts(tmp_path: Path) -> None:
+    from agent_ops.fleet.nodes import resolve_fleet
+    from agent_ops.transport.target import read_inventory
+
+    good = tmp_path / "rent.yaml"
+    good.write_text("rent:\n  pair:\n    nodes: 2\n    offer: {gpu_name: H100_SXM}\n    identity: keys/vast\n")
+    inventory = read_inventory(good)  # hosts may be left out where rent names the fleets
+    entry = inventory.rent["pair"]
+    assert (entry.provider, entry.request["nodes"], entry.request["identity"]) == ("vast", 2, str(tmp_path / "keys" / "vast"))
+    with pytest.raises(TargetSpecError, match="'pair' is a fleet to rent"):
+        resolve_fleet("pair", inventory)  # a path that takes existing boxes says where a rented fleet is run
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("hosts:\n  gpu1: {url: local}\nrent:\n  gpu1: {nodes: 1}\n  x y: {nodes: 1}\n  p: [1]\n")
+    with pytest.raises(TargetSpecError) as caught:
+        read_inventory(bad)
+    assert caught.value.problems == [
+        f"{bad}:4: rent.gpu1: 'gpu1' is also a host or group; -t gpu1 would be ambiguous",
+        f"{bad}:5: rent.x y: a name may only contain letters, digits, '.', '_' and '-'",
+        f"{bad}:6: rent.p: expected a fleet request (provider, nodes, offer, identity, ...)"]
+
+
 def test_connect_local() -> None:
     transport = connect(parse_target("local"))
     assert isinstance(transport, LocalTransport)

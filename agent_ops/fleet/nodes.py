@@ -65,6 +65,9 @@ def resolve_fleet(target: str, inventory: Inventory | None = None, options: dict
                 found.append((None, parse_target(part, **options)))
             except TargetSpecError as exc:
                 problems += exc.problems
+        elif inventory is not None and part in inventory.rent:
+            problems.append(f"{inventory.path}: {part!r} is a fleet to rent (rent:), not boxes that exist: "
+                            f"`agentops run RUNBOOK --inventory {inventory.path} -t {part}` rents it for the run")
         elif inventory is not None:
             known = [*inventory.hosts, *inventory.groups]
             problems.append(f"{inventory.path}: no host or group {part!r}{did_you_mean(part, known)} "

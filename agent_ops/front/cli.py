@@ -196,13 +196,15 @@ def run(
     o = Output(as_json)
     where = TargetOptions(target, identity, inventory, accept_new_host_key, tmux_socket, workdir, known_hosts,
                           allow_deleting_fixes)
+    entry = _rent_entry(where, provision, fleet_file, o)
+    provision = entry.provider if entry else provision
     if detach and not dry_run and not provision:  # the service checks the runbook, its secrets and the target first
         _started(o, _op(o, ops.start_detached, file, _parse_vars(var, o), where, _journal(o)))
         return
     loaded, values = _load(file, var, o)
     rent_flags = {"nodes": nodes, "gpus": gpus, "gpu_name": gpu_name, "max_dph": max_dph, "budget_usd": budget_usd,
                   "on_success": on_success, "on_failure": on_failure}
-    prov = _provisioned(loaded, values, provision, fleet_file, rent_flags, identity, target, o)
+    prov = _provisioned(loaded, values, provision, fleet_file, rent_flags, identity, "local" if entry else target, o, entry)
     fleet = None if prov else _fleet(where, o)
     if dry_run:
         plan(file, var, as_json)
@@ -213,6 +215,7 @@ def run(
         from agent_ops.front.cli_provider import provision_args
 
         where = replace(where, accept_new_host_key=False)  # rented boxes: their host keys come with the rental
+        # An inventory's rent entry travels as -t NAME --inventory FILE (in `where`), which the controller reads again.
         _started(o, _op(o, ops.start_detached, file, _parse_vars(var, o), where, _journal(o),
                         provision_args(provision, fleet_file, rent_flags)))
         return
@@ -242,15 +245,38 @@ def _started(o: Output, started) -> None:
 
 
 def _provisioned(loaded, values, provision: str | None, fleet_file: Path | None, flags: dict[str, Any],
-                 identity: str | None, target: str, o: Output):
-    """With --provision: the run's provisioning, checked (exit 2, nothing rented), in a RentedRun not yet renting."""
+                 identity: str | None, target: str, o: Output, entry=None):
+    """With --provision (or -t naming an inventory's rent entry): the run's provisioning, checked (exit 2, nothing
+    rented), in a RentedRun not yet renting."""
     if not provision:
         return None
     from agent_ops.front.cli_provider import provisioning
 
     if target != "local":
         o.fail(EXIT_INPUT, f"--provision {provision} rents the run's boxes: give no --target ({target})", "invalid_target")
-    return provisioning(loaded, values, provision, fleet_file, flags, identity, o)
+    return provisioning(loaded, values, provision, fleet_file, flags, identity, o, entry)
+
+
+def _rent_entry(where: TargetOptions, provision: str | None, fleet_file: Path | None, o: Output):
+    """The inventory's rent entry `-t` names (a fleet to rent for the run), or None; a clash with --provision of
+    another provider or with --fleet ends the command (exit 2)."""
+    if not where.inventory or "," in where.target or where.target == "local":
+        return None
+    from agent_ops.transport.target import read_inventory
+
+    try:
+        entry = read_inventory(where.inventory).rent.get(where.target)
+    except RunbookError as exc:
+        o.fail(EXIT_INPUT, str(exc), exc.code, exc.problems)
+    if entry is None:
+        return None
+    if fleet_file is not None:
+        o.fail(EXIT_INPUT, f"-t {where.target} is a fleet to rent in {where.inventory}: it is the fleet request; "
+                           f"give no --fleet", "invalid_target")
+    if provision and provision != entry.provider:
+        o.fail(EXIT_INPUT, f"-t {where.target} is rented from {entry.provider} ({where.inventory}), not --provision "
+                           f"{provision}", "invalid_target")
+    return entry
 
 
 def _rent(prov, journal: Journal, run_id: str | None, o: Output):

@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # imported where used: a status poll never loads them (nor py
     from pydantic import ValidationError
 
     from agent_ops.provider.lifecycle import FleetRequest, OfferList
+    from agent_ops.transport.target import RentEntry
 
 EXIT_FAILED, EXIT_INPUT, EXIT_PROVIDER = 1, 2, 3
 _INPUT_CODES = ("invalid_request", "provider_auth", "provider_missing")
@@ -164,8 +165,9 @@ def rent_command(
     o.line(f"rented {len(result.boxes)} boxes for {run_id}; give them back with: agentops down {run_id}")
 
 
-def _fleet_request(path: Path | None, values: dict[str, Any], o: Output) -> FleetRequest:
-    """The request file (if any) with the flags given laid over it; problems as FILE:LINE or --flag."""
+def _fleet_request(path: Path | None, values: dict[str, Any], o: Output, entry: RentEntry | None = None) -> FleetRequest:
+    """The request file (or an inventory's rent entry), if any, with the flags given laid over it; problems as
+    FILE:LINE or --flag."""
     from pydantic import ValidationError
 
     from agent_ops.provider.lifecycle import FleetRequest
@@ -174,7 +176,10 @@ def _fleet_request(path: Path | None, values: dict[str, Any], o: Output) -> Flee
     data: dict[str, Any] = {}
     lines = None
     label = str(path) if path else "command line"
-    if path is not None:
+    prefix: tuple[str, ...] = ()
+    if entry is not None:
+        data, lines, label, prefix = dict(entry.request), entry.lines, entry.path, entry.prefix
+    elif path is not None:
         try:
             data, lines, _ = read_yaml(path, label)
         except FileNotFoundError:
@@ -188,17 +193,19 @@ def _fleet_request(path: Path | None, values: dict[str, Any], o: Output) -> Flee
     try:
         return FleetRequest.model_validate(data)
     except ValidationError as exc:
-        o.fail(EXIT_INPUT, f"{label}: invalid fleet request", "invalid_request", _request_problems(exc, data, label, lines, values))
+        o.fail(EXIT_INPUT, f"{label}: invalid fleet request", "invalid_request",
+               _request_problems(exc, data, label, lines, values, prefix))
 
 
-def _request_problems(exc: ValidationError, data: dict[str, Any], label: str, lines, values: dict[str, Any]) -> list[str]:
+def _request_problems(exc: ValidationError, data: dict[str, Any], label: str, lines, values: dict[str, Any],
+                      prefix: tuple[str, ...] = ()) -> list[str]:
     from agent_ops.provider.lifecycle import FleetRequest
     from agent_ops.yaml_models import Report
 
     by_flag = {(f,): flag for f, flag in _FLEET_FLAGS.items() if values.get(f) is not None}
     by_flag |= {("offer", f): flag for f, flag in _OFFER_FLAGS.items() if values.get(f) is not None}
     by_flag |= {("qualify", f): flag for f, flag in _QUALIFY_FLAGS.items() if values.get(f) is not None}
-    report = Report(label, lines, FleetRequest)
+    report = Report(label, lines, FleetRequest, prefix=prefix)
     problems = []
     for err in exc.errors():
         loc = tuple(err["loc"])
@@ -273,9 +280,9 @@ ON_FAILURE = typer.Option(None, "--on-failure", help="With --provision: keep | s
 
 
 def provisioning(loaded, values: dict[str, Any], provider: str, fleet_file: Path | None, flags: dict[str, Any],
-                 identity: str | None, o: Output):
-    """The run's provisioning: the runbook's provision: block, --fleet over it, the flags over both; every problem
-    as FILE:LINE or --flag (exit 2, nothing rented)."""
+                 identity: str | None, o: Output, entry: RentEntry | None = None):
+    """The run's provisioning: the runbook's provision: block, --fleet (or the inventory's rent entry `-t` named) over
+    it, the flags over both; every problem as FILE:LINE or --flag (exit 2, nothing rented)."""
     from pydantic import ValidationError
 
     from agent_ops.errors import RunbookError
@@ -292,8 +299,8 @@ def provisioning(loaded, values: dict[str, Any], provider: str, fleet_file: Path
                                                                   ("failure", flags.get("on_failure"))) if v}}
     data = {"provider": provider, "teardown": teardown, "idle_s": base.get("idle_s", 600.0),
             "budget_usd": flags.get("budget_usd") or base.get("budget_usd"), "checkpoint": base.get("checkpoint")}
-    if fleet_file is not None:  # the file replaces the runbook's provision.fleet; the flags go over it
-        request = _fleet_request(fleet_file, {**flags, "identity": identity}, o)
+    if fleet_file is not None or entry is not None:  # it replaces the runbook's provision.fleet; the flags go over it
+        request = _fleet_request(fleet_file, {**flags, "identity": identity}, o, entry)
     else:
         request = _declared_request(loaded, base["fleet"], flags, identity, o)
     request = request.model_copy(update={"identity": str(Path(request.identity).expanduser())})

@@ -12,6 +12,12 @@ A target comes from the command line (`parse_target`) or from a small inventory 
       gpu2: {url: ssh://root@ssh5.vast.ai:31235}
     groups:
       gpu_pool: [gpu1, gpu2]
+    rent:                          # fleets rented for a run: `agentops run X --inventory FILE -t h100_pair`
+      h100_pair:
+        provider: vast             # default vast
+        nodes: 2                   # the rest: a fleet request, as `agentops rent --request FILE` takes it
+        offer: {gpu_name: H100_SXM, max_dph: 3.0}
+        identity: ~/.ssh/vast_ed25519
 
 Authentication is by key only; passwords are not supported anywhere.
 """
@@ -165,12 +171,29 @@ def parse_target(url: str, **options: Any) -> TargetSpec:
 
 
 @dataclass(frozen=True)
+class RentEntry:
+    """A fleet to rent, named in an inventory's `rent:`: its provider and its fleet request as written (checked as a
+    request where the provider room is known: front/cli_provider.py), with where it stands in the file."""
+
+    name: str
+    provider: str
+    request: dict[str, Any]
+    path: str
+    lines: LineMap | None
+
+    @property
+    def prefix(self) -> tuple[str, ...]:
+        return ("rent", self.name)
+
+
+@dataclass(frozen=True)
 class Inventory:
-    """An inventory file: targets by name, and groups of them (fleets) by name."""
+    """An inventory file: targets by name, groups of them (fleets) by name, and fleets to rent by name."""
 
     path: str
     hosts: dict[str, TargetSpec]
     groups: dict[str, list[str]] = field(default_factory=dict)
+    rent: dict[str, RentEntry] = field(default_factory=dict)
 
 
 def load_inventory(path: str | os.PathLike[str]) -> dict[str, TargetSpec]:
@@ -179,22 +202,52 @@ def load_inventory(path: str | os.PathLike[str]) -> dict[str, TargetSpec]:
 
 
 def read_inventory(path: str | os.PathLike[str]) -> Inventory:
-    """An inventory YAML file: `hosts: {name: {url: ..., ...}}` and optional `groups: {name: [host, ...]}`.
+    """An inventory YAML file: `hosts: {name: {url: ..., ...}}`, optional `groups: {name: [host, ...]}` and optional
+    `rent: {name: {provider: vast, ...fleet request}}` (then hosts may be left out).
 
     Relative identity/known_hosts paths are taken relative to the inventory file's directory.
     Raises TargetSpecError with every problem.
     """
     label = str(path)
     data, lines = _read_yaml(label)
-    if not isinstance(data, dict) or "hosts" not in data or not set(data) <= {"hosts", "groups"} \
-            or not isinstance(data["hosts"], dict):
-        raise TargetSpecError([f"{label}:1: an inventory is a mapping with hosts: {{name: {{url: ...}}}} and optionally "
-                               "groups: {name: [host, ...]}"])
-    specs, problems = _inventory_hosts(label, lines, data["hosts"])
-    groups, group_problems = _inventory_groups(label, lines, data.get("groups"), set(data["hosts"]))
-    if problems or group_problems:
-        raise TargetSpecError(problems + group_problems)
-    return Inventory(label, specs, groups)
+    if not isinstance(data, dict) or not set(data) <= {"hosts", "groups", "rent"} or not ({"hosts", "rent"} & set(data)) \
+            or not isinstance(data.get("hosts", {}), dict):
+        raise TargetSpecError([f"{label}:1: an inventory is a mapping with hosts: {{name: {{url: ...}}}}, optionally "
+                               "groups: {name: [host, ...]}, and rent: {name: {provider: vast, nodes: N, offer: {...}}}"])
+    hosts = data.get("hosts") or {}
+    specs, problems = _inventory_hosts(label, lines, hosts)
+    groups, group_problems = _inventory_groups(label, lines, data.get("groups"), set(hosts))
+    rent, rent_problems = _inventory_rent(label, lines, data.get("rent"), {*hosts, *(data.get("groups") or {})})
+    if problems or group_problems or rent_problems:
+        raise TargetSpecError(problems + group_problems + rent_problems)
+    return Inventory(label, specs, groups, rent)
+
+
+def _inventory_rent(label: str, lines: LineMap, raw: Any, taken: set[str]) -> tuple[dict[str, RentEntry], list[str]]:
+    """The inventory's fleets to rent: names and providers checked here, each request where it is used."""
+    if raw is None:
+        return {}, []
+    if not isinstance(raw, dict):
+        return {}, [f"{label}:{lines.line_of(('rent',)) or 1}: rent: expected a mapping {{name: {{provider: ..., nodes: ...}}}}"]
+    entries: dict[str, RentEntry] = {}
+    problems: list[str] = []
+    for name, entry in raw.items():
+        where = f"{label}:{lines.line_of(('rent', name)) or 1}: rent.{name}"
+        if not isinstance(name, str) or not _NAME.match(name):
+            problems.append(f"{where}: a name may only contain letters, digits, '.', '_' and '-'")
+        elif name in taken:
+            problems.append(f"{where}: {name!r} is also a host or group; -t {name} would be ambiguous")
+        elif not isinstance(entry, dict):
+            problems.append(f"{where}: expected a fleet request (provider, nodes, offer, identity, ...)")
+        elif not isinstance(entry.get("provider", "vast"), str):
+            problems.append(f"{label}:{lines.line_of(('rent', name, 'provider')) or 1}: rent.{name}.provider: expected a "
+                            "provider name (vast)")
+        else:
+            request = {k: v for k, v in entry.items() if k != "provider"}
+            if isinstance(request.get("identity"), str) and not request["identity"].startswith(("/", "~")):
+                request["identity"] = str(Path(label).resolve().parent / request["identity"])  # as hosts' paths are
+            entries[name] = RentEntry(name, entry.get("provider", "vast"), request, label, lines)
+    return entries, problems
 
 
 def _inventory_groups(label: str, lines: LineMap, raw: Any, hosts: set[str]) -> tuple[dict[str, list[str]], list[str]]:
