@@ -16,10 +16,12 @@ then times, interleaved round by round so machine noise falls on all alike:
   itself costs: typer >= 0.22 parses every parameter through a pydantic TypeAdapter, so pydantic comes with it);
 - `agentops status RUN --json` for a run in the middle of the journal;
 - `agentops status --json` (the latest run);
-- `agentops list --json`.
+- `agentops list --json`;
+- the same `status --json` through the CLI (the baseline: what every poll cost before front/entry.py, and what a
+  poll in any other shape, `status --json -v` say, costs still).
 
-Each is launched as `python -m agent_ops.front.cli ...` from this checkout (what the
-`agentops` script runs), with PYTHONDONTWRITEBYTECODE removed from its environment: an installed
+Each is launched as `python -m agent_ops.front.entry ...` from this checkout (what the `agentops` script runs;
+the baseline as `python -m agent_ops.front.cli ...`), with PYTHONDONTWRITEBYTECODE removed from its environment: an installed
 agentops has its .pyc files, and a poll that compiled every module from source would measure the
 compiler. Prints the load average, min / median / max per command and the median minus the floor
 (what agentops itself costs); writes a JSON result file. Goal (issue 17): median of `agentops
@@ -112,13 +114,14 @@ def main() -> int:
     ids = fill_journal(home, args.runs)
     env = {**os.environ, "AGENTOPS_HOME": str(home), "PYTHONPATH": str(ROOT)}
     env.pop("PYTHONDONTWRITEBYTECODE", None)
-    cli = [sys.executable, "-m", "agent_ops.front.cli"]
+    agentops = [sys.executable, "-m", "agent_ops.front.entry"]  # what the console script runs
     commands = {
         "python -c pass (floor)": [sys.executable, "-c", "pass"],
         "typer, one command (floor)": [sys.executable, "-c", TYPER_FLOOR, "status", "--json"],
-        "agentops status RUN --json": [*cli, "status", ids[len(ids) // 2], "--json"],
-        "agentops status --json": [*cli, "status", "--json"],
-        "agentops list --json": [*cli, "list", "--json"],
+        "agentops status RUN --json": [*agentops, "status", ids[len(ids) // 2], "--json"],
+        "agentops status --json": [*agentops, "status", "--json"],
+        "agentops list --json": [*agentops, "list", "--json"],
+        "status --json via the CLI (baseline)": [sys.executable, "-m", "agent_ops.front.cli", "status", "--json"],
     }
     # The documents must be real: the status of the chosen run, and a list that holds runs.
     doc = json.loads(subprocess.run(commands["agentops status RUN --json"], env=env, cwd=ROOT, capture_output=True, text=True).stdout)
@@ -133,11 +136,11 @@ def main() -> int:
     floor = statistics.median(times[names[0]])
     print(f"journal: {args.runs} runs x {STEPS_PER_RUN} steps; {args.repeat} rounds; {platform.python_version()}, {os.cpu_count()} CPUs")
     print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print(f"{'command':32} {'min ms':>8} {'median':>8} {'max':>8} {'median - floor':>15}")
+    print(f"{'command':38} {'min ms':>8} {'median':>8} {'max':>8} {'median - floor':>15}")
     result = {"runs": args.runs, "repeat": args.repeat, "goal_ms": GOAL_MS, "commands": {}}
     for name, values in times.items():
         med = statistics.median(values)
-        print(f"{name:32} {min(values) * 1000:8.1f} {med * 1000:8.1f} {max(values) * 1000:8.1f} {(med - floor) * 1000:15.1f}")
+        print(f"{name:38} {min(values) * 1000:8.1f} {med * 1000:8.1f} {max(values) * 1000:8.1f} {(med - floor) * 1000:15.1f}")
         result["commands"][name] = {"min_ms": min(values) * 1000, "median_ms": med * 1000, "max_ms": max(values) * 1000}
     status_ms = result["commands"]["agentops status --json"]["median_ms"]
     verdict = "met" if status_ms <= GOAL_MS else "NOT met"
