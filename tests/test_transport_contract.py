@@ -371,10 +371,13 @@ def test_an_inventory_names_fleets_to_rent_beside_its_hosts(tmp_path: Path) -> N
         resolve_fleet("pair", inventory)  # a path that takes existing boxes says where a rented fleet is run
 
     bad = tmp_path / "bad.yaml"
-    bad.write_text("hosts:\n  gpu1: {url: local}\nrent:\n  gpu1: {nodes: 1}\n  x y: {nodes: 1}\n  p: [1]\n")
+    bad.write_text("hosts:\n  gpu1: {url: local}\nrent:\n  gpu1: {nodes: 1}\n  x y: {nodes: 1}\n  p: [1]\n"
+                   "groups:\n  gpu1: [gpu1]\n  pool: [nope]\n")
     with pytest.raises(TargetSpecError) as caught:
         read_inventory(bad)
-    assert caught.value.problems == [
+    assert caught.value.problems == [  # groups' problems, then rent's: both sections' names checked alike
+        f"{bad}:8: groups.gpu1: 'gpu1' is also a host; -t gpu1 would be ambiguous",
+        f"{bad}:9: groups.pool: unknown host 'nope'",
         f"{bad}:4: rent.gpu1: 'gpu1' is also a host or group; -t gpu1 would be ambiguous",
         f"{bad}:5: rent.x y: a name may only contain letters, digits, '.', '_' and '-'",
         f"{bad}:6: rent.p: expected a fleet request (provider, nodes, offer, identity, ...)"]

@@ -225,19 +225,10 @@ def read_inventory(path: str | os.PathLike[str]) -> Inventory:
 
 def _inventory_rent(label: str, lines: LineMap, raw: Any, taken: set[str]) -> tuple[dict[str, RentEntry], list[str]]:
     """The inventory's fleets to rent: names and providers checked here, each request where it is used."""
-    if raw is None:
-        return {}, []
-    if not isinstance(raw, dict):
-        return {}, [f"{label}:{lines.line_of(('rent',)) or 1}: rent: expected a mapping {{name: {{provider: ..., nodes: ...}}}}"]
+    named, problems = _named_section(label, lines, "rent", raw, "{name: {provider: ..., nodes: ...}}", taken, "host or group")
     entries: dict[str, RentEntry] = {}
-    problems: list[str] = []
-    for name, entry in raw.items():
-        where = f"{label}:{lines.line_of(('rent', name)) or 1}: rent.{name}"
-        if not isinstance(name, str) or not _NAME.match(name):
-            problems.append(f"{where}: a name may only contain letters, digits, '.', '_' and '-'")
-        elif name in taken:
-            problems.append(f"{where}: {name!r} is also a host or group; -t {name} would be ambiguous")
-        elif not isinstance(entry, dict):
+    for name, entry, where in named:
+        if not isinstance(entry, dict):
             problems.append(f"{where}: expected a fleet request (provider, nodes, offer, identity, ...)")
         elif not isinstance(entry.get("provider", "vast"), str):
             problems.append(f"{label}:{lines.line_of(('rent', name, 'provider')) or 1}: rent.{name}.provider: expected a "
@@ -250,20 +241,32 @@ def _inventory_rent(label: str, lines: LineMap, raw: Any, taken: set[str]) -> tu
     return entries, problems
 
 
-def _inventory_groups(label: str, lines: LineMap, raw: Any, hosts: set[str]) -> tuple[dict[str, list[str]], list[str]]:
+def _named_section(label: str, lines: LineMap, section: str, raw: Any, shape: str, taken: set[str],
+                   taken_what: str) -> tuple[list[tuple[str, Any, str]], list[str]]:
+    """A section of `name: entry` pairs (groups, rent): (name, entry, where it stands) for each well-formed name no
+    other section uses, and the problems of the rest."""
     if raw is None:
-        return {}, []
+        return [], []
     if not isinstance(raw, dict):
-        return {}, [f"{label}:{lines.line_of(('groups',)) or 1}: groups: expected a mapping {{name: [host, ...]}}"]
-    groups: dict[str, list[str]] = {}
+        return [], [f"{label}:{lines.line_of((section,)) or 1}: {section}: expected a mapping {shape}"]
+    named: list[tuple[str, Any, str]] = []
     problems: list[str] = []
-    for name, members in raw.items():
-        where = f"{label}:{lines.line_of(('groups', name)) or 1}: groups.{name}"
+    for name, entry in raw.items():
+        where = f"{label}:{lines.line_of((section, name)) or 1}: {section}.{name}"
         if not isinstance(name, str) or not _NAME.match(name):
-            problems.append(f"{where}: a group name may only contain letters, digits, '.', '_' and '-'")
-        elif name in hosts:
-            problems.append(f"{where}: {name!r} is also a host; -t {name} would be ambiguous")
-        elif not isinstance(members, list) or not members or not all(isinstance(m, str) for m in members):
+            problems.append(f"{where}: a name may only contain letters, digits, '.', '_' and '-'")
+        elif name in taken:
+            problems.append(f"{where}: {name!r} is also a {taken_what}; -t {name} would be ambiguous")
+        else:
+            named.append((name, entry, where))
+    return named, problems
+
+
+def _inventory_groups(label: str, lines: LineMap, raw: Any, hosts: set[str]) -> tuple[dict[str, list[str]], list[str]]:
+    named, problems = _named_section(label, lines, "groups", raw, "{name: [host, ...]}", hosts, "host")
+    groups: dict[str, list[str]] = {}
+    for name, members, where in named:
+        if not isinstance(members, list) or not members or not all(isinstance(m, str) for m in members):
             problems.append(f"{where}: expected a non-empty list of host names")
         else:
             unknown = [m for m in members if m not in hosts]
