@@ -38,3 +38,17 @@ def test_the_same_words_in_a_warning_or_a_healthy_line_do_not(tmp_path):
     concept = _catalog(tmp_path, on_failure=True)
     assert diagnose(WARNING, catalog=concept).matches == []
     assert diagnose(HEALTHY_LINE, catalog=concept).matches == []  # a failure is there, but it is another one
+
+
+def test_every_shipped_concept_signature_fires_on_a_positive_sample_of_its_entry():
+    # A concept signature no sample exercises documents nothing and could be dead (a typo in a lookahead).
+    from agent_ops.known_issues.catalog import default_catalog
+    from agent_ops.known_issues.diagnose import LogView, signature_hits
+
+    catalog = default_catalog()
+    concepts = [(issue, sig) for issue in catalog for sig in issue.signatures if sig.on_failure]
+    families = {issue.id for issue, _ in concepts}
+    assert len(families) >= 20 and all(sig.weight < 2 for _, sig in concepts)
+    silent = [f"{issue.id}: {sig.patterns[0][:60]}" for issue, sig in concepts
+              if not any(signature_hits(sig, LogView(sample)) for sample in issue.samples.positive)]
+    assert silent == []
