@@ -108,6 +108,11 @@ class Signature(Strict):
     unless: str | None = Field(
         None, description="A line the regex matches does not count when this regex matches it too (a retry notice, a benign variant)."
     )
+    on_failure: bool = Field(
+        False, description="Counts only on the log's failure as root_error extracts it (the final exception chain and the tools' "
+        "error lines): every line a match spans must lie there. For generic concept signatures (a component of the family near a "
+        "failure of its kind) whose words also appear in warnings and healthy output."
+    )
 
     _parts: list[re.Pattern[str]] = PrivateAttr(default_factory=list)
     _after: re.Pattern[str] | None = PrivateAttr(None)

@@ -294,8 +294,12 @@ def signature_hits(signature: Signature, view: LogView) -> list[Hit]:
 
 
 def _counted(signature: Signature, pattern: re.Pattern[str], view: LogView) -> list[Hit]:
-    """The pattern's hits, less those on lines the signature's `unless` also matches."""
+    """The pattern's hits, less those on lines the signature's `unless` also matches (and, for an
+    `on_failure` signature, less those that reach off the failure's lines)."""
     hits = view.find(pattern)
+    if signature.on_failure:
+        failure = view.failure.lines
+        hits = [h for h in hits if all(i in failure for i in range(h.first, h.last + 1))]
     if signature.exclude is None:
         return hits
     return [h for h in hits if not any(signature.exclude.search(view.lines[i]) for i in range(h.first, h.last + 1))]
