@@ -18,8 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agent_ops.bounds import MAX_POLL_S
 from agent_ops.errors import AgentOpsError, RunbookError
-from agent_ops.record.journal import TERMINAL_RUN_STATES, Journal, journal_home
-from agent_ops.record.status import RunStatus, run_status
+from agent_ops.record.journal import LIVE_RENTAL_STATES, TERMINAL_RUN_STATES, Journal, journal_home
+from agent_ops.record.status import RunStatus, process_alive, run_status
 
 # Status, wait, tail and cancel are what agents poll, each poll a fresh process: the runbook models, the loader and
 # the catalog (most of the import time) are imported by the operations that use them, never by those.
@@ -268,8 +268,13 @@ def resume_detached(run_id: str, journal: Journal) -> StartResult:
                   ready=lambda r: r is not None and r.controller_pid != old_pid and r.state == "running")
 
 
+def controller_log(journal: Journal, run_id: str) -> Path:
+    """Where a detached run's controller writes its output (its own log: the run's errors before the journal has it)."""
+    return journal.path.parent / "runs" / run_id / "controller.log"
+
+
 def _spawn(journal: Journal, run_id: str, cli_args: list[str], ready) -> StartResult:
-    log = journal.path.parent / "runs" / run_id / "controller.log"
+    log = controller_log(journal, run_id)
     log.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "AGENTOPS_HOME": str(journal.path.parent)}
     with open(log, "ab") as fh:
@@ -317,9 +322,6 @@ def status(journal: Journal, run_id: str | None) -> RunStatus:
 def _before_the_run(journal: Journal, run_id: str) -> OpError | None:
     """What a rented run with no run row yet is: renting its boxes (`renting`: poll again), or ended while renting
     (`rent_failed`: its controller is gone, and no run will come); None when it rented nothing."""
-    from agent_ops.record.journal import LIVE_RENTAL_STATES
-    from agent_ops.record.status import process_alive
-
     event = journal.last_event(run_id, None, "provisioned")
     if event is None:
         return None
@@ -329,7 +331,7 @@ def _before_the_run(journal: Journal, run_id: str) -> OpError | None:
         return OpError("renting", f"run {run_id} is renting its boxes ({sum(r.state == 'ready' for r in rows)} ready, "
                                   f"{len(rows)} created so far); its status comes once they are: poll again")
     live = [r.instance_id for r in rows if r.state in LIVE_RENTAL_STATES]
-    log = journal.path.parent / "runs" / run_id / "controller.log"
+    log = controller_log(journal, run_id)
     left = (f"{len(live)} box(es) still recorded live ({', '.join(live)}): give them back with agentops down {run_id}"
             if live else "no box of it is live")
     return OpError("rent_failed", f"run {run_id} ended while renting its boxes, before the run began (its controller "

@@ -234,9 +234,7 @@ def _inventory_rent(label: str, lines: LineMap, raw: Any, taken: set[str]) -> tu
             problems.append(f"{label}:{lines.line_of(('rent', name, 'provider')) or 1}: rent.{name}.provider: expected a "
                             "provider name (vast)")
         else:
-            request = {k: v for k, v in entry.items() if k != "provider"}
-            if isinstance(request.get("identity"), str) and not request["identity"].startswith(("/", "~")):
-                request["identity"] = str(Path(label).resolve().parent / request["identity"])  # as hosts' paths are
+            request = _beside(label, {k: v for k, v in entry.items() if k != "provider"}, ("identity",))
             entries[name] = RentEntry(name, entry.get("provider", "vast"), request, label, lines)
     return entries, problems
 
@@ -281,7 +279,6 @@ def _inventory_groups(label: str, lines: LineMap, raw: Any, hosts: set[str]) -> 
 
 
 def _inventory_hosts(label: str, lines: LineMap, hosts: dict[Any, Any]) -> tuple[dict[str, TargetSpec], list[str]]:
-    base = Path(label).resolve().parent
     specs: dict[str, TargetSpec] = {}
     problems: list[str] = []
     for name, entry in hosts.items():
@@ -291,7 +288,7 @@ def _inventory_hosts(label: str, lines: LineMap, hosts: dict[Any, Any]) -> tuple
         elif not isinstance(entry, dict):
             problems.append(f"{where}: expected a mapping with at least url")
         else:
-            spec, errors = _inventory_entry(label, lines, name, entry, base)
+            spec, errors = _inventory_entry(label, lines, name, entry)
             problems.extend(errors)
             if spec is not None:
                 specs[name] = spec
@@ -328,19 +325,25 @@ def _split_ssh_url(url: str) -> tuple[str, str, int]:
 
 
 def _inventory_entry(
-    label: str, lines: LineMap, name: str, entry: dict[str, Any], base: Path
+    label: str, lines: LineMap, name: str, entry: dict[str, Any]
 ) -> tuple[TargetSpec | None, list[str]]:
-    fields = dict(entry)
-    for key in _LOCAL_PATHS:
-        value = fields.get(key)
-        if isinstance(value, str) and not value.startswith(("/", "~")):
-            fields[key] = str(base / value)
+    fields = _beside(label, entry, _LOCAL_PATHS)
     try:
         return TargetSpec.model_validate(fields), []
     except ValidationError as exc:
         report = Report(label, lines, TargetSpec, prefix=("hosts", name))
         report.add_errors(fields, exc.errors())
         return None, report.problems()
+
+
+def _beside(label: str, entry: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """`entry` with its relative local paths under `keys` taken relative to the inventory file's directory."""
+    out = dict(entry)
+    for key in keys:
+        value = out.get(key)
+        if isinstance(value, str) and not value.startswith(("/", "~")):
+            out[key] = str(Path(label).resolve().parent / value)
+    return out
 
 
 def _read_yaml(label: str) -> tuple[Any, LineMap]:
