@@ -15,15 +15,16 @@ from agent_ops.record.journal import LIVE_RENTAL_STATES, Journal, RentalRow
 
 PROVISIONED_EVENT = "provisioned"  # its data: the run's provisioning as recorded when it rented (see run/rented.py)
 # A bill is part of `status` (polled as a fresh process): stdlib dataclasses like the status views, field docs as
-# attribute docstrings, which pydantic reads where the bill is part of an MCP tool's JSON Schema.
-_SCHEMA_CONFIG = {"use_attribute_docstrings": True}
+# attribute docstrings, which pydantic reads where the bill is part of an MCP tool's JSON Schema. The status views
+# (record/status.py, which embeds the bill) take this same config from here.
+SCHEMA_CONFIG = {"use_attribute_docstrings": True}
 
 
 @dataclass(frozen=True, kw_only=True)
 class NodeBill:
     """One rented box: what it costs per hour, has cost, and will have cost by the end of the expected hours."""
 
-    __pydantic_config__ = _SCHEMA_CONFIG
+    __pydantic_config__ = SCHEMA_CONFIG
     node: str
     """The fleet node it is ({provider}-{instance id})."""
     instance_id: str
@@ -45,7 +46,7 @@ class NodeBill:
 class Bill:
     """A run's rented boxes together, against its budget."""
 
-    __pydantic_config__ = _SCHEMA_CONFIG
+    __pydantic_config__ = SCHEMA_CONFIG
     nodes: list[NodeBill]
     dph_now: float
     """$/h of the boxes still live."""

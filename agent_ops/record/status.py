@@ -14,20 +14,18 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from agent_ops.bounds import MAX_POLL_S
-from agent_ops.record.bill import Bill, run_bill
+from agent_ops.record.bill import SCHEMA_CONFIG, Bill, run_bill
 from agent_ops.record.journal import TERMINAL_RUN_STATES, Journal, RunRow
 from agent_ops.transport.tmux import Tmux, run_tmux_socket
 
 HEARTBEAT_STALE_S = 15.0
-# pydantic's config for these stdlib dataclasses (a plain dict: no pydantic import here): field docs from docstrings.
-_SCHEMA_CONFIG = {"use_attribute_docstrings": True}
 
 
 @dataclass(frozen=True, kw_only=True)
 class RemedyView:
     """One known-issue remediation applied to a step."""
 
-    __pydantic_config__ = _SCHEMA_CONFIG
+    __pydantic_config__ = SCHEMA_CONFIG
     step_id: str
     attempt: int
     issue_id: str
@@ -41,7 +39,7 @@ class RemedyView:
 class AttemptView:
     """One attempt of a step on one node."""
 
-    __pydantic_config__ = _SCHEMA_CONFIG
+    __pydantic_config__ = SCHEMA_CONFIG
     node: str = ""
     """The node it ran on ('' in runs recorded before fleets)."""
     attempt: int
@@ -58,7 +56,7 @@ class AttemptView:
 class NodePartView:
     """One node's part of a step."""
 
-    __pydantic_config__ = _SCHEMA_CONFIG
+    __pydantic_config__ = SCHEMA_CONFIG
     node: str
     state: str
     attempt: int
@@ -72,7 +70,7 @@ class NodePartView:
 class BlameView:
     """The node blamed for a step that failed on several nodes: the one whose failure came first."""
 
-    __pydantic_config__ = _SCHEMA_CONFIG
+    __pydantic_config__ = SCHEMA_CONFIG
     node: str
     error: str
     """Its root error line (from its log tail)."""
@@ -87,7 +85,7 @@ class BlameView:
 class NodeView:
     """One node of the run's fleet."""
 
-    __pydantic_config__ = _SCHEMA_CONFIG
+    __pydantic_config__ = SCHEMA_CONFIG
     name: str
     rank: int
     """0 is the head."""
@@ -106,7 +104,7 @@ class NodeView:
 class StepView:
     """A step's state, attempts, gate progress and last log line; on a fleet, each node's part and the blame."""
 
-    __pydantic_config__ = _SCHEMA_CONFIG
+    __pydantic_config__ = SCHEMA_CONFIG
     id: str
     kind: str
     state: str
@@ -138,7 +136,7 @@ class StepView:
 class RunStatus:
     """Everything known about a run, as the journal has it."""
 
-    __pydantic_config__ = _SCHEMA_CONFIG
+    __pydantic_config__ = SCHEMA_CONFIG
     id: str
     runbook: str
     runbook_path: str
@@ -177,7 +175,7 @@ class RunStatus:
 class RunSummary:
     """One line of `agentops list`."""
 
-    __pydantic_config__ = _SCHEMA_CONFIG
+    __pydantic_config__ = SCHEMA_CONFIG
     id: str
     runbook: str
     state: str
