@@ -655,5 +655,19 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
+def _leave(code: int) -> None:
+    """Exit a rank of a torchrun job without the interpreter's and the C++ runtime's teardown. By then the loop
+    has ended, the tracker, log and metrics files are closed and the process group is destroyed; what is left are
+    torch's C++ threads (gloo's workers and transport loop, the store client). Torn down at interpreter exit
+    they can still die in C++ (`terminate called without an active exception`, SIGABRT), failing a run that
+    finished and saved: seen twice in CI on CPU/gloo runs, once after ranks already met and destroyed the group
+    (pytorch/pytorch#179291 describes the same finalisation race). A single process exits normally."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    _leave(main())
