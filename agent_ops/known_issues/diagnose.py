@@ -302,7 +302,21 @@ def _counted(signature: Signature, pattern: re.Pattern[str], view: LogView) -> l
         hits = [h for h in hits if all(i in failure for i in range(h.first, h.last + 1))]
     if signature.exclude is None:
         return hits
-    return [h for h in hits if not any(signature.exclude.search(view.lines[i]) for i in range(h.first, h.last + 1))]
+    return [h for h in hits if not any(signature.exclude.search(view.lines[i]) for i in _record(view, h.first, h.last))]
+
+
+def _record(view: LogView, first: int, last: int) -> range:
+    """The lines of the log record a hit lies in, for `unless`: a hit on an exception's header line printed just
+    after a logger's line that ends with the same text belongs to that line too (Java loggers, Python's
+    logging.exception: the record says the level and who carried on, the throwable below it only repeats it)."""
+    if first > 0 and _THROWABLE.match(view.lines[first]):
+        header = view.lines[first].strip()
+        if len(header) > 20 and view.lines[first - 1].rstrip().endswith(header):
+            return range(first - 1, last + 1)
+    return range(first, last + 1)
+
+
+_THROWABLE = re.compile(r"^(?:[\w$]+\.)*[\w$]*(?:Exception|Error)\b: ")
 
 
 def _single(signature: Signature, view: LogView) -> list[Hit]:
