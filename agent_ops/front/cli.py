@@ -262,10 +262,8 @@ def _rent_entry(where: TargetOptions, provision: str | None, fleet_file: Path | 
     another provider or with --fleet ends the command (exit 2)."""
     if not where.inventory or "," in where.target or where.target == "local":
         return None
-    from agent_ops.transport.target import read_inventory
-
     try:
-        entry = read_inventory(where.inventory).rent.get(where.target)
+        entry = where.inventory_file.rent.get(where.target)
     except RunbookError as exc:
         o.fail(EXIT_INPUT, str(exc), exc.code, exc.problems)
     if entry is None:

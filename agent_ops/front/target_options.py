@@ -6,10 +6,12 @@ place, and a run started in the background gets the same choice back as flags fr
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from agent_ops.fleet.nodes import NodeSpec
+    from agent_ops.transport.target import Inventory
 
 # The flag `agentops run` takes for each option (the typer declarations in cli.run name the same flags).
 FLAGS = {"identity": "--identity", "inventory": "--inventory", "accept_new_host_key": "--accept-new-host-key",
@@ -33,10 +35,17 @@ class TargetOptions:
     def resolve(self) -> list[NodeSpec]:
         """The fleet's nodes, head first (a single target is a fleet of one). Raises RunbookError naming every problem."""
         from agent_ops.fleet.nodes import resolve_fleet
-        from agent_ops.transport.target import read_inventory
 
         options: dict[str, Any] = {f: getattr(self, f) for f in FLAGS if f != "inventory" and getattr(self, f)}
-        return resolve_fleet(self.target, read_inventory(self.inventory) if self.inventory else None, options)
+        return resolve_fleet(self.target, self.inventory_file, options)
+
+    @cached_property
+    def inventory_file(self) -> Inventory | None:
+        """The --inventory file, read once for this choice: the CLI asks it whether `-t` names a fleet to rent,
+        then resolves the fleet from it. Raises RunbookError (FILE:LINE) when it is malformed."""
+        from agent_ops.transport.target import read_inventory
+
+        return read_inventory(self.inventory) if self.inventory else None
 
     def argv(self) -> list[str]:
         """The same choice as `agentops run` flags."""
