@@ -539,34 +539,46 @@ class Journal:
 
     # --- reads ----------------------------------------------------------------------------
 
+    def _rows(self, sql: str, args: Any = ()) -> list[sqlite3.Row]:
+        """A query's rows, read whole under the connection's lock. An unlocked read in another thread holds a read
+        snapshot on the shared connection; a write that begins meanwhile, after another process committed, gets
+        SQLITE_BUSY at once (its snapshot is stale: the busy timeout cannot help), and the controller stopped
+        driving its run ("database is locked" with ten controllers at once, tests/test_job_faults.py)."""
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    def _row(self, sql: str, args: Any = ()) -> sqlite3.Row | None:
+        rows = self._rows(sql, args)
+        return rows[0] if rows else None
+
     def rentals(self, run_id: str) -> list[RentalRow]:
-        rows = self._db.execute("SELECT * FROM rentals WHERE run_id = ? ORDER BY created, rowid", (run_id,)).fetchall()
+        rows = self._rows("SELECT * FROM rentals WHERE run_id = ? ORDER BY created, rowid", (run_id,))
         return [RentalRow(**_decode(r)) for r in rows]
 
     def live_rentals(self) -> list[RentalRow]:
         """Every box, of any run, not yet destroyed."""
         marks = ",".join("?" * len(LIVE_RENTAL_STATES))
-        rows = self._db.execute(f"SELECT * FROM rentals WHERE state IN ({marks}) ORDER BY created, rowid", LIVE_RENTAL_STATES)
-        return [RentalRow(**_decode(r)) for r in rows.fetchall()]
+        rows = self._rows(f"SELECT * FROM rentals WHERE state IN ({marks}) ORDER BY created, rowid", LIVE_RENTAL_STATES)
+        return [RentalRow(**_decode(r)) for r in rows]
 
     def run(self, run_id: str) -> RunRow | None:
-        row = self._db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        row = self._row("SELECT * FROM runs WHERE id = ?", (run_id,))
         return RunRow(**_decode(row)) if row else None
 
     def latest_run_id(self) -> str | None:
-        row = self._db.execute("SELECT id FROM runs ORDER BY created DESC, rowid DESC LIMIT 1").fetchone()
+        row = self._row("SELECT id FROM runs ORDER BY created DESC, rowid DESC LIMIT 1")
         return row["id"] if row else None
 
     def runs(self, limit: int = 50) -> list[RunRow]:
-        rows = self._db.execute("SELECT * FROM runs ORDER BY created DESC, rowid DESC LIMIT ?", (limit,)).fetchall()
+        rows = self._rows("SELECT * FROM runs ORDER BY created DESC, rowid DESC LIMIT ?", (limit,))
         return [RunRow(**_decode(r)) for r in rows]
 
     def steps(self, run_id: str) -> list[StepRow]:
-        rows = self._db.execute("SELECT * FROM steps WHERE run_id = ? ORDER BY position", (run_id,)).fetchall()
+        rows = self._rows("SELECT * FROM steps WHERE run_id = ? ORDER BY position", (run_id,))
         return [StepRow(**_decode(r)) for r in rows]
 
     def step(self, run_id: str, step_id: str) -> StepRow | None:
-        row = self._db.execute("SELECT * FROM steps WHERE run_id = ? AND step_id = ?", (run_id, step_id)).fetchone()
+        row = self._row("SELECT * FROM steps WHERE run_id = ? AND step_id = ?", (run_id, step_id))
         return StepRow(**_decode(row)) if row else None
 
     def attempts(self, run_id: str, step_id: str | None = None, node: str | None = None) -> list[AttemptRow]:
@@ -575,11 +587,11 @@ class Journal:
             sql, args = sql + " AND step_id = ?", args + [step_id]
         if node is not None:
             sql, args = sql + " AND node IN (?, '')", args + [node]  # '': written before fleets, the only node
-        return [AttemptRow(**_decode(r)) for r in self._db.execute(sql + " ORDER BY started, attempt", args).fetchall()]
+        return [AttemptRow(**_decode(r)) for r in self._rows(sql + " ORDER BY started, attempt", args)]
 
     def nodes(self, run_id: str) -> list[NodeRow]:
         """The run's fleet, head (rank 0) first; empty for runs recorded before fleets."""
-        rows = self._db.execute("SELECT * FROM nodes WHERE run_id = ? ORDER BY rank", (run_id,)).fetchall()
+        rows = self._rows("SELECT * FROM nodes WHERE run_id = ? ORDER BY rank", (run_id,))
         return [NodeRow(**_decode(r)) for r in rows]
 
     def step_nodes(self, run_id: str, step_id: str | None = None) -> list[StepNodeRow]:
@@ -589,12 +601,12 @@ class Journal:
         args: list[Any] = [run_id]
         if step_id is not None:
             sql, args = sql + " AND s.step_id = ?", args + [step_id]
-        return [StepNodeRow(**_decode(r)) for r in self._db.execute(sql + " ORDER BY n.rank", args).fetchall()]
+        return [StepNodeRow(**_decode(r)) for r in self._rows(sql + " ORDER BY n.rank", args)]
 
     def events(self, run_id: str, after_id: int = 0, limit: int = 1000) -> list[EventRow]:
-        rows = self._db.execute(
+        rows = self._rows(
             "SELECT * FROM events WHERE run_id = ? AND id > ? ORDER BY id LIMIT ?", (run_id, after_id, limit)
-        ).fetchall()
+        )
         return [EventRow(**_decode(r)) for r in rows]
 
     def last_event(self, run_id: str, step_id: str | None, kind: str, node: str | None = None) -> EventRow | None:
@@ -602,11 +614,11 @@ class Journal:
         sql, args = "SELECT * FROM events WHERE run_id = ? AND step_id IS ? AND kind = ?", [run_id, step_id, kind]
         if node is not None:
             sql, args = sql + " AND (node = ? OR node IS NULL)", args + [node]
-        row = self._db.execute(sql + " ORDER BY id DESC LIMIT 1", args).fetchone()
+        row = self._row(sql + " ORDER BY id DESC LIMIT 1", args)
         return EventRow(**_decode(row)) if row else None
 
     def remedies(self, run_id: str) -> list[RemedyRow]:
-        rows = self._db.execute("SELECT * FROM remedies WHERE run_id = ? ORDER BY id", (run_id,)).fetchall()
+        rows = self._rows("SELECT * FROM remedies WHERE run_id = ? ORDER BY id", (run_id,))
         return [RemedyRow(**_decode(r)) for r in rows]
 
 
