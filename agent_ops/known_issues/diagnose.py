@@ -37,6 +37,8 @@ NEAREST_MAX = 5
 # Evidence on the failure's lines outranks evidence elsewhere in the tail (a warning, an earlier retry).
 ON_FAILURE_BONUS = 1.0
 ON_FINAL_EXCEPTION_BONUS = 1.0
+# An exception's header line as Java and Python print it under a logger's line (`pkg.SomeError: message`).
+_THROWABLE = re.compile(r"^(?:[\w$]+\.)*[\w$]*(?:Exception|Error)\b: ")
 
 WRAP_CANDIDATE = 50  # a line shorter than this was not wrapped by anyone
 MAX_WRAP_SEGMENTS = 3  # a signature's match spans at most this many wrapped lines
@@ -307,16 +309,14 @@ def _counted(signature: Signature, pattern: re.Pattern[str], view: LogView) -> l
 
 def _record(view: LogView, first: int, last: int) -> range:
     """The lines of the log record a hit lies in, for `unless`: a hit on an exception's header line printed just
-    after a logger's line that ends with the same text belongs to that line too (Java loggers, Python's
-    logging.exception: the record says the level and who carried on, the throwable below it only repeats it)."""
+    after a logger's line that ends with the same text belongs to that line too (log4j/jetty print the message
+    with the throwable, then the throwable: the record says the level and who carried on, the header repeats it)."""
     if first > 0 and _THROWABLE.match(view.lines[first]):
         header = view.lines[first].strip()
         if len(header) > 20 and view.lines[first - 1].rstrip().endswith(header):
             return range(first - 1, last + 1)
     return range(first, last + 1)
 
-
-_THROWABLE = re.compile(r"^(?:[\w$]+\.)*[\w$]*(?:Exception|Error)\b: ")
 
 
 def _single(signature: Signature, view: LogView) -> list[Hit]:
