@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -147,6 +148,17 @@ def test_hard_wrapped_lines_are_joined_where_a_signature_spans_them():
     result = diagnose("\n".join(["step 3 ok"] + segments + ["wandb:"]))
     assert result.best.issue_id == "hf-repo-id-unsafe-path"
     assert [m.split(":")[0] for m in result.best.matched_lines] == ["2", "3", "4"]
+
+
+def test_anchored_patterns_match_any_line_and_any_wrapped_run():
+    # `^`/`$` hold at a line's ends; the whole-log filter once searched the join, where they hold only at its very
+    # start and end, so an anchored signature (the concept ones, `^Killed$`) never saw a line below the first.
+    view = LogView("step 1 ok\nstep 2 ok\nKilled\nERROR: port 8080 already in use\n")
+    assert [h.first for h in view.find(re.compile(r"^Killed$"))] == [2]
+    assert [h.first for h in view.find(re.compile(r"(?i)^(?=.*\bport\b).*already in use"))] == [3]
+    head = "x" * 90 + " ERROR: the server socket could not bind: port"
+    wrapped = LogView("\n".join(["step 1 ok", head[:80], head[80:] + " 29500 already in use"]))
+    assert [(h.first, h.last) for h in wrapped.find(re.compile(r"^x{90} ERROR: .*port 29500 already in use$"))] == [(1, 2)]
 
 
 def test_equal_length_healthy_lines_are_not_glued():

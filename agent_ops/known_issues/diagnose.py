@@ -172,14 +172,16 @@ class LogView:
         if not any(may_match(literals, self._joined[sep], self._lowered[sep]) for sep in WRAP_SEPARATORS):
             return []  # a literal the pattern needs is nowhere, not even across a wrap
         hits: dict[int, Hit] = {}
-        if pattern.search(self._text):  # cheap filter: most patterns miss most logs
+        # `^` and `$` hold at a line's (a run's) ends, but in a join of many lines only at its very start and end:
+        # a join can rule nothing out for an anchored pattern, so its lines and runs are each searched.
+        anchored = "^" in pattern.pattern or "$" in pattern.pattern
+        if anchored or pattern.search(self._text):  # cheap filter: most patterns miss most logs
             for i, line in enumerate(self.lines):
                 if may_match(literals, line, self._lowered_lines[i]) and (m := pattern.search(line)):
                     hits[i] = Hit(i, i, m)
-        anchored = "^" in pattern.pattern  # `^` matches at a run's start, never inside the full join
         covered = set(hits)
         for (n, sep), joined in self._group_texts.items():
-            if not (anchored or pattern.search(self._joined[sep])) or not pattern.search(joined):
+            if not anchored and not (pattern.search(self._joined[sep]) and pattern.search(joined)):
                 continue
             for i in self._groups[n]:
                 # A run that overlaps a hit already found is not a second occurrence.
