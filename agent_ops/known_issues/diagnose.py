@@ -320,7 +320,6 @@ def _record(view: LogView, first: int, last: int) -> range:
     return range(first, last + 1)
 
 
-
 def _single(signature: Signature, view: LogView) -> list[Hit]:
     hits = _counted(signature, signature.compiled[0], view)
     if signature.spike_above is not None:
