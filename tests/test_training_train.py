@@ -417,3 +417,20 @@ def test_sigusr1_saves_a_checkpoint_at_the_next_step_and_stops(data: dict, tmp_p
     assert stopped == f"[train] stopped on request (SIGUSR1) after saving step={step}"
     assert (out / f"checkpoint-{step:06d}" / "trainer_state.json").is_file()
     assert 5 < step < 1000
+
+
+@pytest.mark.parametrize(("env", "torn_down"), [
+    ({"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1"}, False),
+    ({"WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}, False),  # torchrun --nproc_per_node=1 (the one-GPU box)
+    ({}, True),  # python -m training.train: no process group, a normal exit
+])
+def test_a_torchrun_rank_leaves_without_the_interpreters_teardown(env: dict, torn_down: bool) -> None:
+    """A rank that joined a process group (any torchrun job, one process included) must skip the teardown where
+    gloo's threads can die; an atexit handler shows whether the interpreter's teardown ran."""
+    code = ("import atexit; atexit.register(lambda: print('teardown ran', flush=True)); "
+            "from training.train import _leave; _leave(3)")
+    clean = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "MASTER_ADDR", "RANK")}
+    done = subprocess.run([sys.executable, "-c", code], env={**clean, **env}, cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 3, done.stderr
+    assert ("teardown ran" in done.stdout) is torn_down

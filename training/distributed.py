@@ -89,13 +89,19 @@ def pick_device(runtime: RuntimeConfig, local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
+def launched_by_torchrun(env: Mapping[str, str]) -> bool:
+    """Whether this process is a rank of a torchrun job, and so joins a process group. torchrun sets MASTER_ADDR
+    even for one process (``--nproc_per_node=1``, the one-GPU box): WORLD_SIZE alone cannot tell."""
+    return int(env.get("WORLD_SIZE", "1")) > 1 or "MASTER_ADDR" in env
+
+
 def init_distributed(runtime: RuntimeConfig) -> DistContext:
     """Join torchrun's process group (if launched by torchrun) and pick this rank's device."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = pick_device(runtime, local_rank)
-    if world_size == 1 and "MASTER_ADDR" not in os.environ:
+    if not launched_by_torchrun(os.environ):
         ctx = DistContext(0, 1, 0, device, None)
     else:
         backend = runtime.backend if runtime.backend != "auto" else ("nccl" if device.type == "cuda" else "gloo")

@@ -661,10 +661,13 @@ def _leave(code: int) -> None:
     torch's C++ threads (gloo's workers and transport loop, the store client). Torn down at interpreter exit
     they can still die in C++ (`terminate called without an active exception`, SIGABRT), failing a run that
     finished and saved: seen twice in CI on CPU/gloo runs, once after ranks already met and destroyed the group
-    (pytorch/pytorch#179291 describes the same finalisation race). A single process exits normally."""
+    (pytorch/pytorch#179291 describes the same finalisation race). A rank of a one-process torchrun job joined a
+    group too, so it leaves the same way; a process started without torchrun exits normally."""
+    from training.distributed import launched_by_torchrun
+
     sys.stdout.flush()
     sys.stderr.flush()
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if launched_by_torchrun(os.environ):
         os._exit(code)
     sys.exit(code)
 
