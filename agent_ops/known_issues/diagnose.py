@@ -115,7 +115,7 @@ class LogView:
         self.labels, self.lines, self.widths = normalise_labelled(text)
         self.numbers = list(range(start + 1, start + len(self.lines) + 1))
         self.first_line = start + 1
-        self._found: dict[re.Pattern[str], list[Hit]] = {}
+        self._found: dict[tuple[re.Pattern[str], bool], list[Hit]] = {}
 
     @cached_property
     def failure(self) -> RootError:
@@ -161,13 +161,16 @@ class LogView:
         """Lower-case words of each line, for partial (nearest) scoring."""
         return [set(WORD.findall(line.lower())) for line in self.lines]
 
-    def find(self, pattern: re.Pattern[str]) -> list[Hit]:
-        """Every line the pattern matches, plus runs of wrapped lines it matches only when joined; in order."""
-        if pattern not in self._found:  # entries share patterns, and nearest scoring asks again
-            self._found[pattern] = self._search(pattern)
-        return self._found[pattern]
+    def find(self, pattern: re.Pattern[str], failure_only: bool = False) -> list[Hit]:
+        """Every line the pattern matches, plus runs of wrapped lines it matches only when joined; in order.
+        `failure_only`: only lines and runs that lie on the failure's lines (what an `on_failure` signature counts);
+        searching the other runs of a long tail is most of a diagnosis's time for the anchored concept patterns."""
+        key = (pattern, failure_only)
+        if key not in self._found:  # entries share patterns, and nearest scoring asks again
+            self._found[key] = self._search(pattern, self.failure.lines if failure_only else None)
+        return self._found[key]
 
-    def _search(self, pattern: re.Pattern[str]) -> list[Hit]:
+    def _search(self, pattern: re.Pattern[str], within: set[int] | frozenset[int] | None) -> list[Hit]:
         literals = _literals(pattern)
         if not any(may_match(literals, self._joined[sep], self._lowered[sep]) for sep in WRAP_SEPARATORS):
             return []  # a literal the pattern needs is nowhere, not even across a wrap
@@ -176,7 +179,8 @@ class LogView:
         # a join can rule nothing out for an anchored pattern, so its lines and runs are each searched.
         anchored = "^" in pattern.pattern or "$" in pattern.pattern
         if anchored or pattern.search(self._text):  # cheap filter: most patterns miss most logs
-            for i, line in enumerate(self.lines):
+            for i in range(len(self.lines)) if within is None else sorted(within):
+                line = self.lines[i]
                 if may_match(literals, line, self._lowered_lines[i]) and (m := pattern.search(line)):
                     hits[i] = Hit(i, i, m)
         covered = set(hits)
@@ -184,6 +188,8 @@ class LogView:
             if not anchored and not (pattern.search(self._joined[sep]) and pattern.search(joined)):
                 continue
             for i in self._groups[n]:
+                if within is not None and not within.issuperset(range(i, i + n)):
+                    continue
                 # A run that overlaps a hit already found is not a second occurrence.
                 if covered.isdisjoint(range(i, i + n)) and (m := _spanning(pattern, self.lines[i : i + n], sep)):
                     hits[i] = Hit(i, i + n - 1, m)
@@ -300,10 +306,7 @@ def signature_hits(signature: Signature, view: LogView) -> list[Hit]:
 def _counted(signature: Signature, pattern: re.Pattern[str], view: LogView) -> list[Hit]:
     """The pattern's hits, less those on lines the signature's `unless` also matches (and, for an
     `on_failure` signature, less those that reach off the failure's lines)."""
-    hits = view.find(pattern)
-    if signature.on_failure:
-        failure = view.failure.lines
-        hits = [h for h in hits if all(i in failure for i in range(h.first, h.last + 1))]
+    hits = view.find(pattern, failure_only=signature.on_failure)
     if signature.exclude is None:
         return hits
     return [h for h in hits if not any(signature.exclude.search(view.lines[i]) for i in _record(view, h.first, h.last))]
