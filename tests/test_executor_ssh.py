@@ -46,8 +46,9 @@ def test_run_finishes_across_an_sshd_restart(make_sshd: Callable[..., SSHServer]
         journal = box.journal()
         counter = box.scratch / "counter"
         run_id = wait_for("the run to start", lambda: [r.id for r in journal.runs()])[0]
+        # The attempt's row is written just after the job starts in tmux (the job can print first): wait for both.
         wait_for("the job `during` to run", lambda: step(journal, run_id, "during").state == "running"
-                 and "during" in lines(counter))
+                 and "during" in lines(counter) and attempts(journal, run_id, "during"))
         [job] = attempts(journal, run_id, "during")
         assert not Path(job.job_dir, "rc").exists(), "the job ended before the outage began"
         logins = _logins(server)
