@@ -53,6 +53,9 @@ class Executor:
             if (cell := self.runbook.cell_of(sid)) is not None:
                 self.cells.setdefault((cell.group, cell.cell), []).append(sid)
         self.up: set[str] = set()  # run steps whose job has been started (their gates may start)
+        # Gates re-queued with their job: they start again only once the job is up again. Until the scheduler reads the
+        # job's own re-queue its state still says started, and the gate would start at once on the node that was lost.
+        self.following: set[str] = set()
         self.tolerated: set[str] = set()  # failed steps with continue_on_error: dependents go on, the run does not fail
         self.halted: set[str] = set()  # matrix groups that stopped starting cells (fail_fast)
         self.handles: dict[HandleKey, JobHandle] = {}  # (step id, node) -> current job (gates follow them)
@@ -130,6 +133,7 @@ class Executor:
                     if node is None:
                         continue  # every node that may take it is full: the next free one will
                     self.state[step.id] = "running"
+                    self.following.discard(step.id)
                     running.add(step.id)
                     self._pool.submit(self._drive, step, node or None)
             pending = [sid for sid, st in self.state.items() if st == "pending"]
@@ -165,6 +169,7 @@ class Executor:
             step = self.steps[sid]
             if isinstance(step, GateStep) and step.job:
                 self.up.discard(step.job)
+                self.following.add(sid)
             return
         if self.state[sid] != "failed":
             return
@@ -205,6 +210,8 @@ class Executor:
         for dep in self.deps[sid]:
             if dep == job and dep in self.up:
                 continue  # a gate starts with its job (background or not): it judges the log while it is written
+            if dep == job and sid in self.following:
+                return False
             if step.if_ == "always":
                 if self.state[dep] in UNSETTLED or (dep in after and self.state[dep] == "started"):
                     return False
