@@ -274,7 +274,7 @@ def _rank(found: _Found, view: LogView) -> float:
     failure = view.failure
     # Every line the holding signatures match, not only the few reported: an earlier one may be the final exception.
     holding = [sig for sig in found.issue.signatures if signature_hits(sig, view)]
-    lines = {i for sig in holding for part in sig.compiled for h in view.find(part) for i in range(h.first, h.last + 1)}
+    lines = {i for sig in holding for part in sig.compiled for h in view.find(part, sig.on_failure) for i in range(h.first, h.last + 1)}
     on_failure = ON_FAILURE_BONUS if lines & failure.lines else 0.0
     on_final = ON_FINAL_EXCEPTION_BONUS if lines & set(failure.final_lines) else 0.0
     return found.score + on_failure + on_final
