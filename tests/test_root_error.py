@@ -119,6 +119,40 @@ def test_tool_error_lines_name_their_tool():
     assert extract("all good\nstep 2 loss 0.3\n")[0].found is False
 
 
+@pytest.mark.parametrize(("family", "name", "tool", "starts"), [
+    # Packer's builder, Chef's STDERR label, Terraform's provisioner, BuildKit's step and clock: the tool's line under them.
+    ("apt-lock", "17-packer-azure-arm-lists-and-frontend.log", "apt", "E: Could not get lock /var/lib/apt/lists/lock"),
+    ("apt-lock", "11-dpkg-interrupted-chef.log", "apt", "E: dpkg was interrupted"),
+    ("disk-full", "25-terraform-remote-exec-apt-update-write-28-no-space.log", "apt", "W: Failed to fetch"),
+    ("pip-resolution", "17-docker-build-pip-backtracking-resolution-too-deep.log", "pip", "error: resolution-too-deep"),
+])
+def test_a_wrapping_tools_prefix_goes_and_the_tools_own_line_is_an_error_line(family: str, name: str, tool: str, starts: str):
+    failure, _, lines = extract(dev_log(family, name))
+    assert (tool, True) in {(t, line.startswith(starts)) for _, t, line in failure.tool_lines}, failure.tool_lines
+    assert not any(line.startswith(("azure-arm:", "STDERR:", "#57 ")) or "(remote-exec):" in line for line in lines)
+
+
+def test_a_wrapper_prefix_needs_its_wrappers_shape():
+    # `docker: Error response` is docker's own line, not Packer's docker builder (indented or arrowed).
+    _, _, lines = extract("docker: Error response from daemon: driver failed\n    docker: Error response from daemon: x\n"
+                          "web_1  | RuntimeError: boom\nweb | not a compose prefix\n")
+    assert lines == ["docker: Error response from daemon: driver failed", "Error response from daemon: x",
+                     "RuntimeError: boom", "web | not a compose prefix"]
+
+
+@pytest.mark.parametrize(("family", "name", "line"), [
+    ("module-not-found", "44-slurm-srun-slurmstepd-execve-no-such-file-or-directory-task-0-exit-code-2.log",
+     "slurmstepd: error: execve(): ml: No such file or directory"),  # `prog: error:`
+    ("cuda-oom", "44-darknet-yolov2-layer-table-cuda-error-oom-cuda-c-assertion.log",
+     "darknet: ./src/cuda.c:36: check_error: Assertion `0' failed."),  # C's assert
+    ("cuda-oom", "51-tsnecuda-knn-computation-faiss-stackdevicememory-assertion-aborted.log", "Aborted (core dumped)"),
+    ("disk-full", "35-vagrant-cmake-ld-final-link-failed-no-space.log", "make: *** [eventhandler] Error 2"),  # under Vagrant's prefix
+])
+def test_error_lines_of_conventions_many_producers_share(family: str, name: str, line: str):
+    failure, _, _ = extract(dev_log(family, name))
+    assert line in {text for _, _, text in failure.tool_lines}, failure.tool_lines
+
+
 @pytest.mark.parametrize("size_mb", [1, 64])
 def test_read_tail_is_bounded_and_starts_at_a_line(tmp_path: Path, size_mb: int):
     path = tmp_path / "train.log"

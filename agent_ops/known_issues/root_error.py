@@ -42,6 +42,19 @@ RANK_PREFIX = re.compile(
     r"|\(\w+(?: pid=\d+)?(?:, ip=[\d.]+)?\)(?:\s|$))+",
     re.IGNORECASE,
 )
+# Prefixes that provisioning and build tools put before every line of the command they run: Packer's builder
+# (`    amazon-ebs: `, `==> azure-arm: `: indented or arrowed, unlike `docker: Error response`), Vagrant's machine (`    default: `), Terraform's provisioners
+# (`null_resource.x (remote-exec): `), BuildKit's plain progress (`#57 2848.4 `), docker compose's service
+# (`web_1  | `, `app-1  | `) and the STDOUT/STDERR labels of Chef and Ansible. Under them the tool's own line
+# (`E: Could not get lock ...`, `error: resolution-too-deep`) starts where its producer put it.
+WRAPPER_PREFIX = re.compile(
+    r"^(?:\s*==> |\s+)(?:(?:amazon|azure|googlecompute|docker|qemu|virtualbox|vmware|hyperv|proxmox|null|digitalocean|hcloud"
+    r"|oracle|openstack|lxd|parallels|vsphere|alicloud|tencentcloud|yandex|scaleway|linode|vultr)[\w.-]*|default): "
+    r"|^\s*[\w.\[\]\"-]+ \((?:remote|local)-exec\): "
+    r"|^\s*#\d+ \d+\.\d+ ?"
+    r"|^\s*[\w.-]+[_-]\d+\s+\| "
+    r"|^\s*(?:STDERR|STDOUT): "
+)
 # Time stamps (and the logger fields glued to them) a line starts with; one bracketed group that holds a
 # clock time covers most loggers.
 TIMESTAMP = re.compile(
@@ -98,6 +111,14 @@ TOOL_ERRORS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
         ("compiler", r"\bfatal error\b|^\S+\.(?:c|cc|cpp|cu|h|pyx):\d+:(?:\d+:)? error: |error: command '[^']*' failed"),
         ("runtime", r"^terminate called after throwing|^\s*what\(\):|^Caused by: |^Exception in thread "),
         ("docker", r"^docker: Error response|failed to build|^failed to register layer|^ERRO\[\d+\]"),
+        # Conventions many producers share: `prog: error: ...` (slurmstepd, srun, ld, clang, collect2), make's `***`,
+        # configure's and CMake's errors, rustc's `error[E0425]:`, npm/gyp's `ERR!`, Go's panic, C's assert, a process
+        # killed by a signal as the shell reports it, PowerShell's error record, GitHub Actions' `##[error]`, and a
+        # leading `Fatal:`/`FAILURE:` (restic, Gradle).
+        ("program", r"^[\w.+-]+(?:\[\d+\])?: (?:error|fatal error|fatal|ERROR|FATAL)\b|^make(?:\[\d+\])?: \*\*\* |^configure: error: |^CMake Error\b"
+                    r"|^error\[E\d{4}\]: |^(?:npm|gyp|pnpm) (?:ERR!|error) |^panic: |\bAssertion [`'\"].*[`'\"] failed"
+                    r"|^(?:Aborted|Segmentation fault|Bus error|Illegal instruction|Floating point exception)(?: \(core dumped\))?$"
+                    r"|^\s*\+ (?:CategoryInfo|FullyQualifiedErrorId)\s*: |^##\[error\]|^(?:Fatal|FAILURE|FAILED): "),
         ("log", r"\b(?:ERROR|CRITICAL|FATAL)\b|^\[?[EF]\s?\d{0,4}[\s\d:.]*\S+\.(?:cpp|cc|cu|h|hpp):\d+\]|^Error: |^ERROR\b"),
     )
 )
@@ -123,7 +144,7 @@ def _split_line(raw: str) -> tuple[str, str, int]:
     width = len(line)
     label = []
     for _ in range(4):  # `[80746] [rank0]:[E321 02:07:08 ...]` stacks a few; a bound keeps this linear
-        line = RANK_PREFIX.sub("", line, count=1)
+        line = WRAPPER_PREFIX.sub("", RANK_PREFIX.sub("", line, count=1), count=1)
         stamp = TIMESTAMP.match(line)
         if stamp is None or not stamp.group(0):
             break
