@@ -6,13 +6,15 @@ any catalog entry is tried, the tail is read the way a person reads it:
 - normalised line by line: ANSI colour and cursor codes go, a tqdm line keeps only its last
   carriage-return rewrite, launcher labels (`[rank4]:`, `[default0]:`, `[1,0]<stdout>:`,
   `(RayWorker pid=7602)`) and time stamps (`[2023-06-02 00:34:14,470]`, dmesg's
-  `[2059991.491436]`, `2019/03/24 13:19:10`) are dropped, and a terminal's padded wrap (a
-  line continued after a run of blanks) is closed up;
+  `[2059991.491436]`, `2019/03/24 13:19:10`) are dropped, so are the prefixes of tools that run
+  others (Packer, Vagrant, Terraform provisioners, BuildKit, docker compose), and a terminal's
+  padded wrap (a line continued after a run of blanks) is closed up;
 - reduced to the failure: the last Python traceback's final exception and its chain
   (`During handling of the above exception`, `The above exception was the direct cause`),
   exception lines printed without a traceback, and the error lines of the other tools a GPU
   box runs (pip/uv/poetry resolvers, apt/dpkg, ssh, rclone, gsutil, git, NCCL, the CUDA
-  driver, the kernel's OOM killer, torchrun, compilers, C++ and Java runtimes).
+  driver, the kernel's OOM killer, torchrun, compilers, C++ and Java runtimes, and the conventions
+  many programs share: `prog: error: ...`, make's `***`, a death by signal, an assert).
 
 Hard wraps at a fixed width are undone inside an exception's message, where they are certain
 (the message goes on until a blank line); across the rest of the log the matcher joins
