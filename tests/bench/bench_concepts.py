@@ -14,7 +14,7 @@ causes and hints are out): `concept` = dev failure logs whose best family is the
 `wrong` = dev failure logs whose best family is another; `also` = logs where another family's
 concept fires beside the right one (ranked lower). Then the fires of the concepts on every dev healthy
 log, on the catalog's own negative samples and on `data/_negative/`. Last, the full catalog (phrases
-and concepts together) on dev: recall (must stay 311/311) and healthy fires (must stay 0).
+and concepts together) on dev: recall (the dev column of the README's corpus table) and healthy fires (must stay 0).
 
 Only `split == "dev"` logs are opened: the split is computed from the path before any file is read.
 """
