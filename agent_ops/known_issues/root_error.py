@@ -45,10 +45,11 @@ RANK_PREFIX = re.compile(
     re.IGNORECASE,
 )
 # Prefixes that provisioning and build tools put before every line of the command they run: Packer's builder
-# (`    amazon-ebs: `, `==> azure-arm: `: indented or arrowed, unlike `docker: Error response`), Vagrant's machine (`    default: `), Terraform's provisioners
-# (`null_resource.x (remote-exec): `), BuildKit's plain progress (`#57 2848.4 `), docker compose's service
-# (`web_1  | `, `app-1  | `) and the STDOUT/STDERR labels of Chef and Ansible. Under them the tool's own line
-# (`E: Could not get lock ...`, `error: resolution-too-deep`) starts where its producer put it.
+# (`    amazon-ebs: `, `==> azure-arm: `: indented or arrowed, unlike docker's own `docker: Error response`),
+# Vagrant's machine (`    default: `), Terraform's provisioners (`null_resource.x (remote-exec): `), BuildKit's
+# plain progress (`#57 2848.4 `), docker compose's service (`web_1  | `, `app-1  | `) and the STDOUT/STDERR labels
+# of Chef and Ansible. Under them the tool's own line (`E: Could not get lock ...`, `error: resolution-too-deep`)
+# starts where its producer put it.
 WRAPPER_PREFIX = re.compile(
     r"^(?:\s*==> |\s+)(?:(?:amazon|azure|googlecompute|docker|qemu|virtualbox|vmware|hyperv|proxmox|null|digitalocean|hcloud"
     r"|oracle|openstack|lxd|parallels|vsphere|alicloud|tencentcloud|yandex|scaleway|linode|vultr)[\w.-]*|default): "
