@@ -118,7 +118,7 @@ TOOL_ERRORS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
         # configure's and CMake's errors, rustc's `error[E0425]:`, npm/gyp's `ERR!`, Go's panic, C's assert, a process
         # killed by a signal as the shell reports it, PowerShell's error record, GitHub Actions' `##[error]`, and a
         # leading `Fatal:`/`FAILURE:` (restic, Gradle).
-        ("program", r"^[\w.+-]+(?:\[\d+\])?: (?:error|fatal error|fatal|ERROR|FATAL)\b|^make(?:\[\d+\])?: \*\*\* |^configure: error: |^CMake Error\b"
+        ("program", r"^[\w.+-]+(?:\[\d+\])?: (?:error|fatal|ERROR|FATAL)\b|^make(?:\[\d+\])?: \*\*\* |^configure: error: |^CMake Error\b"
                     r"|^error\[E\d{4}\]: |^(?:npm|gyp|pnpm) (?:ERR!|error) |^panic: |\bAssertion [`'\"].*[`'\"] failed"
                     r"|^(?:Aborted|Segmentation fault|Bus error|Illegal instruction|Floating point exception)(?: \(core dumped\))?$"
                     r"|^\s*\+ (?:CategoryInfo|FullyQualifiedErrorId)\s*: |^##\[error\]|^(?:Fatal|FAILURE|FAILED): "),
