@@ -194,7 +194,10 @@ def test_a_fleet_run_resumes_on_every_node_without_rerunning(fleet: Fleet, tmp_p
     runbook.write_text(
         "name: fleet_resume\nvars: {box: {default: null}}\nsteps:\n"
         "  - {id: first, kind: run, command: 'echo first >> {{ box }}/counter-{{ node.name }}'}\n"
-        "  - {id: long, kind: run, needs: [first], command: 'echo long >> {{ box }}/counter-{{ node.name }}; sleep 4'}\n"
+        # long waits for the test's word, not a clock: on a slow machine a node's sleep could end before the kill,
+        # and that node's long would rightly not be re-attached.
+        "  - {id: long, kind: run, needs: [first], command: 'echo long >> {{ box }}/counter-{{ node.name }};"
+        " until [ -e {{ box }}/release ]; do sleep 0.2; done'}\n"
         "  - {id: last, kind: run, needs: [long], command: 'echo last >> {{ box }}/counter-{{ node.name }}'}\n")
     proc = subprocess.Popen([*CLI, "run", str(runbook), "--inventory", str(fleet.inventory), "-t", "pool",
                              "--var", f"box={fleet.scratch}"], env=fleet.env(), stdout=subprocess.DEVNULL,
@@ -206,6 +209,7 @@ def test_a_fleet_run_resumes_on_every_node_without_rerunning(fleet: Fleet, tmp_p
              lambda: all(c.exists() and "long" in c.read_text() for c in counters), timeout=60)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    (fleet.scratch / "release").touch()  # long ends while no controller follows it
     resumed = _agentops(fleet, "resume", run_id, "--json")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert json.loads(resumed.stdout)["state"] == "succeeded"
