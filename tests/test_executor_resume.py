@@ -44,6 +44,7 @@ def test_sigkill_mid_run_then_resume_finishes_without_rerunning(box: Box) -> Non
     killed = json.loads(agentops(box, "status", run_id, "--json").stdout)
     assert killed["state"] == "running" and killed["controller_alive"] is False
 
+    (box.scratch / "release").touch()  # long ends while no controller follows it
     resumed = agentops(box, "resume", run_id, "--json")
     assert resumed.returncode == 0, resumed.stderr
     doc = json.loads(resumed.stdout)
@@ -62,6 +63,7 @@ def test_sigkill_mid_run_then_resume_finishes_without_rerunning(box: Box) -> Non
 
 
 def _resume_finishes_without_rerunning(box: Box, journal: Journal, run_id: str) -> None:
+    (box.scratch / "release").touch()
     resumed = agentops(box, "resume", run_id, "--json")
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads(resumed.stdout)["state"] == "succeeded"
