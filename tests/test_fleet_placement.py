@@ -39,13 +39,16 @@ def _most_at_once(parts) -> int:
 
 
 def _run_losing_n2(fleet, servers: list[SSHServer], runbook: Path, what: str, ready: Callable[[], bool]):
-    """Run the runbook on the fleet; once `ready`, stop n2's sshd (it and its connection die). (run_id, final, journal)."""
+    """Run the runbook on the fleet; once `ready`, stop n2's sshd (it and its connection die), then create `release` in
+    the scratch directory, which the runbook's jobs wait for: a clock could end n2's jobs before n2 is lost on a slow
+    machine. (run_id, final, journal)."""
     result: dict = {}
     controller = threading.Thread(target=lambda: result.update(run=run_fleet(fleet, runbook)))
     controller.start()
     try:
         wait_for(what, ready)
         servers[1].stop()
+        (fleet.scratch / "release").touch()
         controller.join(timeout=120)
         assert not controller.is_alive()
     finally:
@@ -89,7 +92,8 @@ def test_a_failed_step_is_requeued_on_another_node(fleet, tmp_path: Path) -> Non
 def test_a_lost_nodes_steps_go_to_the_others(make_sshd: Callable[..., SSHServer], tmp_path: Path) -> None:
     servers = [make_sshd() for _ in range(2)]
     fleet = make_fleet(tmp_path / "fleet", servers, connect_timeout=2.0, reconnect_timeout=2.0)
-    runbook = _cells(tmp_path, 4, "echo {cell} > {{{{ box }}}}/started-{cell}-{{{{ node.name }}}}\nsleep 4\n"
+    runbook = _cells(tmp_path, 4, "echo {cell} > {{{{ box }}}}/started-{cell}-{{{{ node.name }}}}\n"
+                                  "until [ -e {{{{ box }}}}/release ]; do sleep 0.2; done\n"
                                   "echo {cell} > {{{{ box }}}}/done-{cell}-{{{{ node.name }}}}", retries=1, policy="continue")
     # n2 and its connection die with two steps on it
     run_id, final, journal = _run_losing_n2(fleet, servers, runbook, "both nodes to run their steps",
@@ -142,7 +146,7 @@ steps:
         background: true
         command: |
           echo started > {{ box }}/started-{{ matrix.i }}-{{ node.name }}
-          sleep 3
+          until [ -e {{ box }}/release ]; do sleep 0.2; done
           echo done {{ matrix.i }}
       - {id: gate, kind: gate, job: job, patterns: [{regex: 'done {{ matrix.i }}$', within: 60}]}
 """)

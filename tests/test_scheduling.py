@@ -136,6 +136,7 @@ def test_a_matrix_run_resumes_by_cell_ids_without_repeating_a_cell(local: Box) -
     wait_for("cell 2 to run", lambda: lines(counter) == ["1", "2"], timeout=60)
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate()
+    (local.scratch / "release").touch()  # cell 2 ends while no controller follows it
     resumed = agentops(local, "resume", run_id, "--json")
     assert resumed.returncode == 0, resumed.stderr
     doc = json.loads(resumed.stdout)

@@ -18,6 +18,7 @@ import queue
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -53,9 +54,13 @@ class Executor:
             if (cell := self.runbook.cell_of(sid)) is not None:
                 self.cells.setdefault((cell.group, cell.cell), []).append(sid)
         self.up: set[str] = set()  # run steps whose job has been started (their gates may start)
-        # Gates re-queued with their job: they start again only once the job is up again. Until the scheduler reads the
-        # job's own re-queue its state still says started, and the gate would start at once on the node that was lost.
-        self.following: set[str] = set()
+        self.starts: Counter[str] = Counter()  # run step -> how often its job has been started (each attempt, each node)
+        self.followed: dict[str, int] = {}  # gate -> its job's start count when the gate started: the attempt it follows
+        # Gates re-queued with their job: they start again once the job has been started anew, and never on the attempt
+        # they followed. Until the scheduler reads the job's own re-queue its state still says started (the gate would
+        # start at once on the node that was lost); and the job may already be up again, even done, on another node
+        # when the gate's re-queue is read (it must not wait for a start that has happened).
+        self.following: dict[str, int] = {}  # gate -> the job start count it waits to see exceeded
         self.tolerated: set[str] = set()  # failed steps with continue_on_error: dependents go on, the run does not fail
         self.halted: set[str] = set()  # matrix groups that stopped starting cells (fail_fast)
         self.handles: dict[HandleKey, JobHandle] = {}  # (step id, node) -> current job (gates follow them)
@@ -133,7 +138,9 @@ class Executor:
                     if node is None:
                         continue  # every node that may take it is full: the next free one will
                     self.state[step.id] = "running"
-                    self.following.discard(step.id)
+                    self.following.pop(step.id, None)
+                    if isinstance(step, GateStep) and step.job:
+                        self.followed[step.id] = self.starts[step.job]
                     running.add(step.id)
                     self._pool.submit(self._drive, step, node or None)
             pending = [sid for sid, st in self.state.items() if st == "pending"]
@@ -152,6 +159,7 @@ class Executor:
                 continue
             if kind == "started":
                 self.up.add(sid)
+                self.starts[sid] += 1
                 step = self.steps[sid]
                 if getattr(step, "background", False):
                     self.state[sid] = "started"  # a background job is up: its dependents may go
@@ -168,8 +176,7 @@ class Executor:
             self.up.discard(sid)
             step = self.steps[sid]
             if isinstance(step, GateStep) and step.job:
-                self.up.discard(step.job)
-                self.following.add(sid)
+                self.following[sid] = self.followed.get(sid, self.starts[step.job])
             return
         if self.state[sid] != "failed":
             return
@@ -208,10 +215,12 @@ class Executor:
         sid, after = step.id, self.after[step.id]
         job = step.job if isinstance(step, GateStep) else None
         for dep in self.deps[sid]:
+            if dep == job and sid in self.following:
+                if dep in self.up and self.starts[dep] > self.following[sid]:
+                    continue  # the job was started anew since the gate was moved: the gate goes to it
+                return False
             if dep == job and dep in self.up:
                 continue  # a gate starts with its job (background or not): it judges the log while it is written
-            if dep == job and sid in self.following:
-                return False
             if step.if_ == "always":
                 if self.state[dep] in UNSETTLED or (dep in after and self.state[dep] == "started"):
                     return False
@@ -271,6 +280,10 @@ class Executor:
         bad = [d for d in self.deps[step.id] if self.state[d] in ("failed", "cancelled") and d not in self.tolerated]
         if bad:
             return f"not run: dependency {bad[0]} {'failed' if self.state[bad[0]] == 'failed' else 'was not run'}"
+        job = step.job if isinstance(step, GateStep) else None
+        if (job and step.id in self.following and self.state[job] in DONE_OK
+                and self.starts[job] <= self.following[step.id]):
+            return f"not run: job {job} ended on a node that was lost before the gate could judge it"
         cell = self.runbook.cell_of(step.id)
         if cell and cell.group in self.halted and all(self.state[sid] == "pending" for sid in self.cells[(cell.group, cell.cell)]):
             return f"not run: another cell of {cell.group} failed (fail_fast: false runs every cell)"

@@ -16,7 +16,7 @@ from typing import Any
 
 from agent_ops.errors import RunbookError
 from agent_ops.fleet.blame import is_knock_on, root_error
-from agent_ops.record.journal import DONE_OK, TERMINAL_STEP_STATES, StepState
+from agent_ops.record.journal import DONE_OK, TERMINAL_STEP_STATES, StepNodeRow, StepState
 from agent_ops.run.context import RunContext, on_target
 from agent_ops.run.jobs import JobHandle, JobSpec, exit_code_written, kill_job, start_job, unwritable_reason
 from agent_ops.run.logwatch import LogWatch, Verdict
@@ -486,14 +486,23 @@ def _next_attempt(sctx: StepContext, job: str, old: JobHandle) -> JobHandle | st
             return current
         row = next((s for s in journal.step_nodes(run_id, job) if s.node == sctx.node), None)
         if row is None or row.state in TERMINAL_STEP_STATES:
-            # The job's part on this node is over; the job's own fate decides whether it goes on elsewhere.
+            # The job's part on this node is over; the job's own fate decides whether it goes on elsewhere. Another
+            # node may have taken it (and even finished it) before this gate looks: its re-queue from here says so.
             whole = journal.step(run_id, job)
-            if whole is not None and whole.state == "pending":
+            if whole is not None and (whole.state == "pending" or _requeued_from(sctx, job, row)):
                 return MOVED
             if whole is None or whole.state != "running":
                 return None
         time.sleep(0.25)
     return None
+
+
+def _requeued_from(sctx: StepContext, job: str, part: StepNodeRow | None) -> bool:
+    """Whether the job went back to the queue from this node after its part here began."""
+    event = sctx.run.journal.last_event(sctx.run.run_id, job, "step_requeued", node=sctx.node)
+    if event is None or event.node != sctx.node:
+        return False
+    return part is None or part.started is None or event.ts >= part.started
 
 
 def _follow_file(sctx: StepContext, step: GateStep, watch: LogWatch) -> Verdict:
