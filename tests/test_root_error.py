@@ -47,6 +47,15 @@ def test_rays_dedup_note_is_not_part_of_the_line():
     assert lines[-1] == "wandb: | Waiting for wandb.init()..."
 
 
+def test_a_line_set_in_bold_is_read_as_the_line_but_banners_of_asterisks_stay():
+    # A log pasted into an issue: the user set bash's `Killed` in bold; the kernel's last word is still an error line.
+    name = "84-fastmaskrcnn-tf-iter-line-regular-loss-total-loss-instances-batch-then-markdown-bold-killed.log"
+    failure, _, lines = extract(dev_log("host-oom-killer", name))
+    assert lines[-1] == "Killed" and [line for _, tool, line in failure.tool_lines if tool == "kernel"] == ["Killed"]
+    _, _, lines = extract("*****************************************\n*** Check failure stack trace: ***\n**bold** and more\n")
+    assert lines == ["*****************************************", "*** Check failure stack trace: ***", "**bold** and more"]
+
+
 def test_vllm_and_glog_labels_are_labels():
     failure, labels, lines = extract(dev_log("nccl-system-error", "14-ray-vllm-ncclinternalerror-busid.log"))
     assert labels[0] == "ERROR 04-07 00:57:46 ray_utils.py:45]"

@@ -73,6 +73,9 @@ TIMESTAMP = re.compile(
 # A label that says the line is an error: glog `[E1206 ...]`/`E0221 ...`, or a logger's ERROR/CRITICAL/FATAL.
 ERROR_LABEL = re.compile(r"(?:^|\s)\[?[EF]\s?\d{0,4}\b|\b(?:ERROR|CRITICAL|FATAL)\b")
 PADDED_WRAP = re.compile(r"(?<=\S) {40,}(?=\S)")  # a terminal copy pads a wrapped line to the full width
+# A whole line set in bold, as a log pasted into an issue often shows the line that matters (`**Killed**`); not a banner
+# of asterisks (torchrun's `*****`, glog's `*** Check failure stack trace: ***`).
+MARKDOWN_BOLD = re.compile(r"^\*\*([^*\s](?:.*[^*\s])?)\*\*$")
 # Ray folds repeated lines into one and says so at its end: the note is not part of the line (a `$` must still match).
 RAY_DEDUP = re.compile(r"\s\[repeated \d+x across cluster\](?: \(Ray deduplicates logs by default\..*)?$")
 
@@ -145,6 +148,7 @@ def _split_line(raw: str) -> tuple[str, str, int]:
     shown = [s for s in segments if s.strip()]
     line = RAY_DEDUP.sub("", PADDED_WRAP.sub("", (shown[-1] if shown else "").rstrip()))
     width = len(line)
+    line = MARKDOWN_BOLD.sub(r"\1", line)
     label = []
     for _ in range(4):  # `[80746] [rank0]:[E321 02:07:08 ...]` stacks a few; a bound keeps this linear
         line = WRAPPER_PREFIX.sub("", RANK_PREFIX.sub("", line, count=1), count=1)
