@@ -56,6 +56,7 @@ def test_run_finishes_across_an_sshd_restart(make_sshd: Callable[..., SSHServer]
         assert server.stragglers == []
         time.sleep(OUTAGE_S)  # the outage being simulated
         server.start()
+        (box.scratch / "release").touch()  # the job outlived the outage; now it may end
         controller.join(timeout=120)
         assert not controller.is_alive(), "the run did not finish after sshd came back"
     finally:
