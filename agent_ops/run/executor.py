@@ -60,7 +60,7 @@ class Executor:
         # they followed. Until the scheduler reads the job's own re-queue its state still says started (the gate would
         # start at once on the node that was lost); and the job may already be up again, even done, on another node
         # when the gate's re-queue is read (it must not wait for a start that has happened).
-        self.following: dict[str, int] = {}  # gate -> the job start count it waits to see exceeded
+        self.following: set[str] = set()  # such gates: each waits for its job's start count to pass its `followed`
         self.tolerated: set[str] = set()  # failed steps with continue_on_error: dependents go on, the run does not fail
         self.halted: set[str] = set()  # matrix groups that stopped starting cells (fail_fast)
         self.handles: dict[HandleKey, JobHandle] = {}  # (step id, node) -> current job (gates follow them)
@@ -138,7 +138,7 @@ class Executor:
                     if node is None:
                         continue  # every node that may take it is full: the next free one will
                     self.state[step.id] = "running"
-                    self.following.pop(step.id, None)
+                    self.following.discard(step.id)
                     if isinstance(step, GateStep) and step.job:
                         self.followed[step.id] = self.starts[step.job]
                     running.add(step.id)
@@ -176,7 +176,7 @@ class Executor:
             self.up.discard(sid)
             step = self.steps[sid]
             if isinstance(step, GateStep) and step.job:
-                self.following[sid] = self.followed.get(sid, self.starts[step.job])
+                self.following.add(sid)  # a gate is re-queued only after it ran: `followed` holds its attempt
             return
         if self.state[sid] != "failed":
             return
@@ -216,7 +216,7 @@ class Executor:
         job = step.job if isinstance(step, GateStep) else None
         for dep in self.deps[sid]:
             if dep == job and sid in self.following:
-                if dep in self.up and self.starts[dep] > self.following[sid]:
+                if dep in self.up and self.starts[dep] > self.followed[sid]:
                     continue  # the job was started anew since the gate was moved: the gate goes to it
                 return False
             if dep == job and dep in self.up:
@@ -282,7 +282,7 @@ class Executor:
             return f"not run: dependency {bad[0]} {'failed' if self.state[bad[0]] == 'failed' else 'was not run'}"
         job = step.job if isinstance(step, GateStep) else None
         if (job and step.id in self.following and self.state[job] in DONE_OK
-                and self.starts[job] <= self.following[step.id]):
+                and self.starts[job] <= self.followed[step.id]):
             return f"not run: job {job} ended on a node that was lost before the gate could judge it"
         cell = self.runbook.cell_of(step.id)
         if cell and cell.group in self.halted and all(self.state[sid] == "pending" for sid in self.cells[(cell.group, cell.cell)]):
