@@ -217,3 +217,46 @@ def test_a_fleet_run_resumes_on_every_node_without_rerunning(fleet: Fleet, tmp_p
         assert counter.read_text().split() == ["first", "long", "last"]
     assert sorted((a.node, a.attempt) for a in journal.attempts(run_id, "long")) == [("n1", 1), ("n2", 1), ("n3", 1)]
     assert sorted(e.node for e in journal.events(run_id) if e.kind == "job_reattached") == ["n1", "n2", "n3"]
+
+
+def test_a_pass_on_any_gate_waits_for_the_node_that_shows_the_line(fleet: Fleet, tmp_path: Path) -> None:
+    """Under stop_all, a node whose job ends without the line (torchrun's rank 1 finishing first) neither fails the
+    gate nor stops the node still on its way to showing it (a CI run failed the multi-node test that way)."""
+    import threading
+
+    from agent_ops.record.journal import Journal
+    from tests.runs import wait_for
+
+    runbook = tmp_path / "any.yaml"
+    runbook.write_text(
+        "name: pass_on_any\non_node_failure: stop_all\nvars: {box: {default: null}}\nsteps:\n"
+        "  - id: serve\n    kind: run\n    background: true\n    command: |\n"
+        "      if [ {{ node.rank }} = 0 ]; then until [ -e {{ box }}/release ]; do sleep 0.2; done; echo leader ready;"
+        " else echo follower; fi\n"
+        "  - id: leader\n    kind: gate\n    job: serve\n    pass_on: any\n"
+        "    patterns: [{regex: '^leader ready$', within: 120}]\n"
+        "  - {id: after, kind: run, on: head, needs: [leader], command: 'echo after'}\n")
+    result: dict = {}
+    controller = threading.Thread(target=lambda: result.update(run=run_fleet(fleet, runbook)))
+    controller.start()
+    try:
+        journal = Journal(fleet.home / "journal.db")
+        run_id = wait_for("the run to start", journal.latest_run_id)
+        # The followers' parts of the gate end (their jobs ended without the line) before the head's job prints it.
+        wait_for("the followers' parts of the gate to end", lambda: {
+            p.node for p in journal.step_nodes(run_id, "leader") if p.ended is not None} >= {"n2", "n3"}, timeout=120)
+        (fleet.scratch / "release").touch()
+        controller.join(timeout=120)
+        assert not controller.is_alive(), "the run did not end after the head showed the line"
+    finally:
+        (fleet.scratch / "release").touch()
+        controller.join(timeout=120)
+    run_id, final, journal = result["run"]
+    leader = journal.step(run_id, "leader")
+    assert final == "succeeded", leader.message
+    assert leader.message.endswith("(on n1)")
+    parts = {p.node: p for p in journal.step_nodes(run_id, "leader")}
+    assert parts["n1"].state == "succeeded"
+    for name in ("n2", "n3"):  # their parts failed for want of the line, and said so
+        assert parts[name].state == "failed" and "the log ended before" in parts[name].message
+    assert journal.step(run_id, "after").state == "succeeded"

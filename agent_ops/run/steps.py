@@ -153,16 +153,20 @@ def drive_on_node(sctx: StepContext, step: Step) -> StepOutcome:
             # This node failed because a peer did (a closed socket, a collective's timeout): fixing and re-running
             # its part alone cannot help, and the step's policy decides what happens to every node.
             outcome = StepOutcome("failed", f"{outcome.message} | a consequence of another node's failure: not retried "
-                                  "on its own", outcome.log_tail, outcome.log_path)
+                                  "on its own", outcome.log_tail, outcome.log_path, kind=outcome.kind)
             break
         # Only a job can be fixed and re-run; for a gate or check the diagnosis explains the failure.
         remedy = remediate(run, step, attempt, text) if isinstance(step, RunStep) else explain(run, step, text)
+        # The diagnosis is added to the message; the kind stays (a `pass_on: any` gate's part that merely ended
+        # without the line must not read as a node's own failure: it would stop the node that shows it).
         if remedy.decision in ("escalated", "exhausted", "refused", "diagnosed"):
-            outcome = StepOutcome("failed", f"{outcome.message} | {remedy.message}", outcome.log_tail, outcome.log_path)
+            outcome = StepOutcome("failed", f"{outcome.message} | {remedy.message}", outcome.log_tail, outcome.log_path,
+                                  kind=outcome.kind)
             break
         if remedy.decision != "applied":
             if plain_retries <= 0:
-                outcome = StepOutcome("failed", f"{outcome.message} | {remedy.message}", outcome.log_tail, outcome.log_path)
+                outcome = StepOutcome("failed", f"{outcome.message} | {remedy.message}", outcome.log_tail, outcome.log_path,
+                                      kind=outcome.kind)
                 break
             if sctx.placed:  # a placed step's retry goes back to the queue: the next free node takes it
                 outcome = StepOutcome("failed", f"{outcome.message} | {remedy.message}", outcome.log_tail, outcome.log_path,
