@@ -27,7 +27,7 @@ from pydantic import BaseModel, Field
 
 from agent_ops.bounds import DIAGNOSE_TAIL_LINES
 from agent_ops.known_issues.catalog import Catalog, KnownIssue, Signature, default_catalog
-from agent_ops.known_issues.literals import Literal, may_match, required_literals
+from agent_ops.known_issues.literals import Alternation, Literal, alternation, may_match, required_literals
 from agent_ops.known_issues.root_error import RootError, normalise_labelled, root_error
 
 MAX_SHOWN_LINES = 8  # matched lines reported per entry
@@ -174,6 +174,13 @@ class LogView:
         literals = _literals(pattern)
         if not any(may_match(literals, self._joined[sep], self._lowered[sep]) for sep in WRAP_SEPARATORS):
             return []  # a literal the pattern needs is nowhere, not even across a wrap
+        if (alternatives := _alternation(pattern)) is not None:  # a long alternation: only what may match this tail
+            joined, spaced = WRAP_SEPARATORS
+            reduced = alternatives.reduced(self._joined[joined], self._lowered[joined],
+                                           (self._joined[spaced], self._lowered[spaced]))
+            if reduced is None:
+                return []
+            pattern, literals = reduced
         hits: dict[int, Hit] = {}
         # `^` and `$` hold at a line's (a run's) ends, but in a join of many lines only at its very start and end:
         # a join can rule nothing out for an anchored pattern, so its lines and runs are each searched.
@@ -206,6 +213,11 @@ class LogView:
 @lru_cache(maxsize=1024)
 def _literals(pattern: re.Pattern[str]) -> list[Literal] | None:
     return required_literals(pattern)
+
+
+@lru_cache(maxsize=1024)
+def _alternation(pattern: re.Pattern[str]) -> Alternation | None:
+    return alternation(pattern)
 
 
 def _spanning(pattern: re.Pattern[str], segments: list[str], sep: str) -> re.Match[str] | None:

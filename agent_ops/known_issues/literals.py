@@ -8,7 +8,9 @@ with an alternative that has no such run (`\\d+ Killed`, `.{0,80}error`) gets no
 """
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Iterator
 
 try:  # the parser `re` itself uses; `sre_parse` before Python 3.11
     from re import _parser as sre_parse  # type: ignore[attr-defined]
@@ -114,3 +116,118 @@ def may_match(literals: list[Literal] | None, text: str, lowered: str) -> bool:
     if literals is None:
         return True
     return any((lit.lower() in lowered) if icase else (lit in text) for lit, icase in literals)
+
+
+# --- one log's alternation -------------------------------------------------------------------------------------
+#
+# The prefilter above says whether a pattern can match at all; once one of its literals is in the log, `re` still
+# tries every alternative of a long alternation (hundreds, in a family's widest signature) at every position. Most
+# of them cannot match this log (their own literal is nowhere in it), and dropping them changes nothing: at each
+# position `re` takes the first alternative that matches, and one that matches nowhere is never that one. So per
+# log the alternation is compiled again from only the alternatives that may match.
+
+GLOBAL_FLAGS = re.compile(r"\(\?[aiLmsux]+\)")
+# A group around the whole pattern whose inside is the alternation: non-capturing, or with local flags.
+OPENER = re.compile(r"\(\?(?:[aiLmsux]*(?:-[imsx]+)?):")
+MIN_ALTERNATIVES = 2  # one alternative: nothing to leave out
+
+
+class Alternation:
+    """A pattern's top-level alternatives as source text, each with the literals it needs (None: cannot tell)."""
+
+    def __init__(self, pattern: re.Pattern[str], head: str, pieces: list[str], tail: str) -> None:
+        self.pattern, self.head, self.tail = pattern, head, tail
+        self.pieces = pieces
+        self.literals = [_piece_literals(head, piece, tail, pattern.flags) for piece in pieces]
+
+    def reduced(self, text: str, lowered: str, also: tuple[str, str] | None = None) -> tuple[re.Pattern[str], list[Literal] | None] | None:
+        """The pattern with only the alternatives whose literals occur in `text` (or in `also`, another join of the
+        same lines), and the literals the reduced pattern needs; None when no alternative can match."""
+        kept, literals = [], []
+        for piece, need in zip(self.pieces, self.literals):
+            if need is None or may_match(need, text, lowered) or (also is not None and may_match(need, *also)):
+                kept.append(piece)
+                if literals is not None:
+                    literals = None if need is None else literals + need
+        if not kept:
+            return None
+        if len(kept) == len(self.pieces):
+            return self.pattern, literals
+        return _compiled(self.head + "|".join(kept) + self.tail, self.pattern.flags), literals
+
+
+def alternation(pattern: re.Pattern[str]) -> Alternation | None:
+    """The pattern's top-level alternatives (inside a group around the whole pattern, if any); None for a single
+    alternative, or where dropping alternatives would renumber groups that are read (names, back-references)."""
+    source = pattern.pattern
+    if pattern.groupindex or re.search(r"\\\d|\(\?P=", source):
+        return None
+    head = ""
+    while m := GLOBAL_FLAGS.match(source, len(head)):
+        head = source[: m.end()]
+    body, tail = source[len(head) :], ""
+    pieces = _split(body)
+    if pieces == [body] and (m := OPENER.match(body)) and _closes_at_end(body):
+        head, tail = head + body[: m.end()], ")"
+        pieces = _split(body[m.end() : -1])
+    if pieces is None or len(pieces) < MIN_ALTERNATIVES:
+        return None
+    return Alternation(pattern, head, pieces, tail)
+
+
+def _structure(source: str) -> Iterator[tuple[int, str]]:
+    """(index, character) of the parentheses and bars that give `source` its structure: not escaped, not inside a
+    character class (one that opens with `]` or `^]` included)."""
+    i, n = 0, len(source)
+    while i < n:
+        c = source[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == "[":
+            i += 1
+            i += source.startswith("^", i)
+            i += source.startswith("]", i)
+            while i < n and source[i] != "]":
+                i += 2 if source[i] == "\\" else 1
+        elif c in "()|":
+            yield i, c
+        i += 1
+
+
+def _split(source: str) -> list[str] | None:
+    """`source` cut at its top-level bars (outside any group); None if its parentheses do not balance."""
+    pieces, depth, start = [], 0, 0
+    for i, c in _structure(source):
+        depth += {"(": 1, ")": -1, "|": 0}[c]
+        if depth < 0:
+            return None
+        if c == "|" and depth == 0:
+            pieces.append(source[start:i])
+            start = i + 1
+    if depth != 0:
+        return None
+    pieces.append(source[start:])
+    return pieces
+
+
+def _closes_at_end(body: str) -> bool:
+    """Whether the group that opens `body` closes at its last character (it is a group around the whole)."""
+    depth = 0
+    for i, c in _structure(body):
+        depth += {"(": 1, ")": -1, "|": 0}[c]
+        if depth == 0 and c == ")":
+            return i == len(body) - 1
+    return False
+
+
+def _piece_literals(head: str, piece: str, tail: str, flags: int) -> list[Literal] | None:
+    try:  # the piece inside its group (the group's flags apply to it)
+        return required_literals(re.compile(head + piece + tail, flags))
+    except re.error:
+        return None
+
+
+@functools.lru_cache(maxsize=4096)  # logs of one kind keep the same alternatives: compiled once
+def _compiled(source: str, flags: int) -> re.Pattern[str]:
+    return re.compile(source, flags)
