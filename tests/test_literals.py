@@ -49,6 +49,7 @@ def test_an_alternation_is_cut_only_at_its_own_bars():
     assert wrapped is not None and (wrapped.head, wrapped.tail) == ("(?i:", ")") and len(wrapped.pieces) == 3
     assert alternation(re.compile(r"(?:a b c|d e f) g")) is None  # one top-level alternative
     assert alternation(re.compile(r"(?P<value>\d+) nan|inf (\w)\1")) is None
+    assert alternation(re.compile(r"(?x) nan | inf  # a comment | with a bar")) is None
     # Reduced to the alternatives whose literals occur; none: it cannot match.
     text = "RuntimeError: CUDA error: no space left on device"
     pattern, literals = wrapped.reduced(text, text.lower())

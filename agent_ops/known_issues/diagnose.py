@@ -174,7 +174,7 @@ class LogView:
         literals = _literals(pattern)
         if not any(may_match(literals, self._joined[sep], self._lowered[sep]) for sep in WRAP_SEPARATORS):
             return []  # a literal the pattern needs is nowhere, not even across a wrap
-        if (alternatives := _alternation(pattern)) is not None:  # a long alternation: only what may match this tail
+        if (alternatives := _alternation(pattern)) is not None:  # an alternation: only what may match this tail
             joined, spaced = WRAP_SEPARATORS
             reduced = alternatives.reduced(self._joined[joined], self._lowered[joined],
                                            (self._joined[spaced], self._lowered[spaced]))
