@@ -50,6 +50,7 @@ def test_an_alternation_is_cut_only_at_its_own_bars():
     assert alternation(re.compile(r"(?:a b c|d e f) g")) is None  # one top-level alternative
     assert alternation(re.compile(r"(?P<value>\d+) nan|inf (\w)\1")) is None
     assert alternation(re.compile(r"(?x) nan | inf  # a comment | with a bar")) is None
+    assert alternation(re.compile(r"(a)?nan|inf|(?(1)x|y)")) is None
     # Reduced to the alternatives whose literals occur; none: it cannot match.
     text = "RuntimeError: CUDA error: no space left on device"
     pattern, literals = wrapped.reduced(text, text.lower())

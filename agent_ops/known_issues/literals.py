@@ -158,9 +158,10 @@ class Alternation:
 
 def alternation(pattern: re.Pattern[str]) -> Alternation | None:
     """The pattern's top-level alternatives (inside a group around the whole pattern, if any); None for a single
-    alternative, or where dropping alternatives would renumber groups that are read (names, back-references)."""
+    alternative, or where dropping alternatives would renumber groups that are read (names, back-references,
+    conditionals)."""
     source = pattern.pattern
-    if pattern.groupindex or re.search(r"\\\d|\(\?P=", source) or pattern.flags & re.VERBOSE:
+    if pattern.groupindex or re.search(r"\\\d|\(\?P=|\(\?\(", source) or pattern.flags & re.VERBOSE:
         return None  # (verbose: a comment may hold bars and parentheses)
     head = ""
     while m := GLOBAL_FLAGS.match(source, len(head)):
