@@ -10,7 +10,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,12 @@ class StepOutcome:
     @property
     def ok(self) -> bool:
         return self.state in (*DONE_OK, "started")
+
+    def failed_with(self, note: str, **changes: Any) -> StepOutcome:
+        """This attempt's outcome as the part's failure, `note` added to its message; its log and kind stay (a
+        `pass_on: any` gate's part that merely ended without the line must still read so, not as its node's own
+        failure that stops the node showing it)."""
+        return replace(self, state="failed", message=f"{self.message} | {note}", **changes)
 
 
 HandleKey = tuple[str, str]  # (step id, node name)
@@ -152,25 +158,19 @@ def drive_on_node(sctx: StepContext, step: Step) -> StepOutcome:
         if sctx.parts > 1 and is_knock_on(root_error(text) or outcome.message):
             # This node failed because a peer did (a closed socket, a collective's timeout): fixing and re-running
             # its part alone cannot help, and the step's policy decides what happens to every node.
-            outcome = StepOutcome("failed", f"{outcome.message} | a consequence of another node's failure: not retried "
-                                  "on its own", outcome.log_tail, outcome.log_path, kind=outcome.kind)
+            outcome = outcome.failed_with("a consequence of another node's failure: not retried on its own")
             break
         # Only a job can be fixed and re-run; for a gate or check the diagnosis explains the failure.
         remedy = remediate(run, step, attempt, text) if isinstance(step, RunStep) else explain(run, step, text)
-        # The diagnosis is added to the message; the kind stays (a `pass_on: any` gate's part that merely ended
-        # without the line must not read as a node's own failure: it would stop the node that shows it).
         if remedy.decision in ("escalated", "exhausted", "refused", "diagnosed"):
-            outcome = StepOutcome("failed", f"{outcome.message} | {remedy.message}", outcome.log_tail, outcome.log_path,
-                                  kind=outcome.kind)
+            outcome = outcome.failed_with(remedy.message)
             break
         if remedy.decision != "applied":
             if plain_retries <= 0:
-                outcome = StepOutcome("failed", f"{outcome.message} | {remedy.message}", outcome.log_tail, outcome.log_path,
-                                      kind=outcome.kind)
+                outcome = outcome.failed_with(remedy.message)
                 break
             if sctx.placed:  # a placed step's retry goes back to the queue: the next free node takes it
-                outcome = StepOutcome("failed", f"{outcome.message} | {remedy.message}", outcome.log_tail, outcome.log_path,
-                                      kind="requeue")
+                outcome = outcome.failed_with(remedy.message, kind="requeue")
                 break
             plain_retries -= 1
         sctx.event("step_retry", step.id, f"attempt {attempt} failed ({outcome.message}); retrying")
