@@ -171,16 +171,17 @@ class LogView:
         return self._found[key]
 
     def _search(self, pattern: re.Pattern[str], within: set[int] | frozenset[int] | None) -> list[Hit]:
-        literals = _literals(pattern)
-        if not any(may_match(literals, self._joined[sep], self._lowered[sep]) for sep in WRAP_SEPARATORS):
-            return []  # a literal the pattern needs is nowhere, not even across a wrap
         if (alternatives := _alternation(pattern)) is not None:  # an alternation: only what may match this tail
             joined, spaced = WRAP_SEPARATORS
             reduced = alternatives.reduced(self._joined[joined], self._lowered[joined],
                                            (self._joined[spaced], self._lowered[spaced]))
             if reduced is None:
-                return []
+                return []  # no alternative's literal is anywhere, not even across a wrap
             pattern, literals = reduced
+        else:
+            literals = _literals(pattern)
+            if not any(may_match(literals, self._joined[sep], self._lowered[sep]) for sep in WRAP_SEPARATORS):
+                return []  # a literal the pattern needs is nowhere, not even across a wrap
         hits: dict[int, Hit] = {}
         # `^` and `$` hold at a line's (a run's) ends, but in a join of many lines only at its very start and end:
         # a join can rule nothing out for an anchored pattern, so its lines and runs are each searched.
